@@ -1,0 +1,83 @@
+"""Small request/response records of our own, so the pure core never sees a mitmproxy type."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+Field = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Headers:
+    """An ordered, case-insensitive, multi-valued header list; immutable."""
+
+    fields: tuple[Field, ...] = ()
+
+    @classmethod
+    def of(cls, fields: Iterable[Field] | dict[str, str] = ()) -> Headers:
+        items = fields.items() if isinstance(fields, dict) else fields
+        return cls(tuple((str(k), str(v)) for k, v in items))
+
+    def get_all(self, name: str) -> list[str]:
+        """Every field line with this name, in order."""
+        lname = name.lower()
+        return [v for k, v in self.fields if k.lower() == lname]
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """All values of the field joined with ", " (RFC 9110 §5.3), or default when absent."""
+        values = self.get_all(name)
+        return ", ".join(values) if values else default
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        lname = name.lower()
+        return any(k.lower() == lname for k, _ in self.fields)
+
+    def __iter__(self) -> Iterator[Field]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)
+
+    def without(self, *names: str) -> Headers:
+        """A copy without the named fields (case-insensitive)."""
+        drop = {n.lower() for n in names}
+        return Headers(tuple((k, v) for k, v in self.fields if k.lower() not in drop))
+
+    def with_(self, name: str, value: str) -> Headers:
+        """A copy where the named field is replaced by one line with this value (kept in place if present)."""
+        lname = name.lower()
+        out: list[Field] = []
+        done = False
+        for k, v in self.fields:
+            if k.lower() == lname:
+                if not done:
+                    out.append((k, value))
+                    done = True
+            else:
+                out.append((k, v))
+        if not done:
+            out.append((name, value))
+        return Headers(tuple(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the cache needs to know of a client request."""
+
+    method: str
+    """Upper-case method, e.g. "GET"."""
+    url: str
+    """Absolute URL as sent: scheme://host[:port]/path?query."""
+    headers: Headers = Headers()
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """What the cache needs to know of a response (the body is kept elsewhere)."""
+
+    status: int
+    headers: Headers = Headers()
+    reason: str = ""

@@ -1,0 +1,52 @@
+"""Parsing of sizes (``256MiB``) and durations (``10m``) as written in flags and TOML."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
+_NUMBER_UNIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from ``1048576``, ``512KiB``, ``256MiB``, ``10GiB`` (also KB/MB/GB, powers of 1000)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; try e.g. 256MiB")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative; a size is 0 or more bytes, e.g. 256MiB")
+        return value
+    m = _NUMBER_UNIT.fullmatch(value)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size; try e.g. 1048576, 512KiB, 256MiB or 10GiB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(value: str | int | float) -> float:
+    """Seconds from ``90``, ``90s``, ``10m``, ``12h``, ``7d``, ``2w``, ``1y``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; try e.g. 90, 10m, 12h or 7d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative; a duration is 0 or more seconds, e.g. 10m")
+        return float(value)
+    m = _NUMBER_UNIT.fullmatch(value)
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"{value!r} is not a duration; try e.g. 90, 90s, 10m, 12h or 7d")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
