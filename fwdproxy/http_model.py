@@ -81,3 +81,25 @@ class Response:
     status: int
     headers: Headers = Headers()
     reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    """The metadata of one stored response (the body lives in the store beside it)."""
+
+    url: str
+    """Absolute URL of the request that produced it."""
+    status: int
+    reason: str
+    headers: Headers
+    """Response header fields as received, minus hop-by-hop ones and those named in Connection."""
+    request_time: float
+    """When the request that produced it was sent (RFC 9111 §4.2.3 request_time), epoch seconds."""
+    response_time: float
+    """When the response was received (RFC 9111 §4.2.3 response_time), epoch seconds."""
+    body_length: int
+    """Exact length of the stored body in bytes."""
+    vary_request: Headers = Headers()
+    """The request header fields that this response's Vary names, as the request carried them (§4.1)."""
+    rule: str = ""
+    """Name of the cache rule that changed how it is cached ("" when plain RFC rules applied)."""
