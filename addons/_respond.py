@@ -1,0 +1,48 @@
+"""Responses the proxy makes itself (not an addon): short plain-text bodies, built without re-encoding."""
+
+from __future__ import annotations
+
+import time
+
+from mitmproxy import http
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy import __version__
+
+REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    407: "Proxy Authentication Required",
+    416: "Range Not Satisfiable",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def text(status: int, message: str, headers: dict[str, str] | None = None) -> http.Response:
+    """A response with a one-line ``text/plain`` body; it names fwdproxy so users know who answered."""
+    body = f"fwdproxy: {message}\n".encode()
+    fields = [
+        (b"Content-Type", b"text/plain; charset=utf-8"),
+        (b"Content-Length", str(len(body)).encode()),
+        (b"Cache-Control", b"no-store"),
+    ]
+    fields += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    now = time.time()
+    resp = http.Response(
+        b"HTTP/1.1",
+        status,
+        REASONS.get(status, "").encode(),
+        http.Headers(fields),
+        body,
+        None,
+        now,
+        now,
+    )
+    return resp
+
+
+SERVER = f"fwdproxy/{__version__}"

@@ -1,0 +1,95 @@
+"""Access control: client networks (--allow), proxy authentication (--auth) and CONNECT ports."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from mitmproxy import ctx, exceptions, http
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _respond
+from fwdproxy import access
+
+log = logging.getLogger("fwdproxy.access")
+
+
+class Access:
+    """Answers 403/407 before anything else sees a request from a client that may not use the proxy."""
+
+    def __init__(self) -> None:
+        self.networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+        self.credentials: access.Credentials | None = None
+        self.ports: frozenset[int] = frozenset({443})
+        self.authenticated: set[str] = set()
+        """Client connections that passed authentication in their CONNECT (requests inside need none)."""
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "fwd_allow",
+            Sequence[str],
+            list(access.LOOPBACK),
+            "Client networks (CIDR) allowed to use the proxy.",
+        )
+        loader.add_option("fwd_auth", str, "", "Require proxy authentication, USER:PASS (Basic).")
+        loader.add_option(
+            "fwd_connect_ports", Sequence[str], ["443"], "Ports CONNECT may reach; others get 403."
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        try:
+            if "fwd_allow" in updated:
+                self.networks = access.parse_networks(ctx.options.fwd_allow)
+            if "fwd_auth" in updated:
+                self.credentials = (
+                    access.Credentials.parse(ctx.options.fwd_auth) if ctx.options.fwd_auth else None
+                )
+            if "fwd_connect_ports" in updated:
+                ports = set()
+                for p in ctx.options.fwd_connect_ports:
+                    if not str(p).isdigit() or not 0 < int(p) < 65536:
+                        raise ValueError(f"{p!r} is not a port number (1-65535)")
+                    ports.add(int(p))
+                self.ports = frozenset(ports)
+        except ValueError as e:
+            raise exceptions.OptionsError(str(e)) from e
+
+    def _refuse(self, flow: http.HTTPFlow) -> bool:
+        """Set a 403/407 on flows that may not pass; True when refused."""
+        client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
+        if not access.client_allowed(client_ip, self.networks):
+            log.warning("refused client %s: not in --allow", client_ip)
+            flow.response = _respond.text(403, f"{client_ip} is not allowed to use this proxy (see --allow)")
+            return True
+        if self.credentials and flow.client_conn.id not in self.authenticated:
+            if not self.credentials.check(flow.request.headers.get("Proxy-Authorization")):
+                flow.response = _respond.text(
+                    407,
+                    "proxy authentication required",
+                    {"Proxy-Authenticate": 'Basic realm="fwdproxy"'},
+                )
+                return True
+        return False
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if self._refuse(flow):
+            return
+        if flow.request.port not in self.ports:
+            flow.response = _respond.text(
+                403, f"CONNECT to port {flow.request.port} is not allowed (see --connect-port)"
+            )
+            return
+        if self.credentials:
+            self.authenticated.add(flow.client_conn.id)
+        # RFC 9110 §11.7.1: proxy credentials are consumed by the proxy they are meant for.
+        flow.request.headers.pop("Proxy-Authorization", None)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None and not self._refuse(flow):
+            flow.request.headers.pop("Proxy-Authorization", None)
+
+    def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.authenticated.discard(client.id)
+
+
+addons = [Access()]

@@ -1,0 +1,17 @@
+"""The whole fwdproxy chain, in request order: ``mitmdump -s addons/fwdproxy.py --set fwd_...``."""
+
+from __future__ import annotations
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons.access import Access
+from addons.errors import OriginErrors
+from addons.lifecycle import Lifecycle
+from addons.tunnel import Tunnel
+
+
+def chain() -> list[object]:
+    """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
+    return [Lifecycle(), Access(), Tunnel(), OriginErrors()]
+
+
+addons = chain()

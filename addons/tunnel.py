@@ -1,0 +1,39 @@
+"""Tunnel policy: decrypt a CONNECT tunnel (so it can be cached) or relay it blindly, per host glob."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from mitmproxy import ctx, tls
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy import access
+
+log = logging.getLogger("fwdproxy.tunnel")
+
+
+class Tunnel:
+    """Marks passthrough tunnels in ``tls_clienthello``, before any origin contact (lazy connections)."""
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "fwd_passthrough", Sequence[str], [], "Host globs whose CONNECT tunnels are relayed blindly."
+        )
+        loader.add_option(
+            "fwd_intercept",
+            Sequence[str],
+            [],
+            "When set, only these host globs are decrypted; others pass through.",
+        )
+
+    def tls_clienthello(self, data: tls.ClientHelloData) -> None:
+        server = data.context.server.address
+        host = data.client_hello.sni or (server[0] if server else "")
+        mode = access.tunnel_mode(host, ctx.options.fwd_passthrough, ctx.options.fwd_intercept)
+        if mode is access.TunnelMode.PASSTHROUGH:
+            data.ignore_connection = True
+            log.info("passthrough tunnel to %s (not decrypted: not cached, not rewritten)", host)
+
+
+addons = [Tunnel()]

@@ -1,0 +1,247 @@
+"""Flags and the TOML config file, merged into one frozen Settings record; errors name the key."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fwdproxy import access
+from fwdproxy.units import parse_duration, parse_size
+
+
+class Kind(enum.Enum):
+    """How an option's value is written and parsed."""
+
+    STR = "str"
+    OPT_STR = "optional str"
+    INT = "int"
+    BOOL = "bool"
+    SIZE = "size"
+    DURATION = "duration"
+    STR_LIST = "list of str"
+    INT_LIST = "list of int"
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: a flag ``--name-with-dashes`` and a TOML key ``name_with_underscores``."""
+
+    name: str
+    kind: Kind
+    help: str
+    flag_only: bool = False
+    """Only on the command line (e.g. --config itself)."""
+    short: str | None = None
+
+
+# Sections of the TOML file that are tables of their own, read by the feature that owns them.
+SECTIONS = ("cache", "anonymize", "upstreams", "routes")
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen_host", Kind.STR, "address to listen on"),
+    Option("listen_port", Kind.INT, "port to listen on; 0 picks a free port"),
+    Option("cache_dir", Kind.STR, "where the disk cache lives (created if missing)"),
+    Option("confdir", Kind.STR, "mitmproxy's confdir, where the CA lives (shared with mitmdump)"),
+    Option("config", Kind.OPT_STR, "TOML config file; flags override its values", flag_only=True),
+    Option("passthrough", Kind.STR_LIST, "host glob whose CONNECT tunnels are relayed blindly (repeatable)"),
+    Option("intercept", Kind.STR_LIST, "when given, only these host globs are decrypted (repeatable)"),
+    Option("connect_port", Kind.INT_LIST, "a port CONNECT may reach; others get 403 (repeatable)"),
+    Option("upstream_ca", Kind.OPT_STR, "extra CA bundle (PEM) trusted for origin certificates"),
+    Option("allow", Kind.STR_LIST, "client network allowed to use the proxy, as CIDR (repeatable)"),
+    Option("auth", Kind.OPT_STR, "require proxy authentication USER:PASS (Basic)"),
+    Option("set", Kind.STR_LIST, "any mitmproxy option NAME=VALUE (repeatable)"),
+    Option("quiet", Kind.BOOL, "log only warnings and errors", short="-q"),
+    Option("verbose", Kind.BOOL, "log every tunnel decision and more", short="-v"),
+    Option("connect_timeout", Kind.DURATION, "how long an origin may take to accept a connection (then 504)"),
+    Option("memory_cache_size", Kind.SIZE, "bytes the memory tier may hold"),
+    Option("disk_cache_size", Kind.SIZE, "bytes the disk tier may hold"),
+    Option("max_object_size", Kind.SIZE, "bigger responses pass through unstored"),
+    Option("memory_object_max", Kind.SIZE, "bigger objects stay on disk only"),
+    Option("negative_ttl", Kind.DURATION, "cap on the heuristic freshness of a 404/410"),
+    Option("preset", Kind.STR_LIST, "a bundle of cache rules, e.g. ci (repeatable)"),
+)
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+def _default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "fwdproxy")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything `fwdproxy run` was asked to do, after flags, file and defaults were merged."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    cache_dir: str = field(default_factory=_default_cache_dir)
+    confdir: str = "~/.mitmproxy"
+    config: str | None = None
+    passthrough: tuple[str, ...] = ()
+    intercept: tuple[str, ...] = ()
+    connect_port: tuple[int, ...] = (443,)
+    """443 only by default, like Squid's SSL_ports: CONNECT to anything else is how proxies get abused."""
+    upstream_ca: str | None = None
+    allow: tuple[str, ...] = access.LOOPBACK
+    auth: str | None = None
+    set: tuple[str, ...] = ()
+    quiet: bool = False
+    verbose: bool = False
+    connect_timeout: float = 10.0
+    memory_cache_size: int = 256 * 1024**2
+    disk_cache_size: int = 10 * 1024**3
+    max_object_size: int = 1024**3
+    memory_object_max: int = 1024**2
+    negative_ttl: float = 60.0
+    """A 404 cached heuristically for at most a minute, so a package published a minute later is seen."""
+    preset: tuple[str, ...] = ()
+    sections: Mapping[str, Any] = field(default_factory=dict)
+    """The TOML file's own tables ([cache], [anonymize], [upstreams.*], [[routes]]), as read."""
+    explicit: frozenset[str] = frozenset()
+    """Names of the options that a flag or the file set (the rest are defaults)."""
+
+
+def _convert(opt: Option, value: Any, where: str) -> Any:
+    """Check and convert one value; ValueError names where it came from."""
+
+    def fail(expect: str) -> ValueError:
+        return ValueError(f"{where}: {value!r} is not {expect}")
+
+    match opt.kind:
+        case Kind.STR:
+            if not isinstance(value, str):
+                raise fail("a string")
+            return value
+        case Kind.OPT_STR:
+            if value is not None and not isinstance(value, str):
+                raise fail("a string")
+            return value or None
+        case Kind.INT:
+            if isinstance(value, bool):
+                raise fail("an integer")
+            try:
+                n = int(value)
+            except (TypeError, ValueError):
+                raise fail("an integer") from None
+            if n < 0:
+                raise fail("a non-negative integer")
+            return n
+        case Kind.BOOL:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                return value.lower() in ("true", "1", "yes")
+            raise fail("true or false")
+        case Kind.SIZE:
+            try:
+                return parse_size(value)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        case Kind.DURATION:
+            try:
+                return parse_duration(value)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+        case Kind.STR_LIST:
+            items = [value] if isinstance(value, str) else value
+            if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+                raise fail("a list of strings")
+            return tuple(items)
+        case Kind.INT_LIST:
+            items = [value] if isinstance(value, int | str) else value
+            if not isinstance(items, list | tuple):
+                raise fail("a list of integers")
+            try:
+                ports = tuple(int(i) for i in items if not isinstance(i, bool))
+            except (TypeError, ValueError):
+                raise fail("a list of integers") from None
+            if len(ports) != len(items) or any(not 0 < p < 65536 for p in ports):
+                raise fail("a list of port numbers (1-65535)")
+            return ports
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The config file as a dict; ValueError says what is wrong and where."""
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--config {path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise ValueError(f"--config {path}: cannot read it: {e.strerror}") from None
+
+
+def from_file_and_flags(
+    flags: Mapping[str, Any], validators: Sequence[Callable[[Settings], None]] = ()
+) -> Settings:
+    """Merge defaults < TOML file < flags. ``flags`` holds only the options given on the command line."""
+    values: dict[str, Any] = {}
+    sections: dict[str, Any] = {}
+    config_path = flags.get("config")
+    if config_path:
+        for key, value in read_toml(config_path).items():
+            name = key.replace("-", "_")
+            if name in SECTIONS:
+                sections[name] = value
+                continue
+            opt = _BY_NAME.get(name)
+            if opt is None or opt.flag_only:
+                known = ", ".join(sorted([o.name for o in OPTIONS if not o.flag_only] + list(SECTIONS)))
+                raise ValueError(f"{config_path}: unknown key {key!r}; known keys: {known}")
+            values[name] = _convert(opt, value, f"{config_path}: {key}")
+    for name, value in flags.items():
+        opt = _BY_NAME[name]
+        values[name] = _convert(opt, value, "--" + name.replace("_", "-"))
+    settings = Settings(**values, sections=sections, explicit=frozenset(values))
+    check(settings)
+    for validate in validators:
+        validate(settings)
+    return settings
+
+
+def check(s: Settings) -> None:
+    """Cross-field checks that no single value shows."""
+    access.parse_networks(s.allow)
+    if s.auth:
+        access.Credentials.parse(s.auth)
+    access.check_exposure(s.listen_host, "allow" in s.explicit, bool(s.auth))
+    for item in s.set:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is not NAME=VALUE; try e.g. --set http2=false")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare one flag per option; defaults are left out so we can tell what was given."""
+    defaults = Settings()
+    for opt in OPTIONS:
+        names = ["--" + opt.name.replace("_", "-")] + ([opt.short] if opt.short else [])
+        default = getattr(defaults, opt.name)
+        shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{opt.help} (default: {shown})" if shown not in (None, (), "", False) else opt.help
+        kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
+        if opt.kind is Kind.BOOL:
+            parser.add_argument(*names, action="store_true", **kwargs)
+        elif opt.kind in (Kind.STR_LIST, Kind.INT_LIST):
+            parser.add_argument(*names, action="append", metavar=opt.name.upper(), **kwargs)
+        else:
+            parser.add_argument(*names, metavar=opt.name.upper(), **kwargs)
+
+
+def settings_from_args(ns: argparse.Namespace) -> Settings:
+    """Settings from parsed flags (only those present) plus the file they name."""
+    given = {o.name: getattr(ns, o.name) for o in OPTIONS if hasattr(ns, o.name)}
+    return from_file_and_flags(given)
+
+
+def as_dict(s: Settings) -> dict[str, Any]:
+    """A plain dict of every option's value (for logs and tests)."""
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
