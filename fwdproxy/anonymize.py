@@ -108,7 +108,8 @@ class AnonymizeConfig:
     set: tuple[tuple[str, str], ...] = ()
     """(name, value) pairs that replace or add a request header, after every removal; a tuple so it is frozen."""
     keep: tuple[str, ...] = ()
-    """Names exempt from the level's lists and rewrites (request and response); never PROXY_REQUEST_HEADERS."""
+    """Names exempt from the level's lists and rewrites (request and response); never PROXY_REQUEST_HEADERS.
+    `remove` still wins over it (parse_anonymize rejects a name in both)."""
     response_remove: tuple[str, ...] = ()
     """Extra response header names to drop."""
 

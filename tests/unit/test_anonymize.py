@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fwdproxy.anonymize import (
     DEFAULT_ACCEPT_LANGUAGE,
@@ -327,3 +329,32 @@ def test_parse_full_table() -> None:
 def test_parse_errors(table: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=f"^{message}"):
         parse_anonymize(table)
+
+
+# --- properties ----------------------------------------------------------------------------------------
+
+header_names = st.one_of(
+    st.sampled_from(IDENTIFYING_REQUEST_HEADERS + PROXY_REQUEST_HEADERS + STRICT_REQUEST_HEADERS),
+    st.sampled_from(["Referer", "User-Agent", "Accept", "X-Forwarded-Zzz"]),
+    st.from_regex(r"\A[A-Za-z][A-Za-z0-9-]{0,20}\Z"),
+).map(lambda n: "".join(c.upper() if i % 2 else c.lower() for i, c in enumerate(n)))
+requests = st.lists(st.tuples(header_names, st.text(max_size=40)), max_size=12).map(Headers.of)
+
+
+@given(requests, st.text(max_size=40), st.sampled_from(list(Level)))
+def test_no_identifying_header_survives(headers: Headers, url: str, level: Level) -> None:
+    out = names(anonymize_request(headers, url, AnonymizeConfig(level=level)))
+    assert not out & lower(PROXY_REQUEST_HEADERS)
+    if level is not Level.OFF:
+        assert not any(is_identifying(n) for n in out)
+    if level is Level.STRICT:
+        assert not out & lower(STRICT_REQUEST_HEADERS)
+
+
+@given(st.text(max_size=60), st.text(max_size=60))
+def test_strict_referer_is_an_origin_or_nothing(referer: str, url: str) -> None:
+    cfg = AnonymizeConfig(level=Level.STRICT)
+    out = anonymize_request(Headers.of({"Referer": referer}), url, cfg).get("Referer")
+    assert out is None or (
+        out.startswith(("http://", "https://")) and out.endswith("/") and out.count("/") == 3
+    )
