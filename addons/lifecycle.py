@@ -60,6 +60,11 @@ class Lifecycle:
         host, port = addrs[0][:2]
         self.listening = (host, port)
         print(f"fwdproxy listening at {host}:{port}", file=sys.stdout, flush=True)
+        ca = Path(os.path.expanduser(ctx.options.confdir)) / "mitmproxy-ca-cert.pem"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        log.info("CA certificate (trust it to cache HTTPS): %s", ca)
+        log.info("try: curl -x http://%s:%s --cacert %s https://example.org/", shown, port, ca)
+        log.info("or:  export HTTP_PROXY=http://%s:%s HTTPS_PROXY=http://%s:%s", shown, port, shown, port)
 
 
 addons = [Lifecycle()]

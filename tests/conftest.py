@@ -1,0 +1,75 @@
+"""Shared fixtures: local origins, a trustme CA for them, and the real proxy on an ephemeral port."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.support import Origin, Proxy, fwdproxy_argv
+
+
+@pytest.fixture(scope="session")
+def origin_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def origin_ca_file(origin_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("origin-ca") / "origin-ca.pem"
+    origin_ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One mitmproxy confdir (so one proxy CA) for the whole run: generating a CA costs time."""
+    return tmp_path_factory.mktemp("confdir")
+
+
+@pytest.fixture(scope="session")
+def proxy_ca_file(confdir: Path) -> Path:
+    from fwdproxy.cli import ca_path
+
+    return ca_path(str(confdir))
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    o = Origin()
+    yield o
+    o.close()
+
+
+@pytest.fixture
+def tls_origin(origin_ca: trustme.CA) -> Iterator[Origin]:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    o = Origin(tls=ctx)
+    yield o
+    o.close()
+
+
+StartProxy = Callable[..., Proxy]
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path, confdir: Path, origin_ca_file: Path) -> Iterator[StartProxy]:
+    """Start ``fwdproxy run`` with temporary dirs, trusting the origins' CA; extra flags pass through."""
+    started: list[Proxy] = []
+
+    def start(*args: str, cache_dir: Path | None = None, upstream_ca: bool = True) -> Proxy:
+        argv = ["run", "--listen-port", "0", "--confdir", str(confdir)]
+        argv += ["--cache-dir", str(cache_dir or tmp_path / "cache")]
+        if upstream_ca:
+            argv += ["--upstream-ca", str(origin_ca_file)]
+        p = Proxy(fwdproxy_argv(*argv, *args), tmp_path)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        p.stop()
