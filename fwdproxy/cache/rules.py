@@ -1,0 +1,143 @@
+"""Cache rules: ``[[cache.rule]]`` tables that clamp or fix the freshness of matching URLs, and presets."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fwdproxy.cache.key import normalize_url
+from fwdproxy.units import parse_duration
+
+IMMUTABLE_DEFAULT_TTL = 365 * 86400.0
+"""An immutable rule without max_ttl keeps entries fresh for a year: long enough for any CI cache, short
+enough that a registry that did rewrite an artifact is eventually seen."""
+
+_KEYS = ("name", "match", "regex", "min_ttl", "max_ttl", "immutable")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One cache rule; the first rule whose pattern matches a URL applies to it."""
+
+    pattern: str
+    """A glob over the whole URL (``*`` spans ``/``), or a regular expression when ``regex`` is set."""
+    regex: bool = False
+    """True: ``pattern`` is a regular expression searched in the URL (anchor it with ^ and $)."""
+    min_ttl: float | None = None
+    """Lower bound for the computed freshness lifetime, seconds."""
+    max_ttl: float | None = None
+    """Upper bound for the computed freshness lifetime, seconds; the fixed lifetime of an immutable rule."""
+    immutable: bool = False
+    """Fresh for max_ttl (default a year) whatever the origin says about freshness or revalidation."""
+    name: str = ""
+    """Shown in logs and stored with the entry; defaults to the pattern."""
+    _compiled: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        source = self.pattern if self.regex else fnmatch.translate(self.pattern)
+        object.__setattr__(self, "_compiled", re.compile(source))
+        if not self.name:
+            object.__setattr__(self, "name", self.pattern)
+
+    @property
+    def lifetime(self) -> float:
+        """The fixed freshness lifetime of an immutable rule."""
+        return self.max_ttl if self.max_ttl is not None else IMMUTABLE_DEFAULT_TTL
+
+    def matches(self, url: str) -> bool:
+        """Whether the rule applies to this URL (compared in normalised form, see key.normalize_url)."""
+        normal = normalize_url(url)
+        if self.regex:
+            return self._compiled.search(normal) is not None
+        return self._compiled.match(normal) is not None
+
+
+def match_rule(rules: Sequence[Rule], url: str) -> Rule | None:
+    """The first rule that matches the URL, or None."""
+    return next((r for r in rules if r.matches(url)), None)
+
+
+def parse_rules(tables: object) -> tuple[Rule, ...]:
+    """``[[cache.rule]]`` tables (a list of dicts from TOML) as rules, in order.
+
+    Raises:
+        ValueError: naming the table (counted from 0) and key, e.g. ``cache.rule[2].max_ttl: ...``.
+    """
+    if not isinstance(tables, Sequence) or isinstance(tables, str):
+        raise ValueError(f"cache.rule: {tables!r} is not a list of tables; write [[cache.rule]] sections")
+    return tuple(_parse_rule(i, t) for i, t in enumerate(tables))
+
+
+def _parse_rule(index: int, table: object) -> Rule:
+    where = f"cache.rule[{index}]"
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where}: {table!r} is not a table; write match = ... under [[cache.rule]]")
+    for key in table:
+        if key not in _KEYS:
+            raise ValueError(f"{where}.{key}: unknown key; use one of {', '.join(_KEYS)}")
+    if ("match" in table) == ("regex" in table):
+        raise ValueError(f"{where}: give exactly one of match (a URL glob) or regex")
+    key = "match" if "match" in table else "regex"
+    pattern = table[key]
+    if not isinstance(pattern, str) or not pattern:
+        raise ValueError(
+            f'{where}.{key}: {pattern!r} is not a pattern; try e.g. "https://example.org/files/*"'
+        )
+    if key == "regex":
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"{where}.regex: {pattern!r} is not a regular expression: {e}") from e
+    name = table.get("name", "")
+    if not isinstance(name, str):
+        raise ValueError(f"{where}.name: {name!r} is not a string")
+    immutable = table.get("immutable", False)
+    if not isinstance(immutable, bool):
+        raise ValueError(f"{where}.immutable: {immutable!r} is not true or false")
+    min_ttl = _duration(where, "min_ttl", table.get("min_ttl"))
+    max_ttl = _duration(where, "max_ttl", table.get("max_ttl"))
+    if min_ttl is not None and max_ttl is not None and min_ttl > max_ttl:
+        raise ValueError(f"{where}.min_ttl: {min_ttl:g}s is more than max_ttl {max_ttl:g}s; swap or lower it")
+    return Rule(pattern, key == "regex", min_ttl, max_ttl, immutable, name)
+
+
+def _duration(where: str, key: str, value: object) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"{where}.{key}: {value!r} is not a duration; try e.g. 90, 10m, 12h or 7d")
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise ValueError(f"{where}.{key}: {e}") from e
+
+
+def _ci(name: str, pattern: str, *, regex: bool = False) -> Rule:
+    return Rule(pattern, regex=regex, immutable=True, name=f"ci-{name}")
+
+
+_MAVEN_HOSTS = r"(?:repo1\.maven\.org|repo\.maven\.apache\.org)"
+
+PRESET_CI: tuple[Rule, ...] = (
+    # Content-addressed or never-rewritten artifacts: a given URL always names the same bytes. Index and
+    # metadata pages (pypi.org/simple/, registry.npmjs.org/<pkg>, dists/*, @v/list, maven-metadata.xml)
+    # match none of these and stay under plain RFC 9111 rules.
+    _ci("pypi", "https://files.pythonhosted.org/packages/*"),
+    _ci("npm", r"^https://registry\.(?:npmjs\.org|yarnpkg\.com)/[^?#]+/-/[^/?#]+\.tgz$", regex=True),
+    _ci("debian", r"^https?://[^/?#]+/(?:[^?#]*/)?pool/[^?#]+\.(?:deb|udeb|dsc|tar\.[a-z0-9]+)$", regex=True),
+    _ci("crates", "https://static.crates.io/crates/*"),
+    _ci("go", r"^https://proxy\.golang\.org/[^?#]+/@v/[^/?#]+\.(?:zip|mod)$", regex=True),
+    # groupId/artifactId/version/artifactId-version[-classifier].ext: only files inside a version
+    # directory whose name starts with artifactId-version, so maven-metadata.xml and listings never match;
+    # SNAPSHOT versions are rewritten in place, so they are left out.
+    _ci(
+        "maven",
+        rf"^https://{_MAVEN_HOSTS}/maven2/(?:[^/?#]+/)+(?P<a>[^/?#]+)/(?P<v>(?![^/]*SNAPSHOT)[^/?#]+)/(?P=a)-(?P=v)[^/?#]*$",
+        regex=True,
+    ),
+)
+"""The ``--preset ci`` rules."""
+
+PRESETS: Mapping[str, tuple[Rule, ...]] = {"ci": PRESET_CI}
