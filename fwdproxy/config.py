@@ -39,6 +39,12 @@ class Option:
     flag_only: bool = False
     """Only on the command line (e.g. --config itself)."""
     short: str | None = None
+    toml: str = ""
+    """The TOML key when it differs from ``name``: a dotted key inside a section, e.g. ``anonymize.level``."""
+
+    @property
+    def key(self) -> str:
+        return self.toml or self.name
 
 
 # Sections of the TOML file that are tables of their own, read by the feature that owns them.
@@ -194,10 +200,14 @@ def from_file_and_flags(
                 sections[name] = value
                 continue
             opt = _BY_NAME.get(name)
-            if opt is None or opt.flag_only:
+            if opt is None or opt.flag_only or opt.toml:
                 known = ", ".join(sorted([o.name for o in OPTIONS if not o.flag_only] + list(SECTIONS)))
                 raise ValueError(f"{config_path}: unknown key {key!r}; known keys: {known}")
             values[name] = _convert(opt, value, f"{config_path}: {key}")
+    for opt in OPTIONS:
+        section, dot, key = opt.key.partition(".")
+        if dot and isinstance(sections.get(section), dict) and key in sections[section]:
+            values[opt.name] = _convert(opt, sections[section][key], f"{config_path}: {opt.key}")
     for name, value in flags.items():
         opt = _BY_NAME[name]
         values[name] = _convert(opt, value, "--" + name.replace("_", "-"))
