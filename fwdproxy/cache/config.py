@@ -1,0 +1,29 @@
+"""The cache policy's settings, parsed once by the addon and passed to every decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fwdproxy.cache.rules import Rule
+
+
+@dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """Knobs of the shared-cache policy; the defaults follow the issue's flags."""
+
+    negative_ttl: float = 60.0
+    """Cap on the heuristic freshness of a 404/410, seconds: a package published a minute after a miss is
+    seen, not hidden behind a cached 404 (issue 3)."""
+    heuristic_cap: float = 86400.0
+    """Cap on any heuristic freshness lifetime (§4.2.2), seconds; a day, the classic browser bound."""
+    serve_stale_on_error: float = 0.0
+    """Serve any stored entry up to this many seconds stale when the origin fails (registry outage mode);
+    0 leaves it to the response's own stale-if-error."""
+    offline: bool = False
+    """Answer only from the cache; never contact an origin (504 on a miss)."""
+    rules: tuple[Rule, ...] = ()
+    """[[cache.rule]] tables (and presets), first match wins."""
+
+
+DEFAULT_CONFIG = CacheConfig()
+"""The defaults, shared (records are immutable)."""
