@@ -412,7 +412,7 @@ def cc(value: str) -> F:
             None,
             Verdict.GATEWAY_TIMEOUT,
             Fwd.STALE,
-            "",
+            "only-if-cached",
             id="5.2.1.7 stale gives 504",
         ),
         pytest.param(
