@@ -1,0 +1,50 @@
+"""Which response header fields are stored (§3.1) and what a response served from the cache carries (§5.1)."""
+
+from __future__ import annotations
+
+import math
+
+from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date, parse_list
+from fwdproxy.cache.freshness import current_age
+from fwdproxy.http_model import Headers, StoredResponse
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-authentication-info",
+    }
+)
+"""§3.1 and RFC 9110 §7.6.1: connection-specific fields, never stored nor served from the cache."""
+
+
+def storable_headers(headers: Headers, *, response_time: float | None = None) -> Headers:
+    """§3.1: the fields to store: minus hop-by-hop ones and those the Connection field names.
+
+    With ``response_time``, a missing Date is added (RFC 9110 §6.6.1: a cache with a clock MUST).
+    """
+    named = {n.lower() for line in headers.get_all("connection") for n in parse_list(line)}
+    drop = HOP_BY_HOP | named
+    kept = Headers(tuple((k, v) for k, v in headers if k.lower() not in drop))
+    if response_time is not None and "date" not in kept:
+        kept = kept.with_("Date", format_http_date(response_time))
+    return kept
+
+
+def age_value(age: float) -> str:
+    """§5.1: Age as delta-seconds, rounded down and saturated."""
+    if not math.isfinite(age) or age >= DELTA_SECONDS_MAX:
+        return str(DELTA_SECONDS_MAX)
+    return str(max(0, math.floor(age)))
+
+
+def served_headers(stored: StoredResponse, *, now: float) -> Headers:
+    """§5.1: the stored fields with Age set to the current age; Date and everything else untouched."""
+    return stored.headers.with_("Age", age_value(current_age(stored, now)))

@@ -1,0 +1,78 @@
+"""Header fields stored (RFC 9111 §3.1) and served with Age (§5.1)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date
+from fwdproxy.cache.headers import HOP_BY_HOP, age_value, served_headers, storable_headers
+from fwdproxy.http_model import Headers, StoredResponse
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize("name", sorted(HOP_BY_HOP))
+def test_hop_by_hop_not_stored(name: str) -> None:
+    """§3.1: connection-specific fields are never stored."""
+    kept = storable_headers(Headers.of([(name.title(), "x"), ("Content-Type", "text/plain")]))
+    assert kept.fields == (("Content-Type", "text/plain"),)
+
+
+@pytest.mark.parametrize(
+    "fields, expected",
+    [
+        pytest.param(
+            [("Connection", "a, b"), ("a", "1"), ("B", "2"), ("c", "3")],
+            [("c", "3")],
+            id="3.1 fields named in Connection",
+        ),
+        pytest.param(
+            [("Connection", "A"), ("Connection", "keep-alive"), ("a", "1"), ("c", "3")],
+            [("c", "3")],
+            id="3.1 several Connection lines",
+        ),
+        pytest.param(
+            [("Set-Cookie", "a=b"), ("Content-Encoding", "gzip"), ("X-Frame-Options", "deny")],
+            [("Set-Cookie", "a=b"), ("Content-Encoding", "gzip"), ("X-Frame-Options", "deny")],
+            id="3.1 end-to-end fields kept",
+        ),
+    ],
+)
+def test_storable_headers(fields: list[tuple[str, str]], expected: list[tuple[str, str]]) -> None:
+    assert storable_headers(Headers.of(fields)).fields == tuple(expected)
+
+
+def test_storable_headers_adds_a_missing_date() -> None:
+    """RFC 9110 §6.6.1: a recipient with a clock adds Date to a response it caches."""
+    assert storable_headers(Headers(), response_time=NOW).fields == (("Date", format_http_date(NOW)),)
+    dated = Headers.of({"Date": "Mon, 01 Jan 2024 00:00:00 GMT"})
+    assert storable_headers(dated, response_time=NOW) == dated
+
+
+@pytest.mark.parametrize(
+    "age, expected",
+    [
+        pytest.param(0, "0", id="5.1 zero"),
+        pytest.param(29.9, "29", id="5.1 rounded down"),
+        pytest.param(-3, "0", id="5.1 never negative"),
+        pytest.param(DELTA_SECONDS_MAX + 5, str(DELTA_SECONDS_MAX), id="1.2.2 saturates"),
+        pytest.param(float("inf"), str(DELTA_SECONDS_MAX), id="1.2.2 infinity saturates"),
+    ],
+)
+def test_age_value(age: float, expected: str) -> None:
+    assert age_value(age) == expected
+
+
+def test_served_headers_set_age_and_keep_date() -> None:
+    """§5.1: Age on every response served from cache, replacing a stored one; Date untouched."""
+    date = format_http_date(NOW - 100)
+    s = StoredResponse(
+        "http://a/",
+        200,
+        "OK",
+        Headers.of([("Date", date), ("Age", "5"), ("X", "1")]),
+        NOW - 100,
+        NOW - 100,
+        0,
+    )
+    assert served_headers(s, now=NOW).fields == (("Date", date), ("Age", "105"), ("X", "1"))
