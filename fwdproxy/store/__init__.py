@@ -1,0 +1,44 @@
+"""Response storage: a byte-sized LRU memory tier in front of a diskcache disk tier (no mitmproxy here).
+
+See base.py for the interface and the Vary layout, disk.py
+for the on-disk layout, and writer.py for how streamed bodies become visible atomically.
+"""
+
+from fwdproxy.store.base import Store, Writer
+from fwdproxy.store.codec import FORMAT_VERSION
+from fwdproxy.store.disk import DISK_SIZE, INLINE_MAX, DiskStore
+from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, MemoryStore
+from fwdproxy.store.record import (
+    BodyFile,
+    Entry,
+    Outcome,
+    StoreStats,
+    TierStats,
+    Verification,
+    VerifyReport,
+    variant_key,
+)
+from fwdproxy.store.verify import verify_all
+from fwdproxy.store.writer import DiskWriter
+
+__all__ = [
+    "DISK_SIZE",
+    "FORMAT_VERSION",
+    "INLINE_MAX",
+    "MEMORY_OBJECT_MAX",
+    "MEMORY_SIZE",
+    "BodyFile",
+    "DiskStore",
+    "DiskWriter",
+    "Entry",
+    "MemoryStore",
+    "Outcome",
+    "Store",
+    "StoreStats",
+    "TierStats",
+    "Verification",
+    "VerifyReport",
+    "Writer",
+    "variant_key",
+    "verify_all",
+]

@@ -1,0 +1,203 @@
+"""How the disk tier uses diskcache: a Disk that adopts finished temp files, raw queries, fault kinds.
+
+diskcache keeps one row per key (Cache table: key, raw, store_time, access_time, size, mode, filename,
+value) and evicts by access_time (least-recently-used) once `volume()` (database pages + the size
+column) passes size_limit, removing each evicted row's file. Our rows put the codec record in `value`;
+a big body is a `.val` file in diskcache's own `ab/cd/` layout, with its length in `size`, so eviction
+and size accounting work unchanged. The queries below read that schema directly (pinned by
+diskcache>=5.6,<5.7 in pyproject) where diskcache has no call that leaves LRU order alone.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import diskcache
+from diskcache.core import MODE_BINARY, MODE_RAW, UNKNOWN
+
+SETTINGS: dict[str, Any] = {
+    "eviction_policy": "least-recently-used",
+    "statistics": 0,  # hit counting would add a write to every read
+    # diskcache culls ten rows at a time when over the limit: with 1 GiB bodies that wipes the cache.
+    # evict() below removes just enough, least recently used first.
+    "cull_limit": 0,
+    # Issue 4 bounds resident memory: no mmap of the database, and an 8 MiB page cache per connection.
+    "sqlite_mmap_size": 0,
+    "sqlite_cache_size": 2**11,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Adopt:
+    """The value handed to Cache.set: a record, plus the finished temp file to adopt as the body."""
+
+    record: bytes
+    temp_path: str | None = None
+    filename: str = ""
+    """Store-relative path the temp file is linked to."""
+    size: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """What Cache.get returns through BodyDisk.fetch: the body file (if any) and the record."""
+
+    filename: str | None
+    record: bytes
+
+
+FOREIGN = Row(None, b"")
+"""A row diskcache or another program wrote: not ours, read as a miss."""
+
+
+def _link(source: str, target: str) -> None:
+    for attempt in range(10):
+        try:
+            os.link(source, target)
+            return
+        except FileNotFoundError:
+            # diskcache prunes empty ab/cd directories, maybe just now; a missing source is fatal.
+            if attempt == 9 or not os.path.exists(source):
+                raise
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+                raise
+            os.rename(source, target)  # no hard links here: a crash may now leak (never expose) a file
+            return
+
+
+class BodyDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache is untyped
+    """A diskcache Disk whose store() adopts a temp file by hard link and whose fetch() reads nothing."""
+
+    def store(self, value: Any, read: bool, key: Any = UNKNOWN) -> tuple[int, int, str | None, Any]:
+        if not isinstance(value, Adopt):
+            raise TypeError(f"the fwdproxy store only writes Adopt values, got {type(value).__name__}")
+        if value.temp_path is None:
+            return 0, MODE_RAW, None, sqlite3.Binary(value.record)
+        _link(value.temp_path, os.path.join(self._directory, value.filename))
+        return value.size, MODE_BINARY, value.filename, sqlite3.Binary(value.record)
+
+    def fetch(self, mode: int, filename: str | None, value: Any, read: bool) -> Row:
+        # The body file is opened by DiskStore, which checks its length; here we only pass the row on.
+        if mode in (MODE_RAW, MODE_BINARY) and isinstance(value, bytes):
+            return Row(filename, value)
+        return FOREIGN
+
+
+def open_cache(directory: str, *, size_limit: int, timeout: float) -> diskcache.Cache:
+    """Open (or create) the database; raises sqlite3.Error or OSError."""
+    return diskcache.Cache(directory, timeout=timeout, disk=BodyDisk, size_limit=size_limit, **SETTINGS)
+
+
+class Fault(enum.Enum):
+    """What kind of storage failure an exception means."""
+
+    BUSY = "busy"
+    """Another process holds the database lock too long: a miss, nothing to repair."""
+    FULL = "full"
+    """No space (or quota) left."""
+    BROKEN = "broken"
+    """The database is corrupt, unreadable or was moved away: reopen an empty cache."""
+    OTHER = "other"
+
+
+_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY_DBMOVED")
+
+
+def classify(err: BaseException) -> Fault:
+    """The kind of an exception raised by diskcache, sqlite3 or the file system."""
+    if isinstance(err, diskcache.Timeout):
+        return Fault.BUSY
+    if isinstance(err, sqlite3.Error):
+        name = getattr(err, "sqlite_errorname", "") or ""
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return Fault.BUSY
+        if name == "SQLITE_FULL":
+            return Fault.FULL
+        return Fault.BROKEN if name.startswith(_BROKEN) or type(err) is sqlite3.DatabaseError else Fault.OTHER
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Fault.FULL
+    return Fault.OTHER
+
+
+def end_transaction(cache: diskcache.Cache) -> None:
+    """Roll back a transaction a failed COMMIT left open, so the connection stays usable."""
+    con = cache._con
+    if con.in_transaction:
+        con.rollback()
+
+
+def row(cache: diskcache.Cache, key: str, length: int | None = None) -> Row | None:
+    """A key's body file and record (only its first `length` bytes if given), leaving LRU order alone."""
+    column = "value" if length is None else f"substr(value, 1, {int(length)})"
+    found = cache._sql(f"SELECT filename, {column} FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+    if found is None or not isinstance(found[1], bytes):
+        return None
+    return Row(found[0], found[1])
+
+
+def prefix_rows(cache: diskcache.Cache, primary: str, separator: str) -> list[tuple[str, bytes]]:
+    """(key, record) of the key equal to primary and of every key starting with primary + separator."""
+    # Keys compare by memcmp of their UTF-8, so [primary, primary + next char after separator) holds
+    # exactly primary and primary + separator + anything, and the (key, raw) index serves the range.
+    upper = primary + chr(ord(separator) + 1)
+    rows = cache._sql(
+        "SELECT key, value FROM Cache WHERE key >= ? AND key < ? AND raw = 1", (primary, upper)
+    ).fetchall()
+    return [(k, bytes(v)) for k, v in rows if isinstance(k, str) and isinstance(v, bytes)]
+
+
+def page(cache: diskcache.Cache, after: int, limit: int) -> list[tuple[int, str, str | None, bytes]]:
+    """(rowid, key, filename, record) of up to limit rows after rowid `after`, in rowid order."""
+    rows = cache._sql(
+        "SELECT rowid, key, filename, value FROM Cache WHERE rowid > ? AND raw = 1 ORDER BY rowid LIMIT ?",
+        (after, limit),
+    ).fetchall()
+    return [(r, k, f, bytes(v)) for r, k, f, v in rows if isinstance(k, str) and isinstance(v, bytes)]
+
+
+def evict(cache: diskcache.Cache, size_limit: int) -> int:
+    """Delete least-recently-used rows (and their files) until volume() is within size_limit; how many."""
+    evicted = 0
+    while (excess := cache.volume() - size_limit) > 0:
+        doomed: list[int] = []
+        files: list[str] = []
+        with cache.transact(retry=False):
+            rows = cache._sql(
+                "SELECT rowid, filename, size + length(value) FROM Cache ORDER BY access_time LIMIT 100"
+            ).fetchall()
+            for rowid, filename, size in rows:
+                doomed.append(rowid)
+                files.append(filename)
+                excess -= size or 0
+                if excess <= 0:
+                    break
+            cache._sql(f"DELETE FROM Cache WHERE rowid IN ({','.join('?' * len(doomed))})", doomed)
+        if not doomed:
+            return evicted  # the empty database alone is over the limit
+        for filename in files:  # after the commit, as diskcache does: no row ever lacks its file
+            if filename:
+                cache.disk.remove(filename)
+        evicted += len(doomed)
+    return evicted
+
+
+def replace_record(cache: diskcache.Cache, key: str, record: bytes) -> None:
+    """Overwrite a key's record in place, keeping its body file (the caller holds a transaction)."""
+    cache._sql("UPDATE Cache SET value = ? WHERE key = ? AND raw = 1", (sqlite3.Binary(record), key))
+
+
+def referenced(cache: diskcache.Cache, filename: str) -> bool:
+    """Whether any row owns this body file (a full scan: only used after crashes and by verify)."""
+    return cache._sql("SELECT 1 FROM Cache WHERE filename = ? LIMIT 1", (filename,)).fetchone() is not None
+
+
+def filenames(cache: diskcache.Cache) -> set[str]:
+    """Every body file the rows own."""
+    return {f for (f,) in cache._sql("SELECT filename FROM Cache WHERE filename IS NOT NULL") if f}

@@ -1,0 +1,272 @@
+"""The disk tier: entries in a diskcache database, big bodies as files, shared by processes.
+
+Layout under the cache directory:
+
+    store/cache.db (+ -wal, -shm)   diskcache's SQLite database: one row per key, LRU by access time
+    store/ab/cd/<hex>.val           bodies above the inline limit; smaller ones sit in their row
+    tmp/<hex>.part                  bodies being streamed, each flock'ed by its writer
+    store.broken-<hex>/             a damaged store moved aside, being deleted in the background
+
+No method raises for a storage fault: reads miss, writes return Outcome.DISK_ERROR, and the fault is
+logged once (disk full: once until a write succeeds again). A database that is corrupt, deleted or
+replaced is never read again: the store reopens an empty one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Iterator
+
+import diskcache
+
+from fwdproxy.http_model import StoredResponse
+from fwdproxy.store import backend, codec
+from fwdproxy.store.handle import ERRORS, Database
+from fwdproxy.store.memory import MEMORY_OBJECT_MAX
+from fwdproxy.store.record import (
+    VARIANT_SEPARATOR,
+    BodyFile,
+    Entry,
+    Outcome,
+    StoreStats,
+    TierStats,
+    Verification,
+)
+from fwdproxy.store.verify import verify
+from fwdproxy.store.writer import DiskWriter, Opener, open_unbuffered
+
+log = logging.getLogger("fwdproxy.store")
+
+DISK_SIZE = 10 * 2**30
+"""Default size limit: the issue's --disk-cache-size default."""
+INLINE_MAX = 2**15
+"""Bodies up to this size live in their database row: diskcache's own threshold, since many tiny files
+cost more to open and to evict than a row read."""
+TIMEOUT = 1.0
+"""SQLite busy timeout: a write transaction lasts milliseconds, so a longer wait means trouble; miss."""
+
+
+class DiskStore:
+    """The disk tier; several instances (in several processes) may share one directory."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        size_limit: int = DISK_SIZE,
+        read_whole_max: int = MEMORY_OBJECT_MAX,
+        inline_max: int = INLINE_MAX,
+        timeout: float = TIMEOUT,
+        opener: Opener = open_unbuffered,
+    ) -> None:
+        self.db = Database(os.fspath(directory), size_limit=size_limit, timeout=timeout)
+        self.read_whole_max = read_whole_max
+        """Bodies up to this length are read into bytes (and checksummed); longer ones come as a BodyFile."""
+        self.inline_max = inline_max
+        """Bodies up to this length are kept in their database row instead of a file."""
+        self._opener = opener
+        self.db.live()
+
+    def check(self) -> bool:
+        """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
+        return self.db.check()
+
+    def close(self) -> None:
+        """Close this thread's database connection (the next call reopens it)."""
+        self.db.close()
+
+    def verify(self, key: str) -> Verification:
+        """Read one entry's whole body and compare it with its checksum; a damaged entry is deleted."""
+        return verify(self, key)
+
+    # -- reading
+
+    def get(self, key: str) -> Entry | None:
+        """The entry, marked as recently used; None on a miss, a damaged entry, or a fault."""
+        if (cache := self.db.live()) is None:
+            return None
+        try:
+            row = cache.get(key, default=None, retry=False)
+        except ERRORS as e:
+            self.db.fault(e, f"reading {key}")
+            return None
+        if not isinstance(row, backend.Row) or row is backend.FOREIGN:
+            return None
+        return self._entry(cache, key, row)
+
+    def _entry(self, cache: diskcache.Cache, key: str, row: backend.Row) -> Entry | None:
+        decoded = codec.decode(row.record)
+        if decoded is codec.Undecodable.OTHER_VERSION:
+            return None
+        if decoded is codec.Undecodable.CORRUPT:
+            self.drop(key, "its record is unreadable")
+            return None
+        meta = decoded.meta
+        if row.filename is None:
+            if len(decoded.inline) != meta.body_length or codec.checksum(decoded.inline) != decoded.checksum:
+                self.drop(key, "its body does not match its checksum", decoded.stamp)
+                return None
+            return Entry(meta=meta, body=decoded.inline, stamp=decoded.stamp)
+        path = os.path.join(self.db.store_dir, row.filename)
+        try:
+            file = open(path, "rb")
+        except FileNotFoundError:
+            self.drop(key, "its body file is gone", decoded.stamp)
+            return None
+        except OSError as e:
+            self.db.fault(e, f"opening the body of {key}")
+            return None
+        try:
+            size = os.fstat(file.fileno()).st_size
+            if size != meta.body_length:
+                file.close()
+                self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
+                return None
+            if size > self.read_whole_max:
+                return Entry(meta=meta, body=BodyFile(path, size, file), stamp=decoded.stamp)
+            with file:
+                body = file.read()
+        except OSError as e:
+            file.close()
+            self.db.fault(e, f"reading the body of {key}")
+            return None
+        if len(body) != meta.body_length or codec.checksum(body) != decoded.checksum:
+            self.drop(key, "its body does not match its checksum", decoded.stamp)
+            return None
+        return Entry(meta=meta, body=body, stamp=decoded.stamp)
+
+    def stamp(self, key: str) -> bytes | None:
+        """The current stamp of a key, without reading its body or changing its LRU position."""
+        if (cache := self.db.live()) is None:
+            return None
+        try:
+            found = backend.row(cache, key, codec.STAMP_PREFIX)
+        except ERRORS as e:
+            self.db.fault(e, f"looking up {key}")
+            return None
+        return None if found is None else codec.stamp_of(found.record)
+
+    def variants(self, primary: str) -> list[tuple[str, StoredResponse]]:
+        """(key, metadata) of primary and of every variant_key(primary, …) stored, bodies unread."""
+        if VARIANT_SEPARATOR in primary or (cache := self.db.live()) is None:
+            return []  # variant_key() never made such a primary: it would list another URL's variants
+        try:
+            rows = backend.prefix_rows(cache, primary, VARIANT_SEPARATOR)
+        except ERRORS as e:
+            self.db.fault(e, f"listing the variants of {primary}")
+            return []
+        decoded = ((k, codec.decode(record)) for k, record in rows)
+        return [(k, d.meta) for k, d in decoded if isinstance(d, codec.Decoded)]
+
+    def iterate(self) -> Iterator[tuple[str, StoredResponse]]:
+        """(key, metadata) of every entry, bodies unread, in pages so no lock is held between them."""
+        after = 0
+        while (cache := self.db.live()) is not None:
+            try:
+                rows = backend.page(cache, after, 256)
+            except ERRORS as e:
+                self.db.fault(e, "listing the cache")
+                return
+            if not rows:
+                return
+            for rowid, key, _, record in rows:
+                after = rowid
+                if isinstance(decoded := codec.decode(record), codec.Decoded):
+                    yield key, decoded.meta
+
+    def stats(self) -> StoreStats:
+        """Entries and bytes (body files plus database pages) against the size limit, and fault state."""
+        entries = volume = 0
+        if (cache := self.db.live()) is not None:
+            try:
+                entries, volume = len(cache), cache.volume()
+            except ERRORS as e:
+                self.db.fault(e, "counting the cache")
+        db = self.db
+        disk = TierStats(entries=entries, bytes=volume, limit=db.size_limit, evictions=db.evictions)
+        return StoreStats(disk=disk, disk_full=db.disk_full, errors=db.errors, last_error=db.last_error)
+
+    # -- writing
+
+    def writer(self, key: str, *, max_length: int | None = None) -> DiskWriter:
+        """A writer that streams a body for key; bodies over max_length are dropped as they pass it."""
+        return DiskWriter(self, key, max_length=max_length, opener=self._opener)
+
+    def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
+        """Store a body held in memory (the writer in one go)."""
+        writer = self.writer(key)
+        writer.write(body)
+        return writer.commit(meta)
+
+    def insert(self, key: str, record: bytes, adopt: tuple[str, str, int] | None) -> Outcome:
+        """Commit a record, adopting the (temp path, store filename, size) body file; used by DiskWriter."""
+        if (cache := self.db.live()) is None:
+            return Outcome.DISK_ERROR
+        value = backend.Adopt(record) if adopt is None else backend.Adopt(record, *adopt)
+        try:
+            cache.set(key, value, retry=False)
+        except ERRORS as e:
+            with contextlib.suppress(sqlite3.Error):  # the database may be what failed
+                backend.end_transaction(cache)
+            if adopt is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(self.db.store_dir, adopt[1]))
+            self.db.fault(e, f"storing {key}")
+            return Outcome.DISK_ERROR
+        self.db.stored()
+        try:
+            self.db.evictions += backend.evict(cache, self.db.size_limit)
+        except ERRORS as e:
+            self.db.fault(e, "evicting old entries")
+        return Outcome.STORED
+
+    def update(self, key: str, meta: StoredResponse) -> bytes | None:
+        """Replace an entry's metadata, keeping its body (a 304 refreshed it, §4.3.4); the new stamp.
+
+        None when the entry is gone, unreadable, or meta.body_length differs from the stored body.
+        """
+        if (cache := self.db.live()) is None:
+            return None
+        stamp = codec.new_stamp()
+        try:
+            with cache.transact(retry=False):
+                found = backend.row(cache, key)
+                decoded = None if found is None else codec.decode(found.record)
+                if not isinstance(decoded, codec.Decoded) or decoded.meta.body_length != meta.body_length:
+                    return None
+                record = codec.encode(meta, stamp=stamp, digest=decoded.checksum, inline=decoded.inline)
+                backend.replace_record(cache, key, record)
+        except ERRORS as e:
+            self.db.fault(e, f"updating {key}")
+            return None
+        return stamp
+
+    def delete(self, key: str) -> bool:
+        """Remove an entry and its body file; False if absent or on a fault."""
+        if (cache := self.db.live()) is None:
+            return False
+        try:
+            return bool(cache.delete(key, retry=False))
+        except ERRORS as e:
+            self.db.fault(e, f"deleting {key}")
+            return False
+
+    def purge(self, primary: str) -> int:
+        """Delete primary and all its variants (RFC 9111 §4.4 invalidation); how many went."""
+        return sum(self.delete(key) for key, _ in self.variants(primary))
+
+    def drop(self, key: str, why: str, stamp: bytes | None = None) -> None:
+        """Delete a damaged entry, unless it was rewritten since it was read with this stamp."""
+        log.warning("dropping cached %s: %s", key, why)
+        if (cache := self.db.live()) is None:
+            return
+        try:
+            with cache.transact(retry=False):
+                found = backend.row(cache, key, codec.STAMP_PREFIX)
+                if stamp is None or (found is not None and codec.stamp_of(found.record) == stamp):
+                    cache.delete(key, retry=False)
+        except ERRORS as e:
+            self.db.fault(e, f"dropping {key}")

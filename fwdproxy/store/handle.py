@@ -1,0 +1,207 @@
+"""When the disk tier's database may be used: opening, noticing damage or removal, reopening empty.
+
+No caller ever reads from a database that failed: a fault classified as broken, or a db file that was
+deleted or replaced (checked by inode before every operation), makes the next use open an empty one.
+Damaged stores are moved aside to `store.broken-<hex>` and deleted by a background thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import shutil
+import sqlite3
+import threading
+import time
+
+import diskcache
+
+from fwdproxy.store import backend
+from fwdproxy.store.backend import Fault
+from fwdproxy.store.writer import clean_stale
+
+log = logging.getLogger("fwdproxy.store")
+
+REOPEN_DELAY = 5.0
+"""After a failed open, seconds to wait before trying again (each attempt logs a line)."""
+ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
+"""What diskcache, sqlite3 and the file system raise for storage faults."""
+
+
+def _ident(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class Database:
+    """The disk tier's diskcache handle, shared safely by threads; several processes may open one directory."""
+
+    def __init__(self, directory: str, *, size_limit: int, timeout: float) -> None:
+        self.directory = directory
+        self.store_dir = os.path.join(directory, "store")
+        self.tmp_dir = os.path.join(directory, "tmp")
+        self.db_path = os.path.join(self.store_dir, diskcache.core.DBNAME)
+        self.size_limit = size_limit
+        self.timeout = timeout
+        self.disk_full = False
+        """The last write failed for lack of space; cleared by the next successful commit."""
+        self.errors = 0
+        self.last_error = ""
+        self.evictions = 0
+        """Entries this process evicted to keep within size_limit (others' evictions are not seen)."""
+        self.sweeper: threading.Thread | None = None
+        """The thread deleting the last store moved aside (tests join it)."""
+        self.generation = 0
+        """Counts (re)openings: when it changes, copies taken from the old database are void."""
+        self._lock = threading.RLock()
+        self._cache: diskcache.Cache | None = None
+        self._ident: tuple[int, int] | None = None
+        self._retry_at = 0.0
+
+    def live(self) -> diskcache.Cache | None:
+        """The open database, reopened if its file was deleted or replaced; None while unavailable."""
+        with self._lock:
+            if self._cache is not None:
+                if _ident(self.db_path) == self._ident:  # one stat(): cheap next to a query
+                    return self._cache
+                log.warning("cache database %s was removed or replaced; reopening it", self.db_path)
+                self._close()
+            if time.monotonic() < self._retry_at:
+                return None
+            self._cache = self._open()
+            return self._cache
+
+    def _connect(self) -> diskcache.Cache:
+        os.makedirs(self.tmp_dir, exist_ok=True)
+        cache = backend.open_cache(self.store_dir, size_limit=self.size_limit, timeout=self.timeout)
+        self._ident = _ident(self.db_path)
+        self.generation += 1
+        return cache
+
+    def _unavailable(self, err: BaseException) -> None:
+        self.note(err, "opening the cache")
+        log.warning("cannot open the cache in %s (%s); caching is off for now", self.directory, err)
+        self._retry_at = time.monotonic() + REOPEN_DELAY
+
+    def _open(self) -> diskcache.Cache | None:
+        try:
+            cache = self._connect()
+        except ERRORS as e:
+            if backend.classify(e) is not Fault.BROKEN:
+                self._unavailable(e)
+                return None
+            log.warning("cache database %s is unreadable (%s); starting an empty cache", self.db_path, e)
+            self._move_aside()
+            try:
+                cache = self._connect()
+            except ERRORS as e2:
+                self._unavailable(e2)
+                return None
+
+        def is_referenced(filename: str) -> bool:
+            try:
+                return backend.referenced(cache, filename)
+            except ERRORS:
+                return True  # keep it: at worst a leaked file, never a lost entry
+
+        try:
+            if removed := clean_stale(self.tmp_dir, self.store_dir, is_referenced):
+                log.info("removed %d unfinished bodies left by a stopped process", removed)
+        except OSError as e:
+            self.note(e, "removing stale temp files")
+        for leftover in glob.glob(glob.escape(self.store_dir) + ".broken-*"):
+            self._remove_later(leftover)
+        return cache
+
+    def _close(self) -> None:
+        cache, self._cache, self._ident = self._cache, None, None
+        if cache is not None:
+            with contextlib.suppress(sqlite3.Error):  # closing a broken connection may complain; it is gone
+                cache.close()
+
+    def _move_aside(self) -> None:
+        aside = f"{self.store_dir}.broken-{os.urandom(4).hex()}"
+        try:
+            os.rename(self.store_dir, aside)
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            self.note(e, "moving a broken cache aside")
+            return
+        self._remove_later(aside)
+
+    def _remove_later(self, path: str) -> None:
+        # A big cache takes seconds to delete: not on the caller's (the event loop's) time.
+        self.sweeper = threading.Thread(
+            target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True
+        )
+        self.sweeper.start()
+
+    def _recover(self) -> None:
+        with self._lock:
+            # Move it aside only if it is still the database we opened: another process may have
+            # recovered first, and its fresh store must stay.
+            broken = self._ident is not None and _ident(self.db_path) == self._ident
+            self._close()
+            if broken:
+                self._move_aside()
+            self._retry_at = 0.0
+            self._cache = self._open()
+
+    def note(self, err: BaseException, doing: str) -> None:
+        """Count a fault without logging it."""
+        self.errors += 1
+        self.last_error = f"{doing}: {err}"
+
+    def fault(self, err: BaseException, doing: str) -> None:
+        """Count, log (one line per incident; once per spell of disk full) and react to a storage fault."""
+        self.note(err, doing)
+        match backend.classify(err):
+            case Fault.FULL:
+                if not self.disk_full:
+                    log.warning("disk full while %s (%s): not storing until space frees up", doing, err)
+                self.disk_full = True
+            case Fault.BUSY:
+                log.info("cache database busy while %s; treated as a miss", doing)
+            case Fault.BROKEN:
+                log.warning("cache database broken while %s (%s); starting an empty cache", doing, err)
+                self._recover()
+            case Fault.OTHER:
+                log.warning("cache error while %s: %s", doing, err)
+
+    def stored(self) -> None:
+        """Note a successful commit: a disk that was full has room again."""
+        if self.disk_full:
+            log.info("the cache disk has room again; storing resumed")
+            self.disk_full = False
+
+    def check(self) -> bool:
+        """Run SQLite's quick_check on a fresh connection, reopening an empty cache on damage.
+
+        A live connection may keep answering from pages it cached after the file was overwritten; a
+        periodic health task calls this to catch that. Returns whether the database is sound.
+        """
+        if self.live() is None:
+            return False
+        try:
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=self.timeout)) as con:
+                result = con.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.Error as e:
+            self.fault(e, "checking the cache database")
+            return backend.classify(e) is Fault.BUSY
+        if result != [("ok",)]:
+            log.warning("cache database %s failed its check; starting an empty cache", self.db_path)
+            self.note(RuntimeError(str(result[:3])), "checking the cache database")
+            self._recover()
+            return False
+        return True
+
+    def close(self) -> None:
+        """Close this thread's connection; the next use reopens."""
+        with self._lock:
+            self._close()

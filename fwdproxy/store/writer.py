@@ -1,0 +1,225 @@
+"""Streaming a body to a locked temp file, and removing the temp files of writers that died.
+
+A temp file is `<tmp>/<32 hex>.part`, held under an exclusive flock by its writer for its whole life.
+Its hex name also fixes where its body will live in the store (`ab/cd/<rest>.val`, diskcache's own
+layout), and commit hard-links it there before the database row appears, unlinking the temp file only
+after. So whatever moment a process is killed at, the next open finds either nothing, or an unlocked
+temp file whose store copy is committed (keep) or not (remove): never a visible partial body.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, BinaryIO
+
+from fwdproxy.http_model import StoredResponse
+from fwdproxy.store import codec
+from fwdproxy.store.record import Outcome
+
+if TYPE_CHECKING:
+    from fwdproxy.store.disk import DiskStore
+
+log = logging.getLogger("fwdproxy.store")
+
+Opener = Callable[[int], BinaryIO]
+"""Wraps a temp file's descriptor in a file object (tests pass one that fails like a full disk)."""
+SUFFIX = ".part"
+
+
+def open_unbuffered(fd: int) -> BinaryIO:
+    """The default Opener: unbuffered, so a reader of the growing file sees every accepted byte."""
+    return open(fd, "wb", buffering=0)
+
+
+def target_name(temp_name: str) -> str:
+    """The store-relative path a temp file's body is committed to."""
+    hexname = temp_name.removesuffix(SUFFIX)
+    return os.path.join(hexname[:2], hexname[2:4], hexname[4:] + ".val")
+
+
+def _create(tmp_dir: str) -> tuple[str, int]:
+    """A new temp file, locked by us; retried if a stale-file sweep got to it first."""
+    for _ in range(5):
+        path = os.path.join(tmp_dir, os.urandom(16).hex() + SUFFIX)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:  # the directory was removed under us
+            os.makedirs(tmp_dir, exist_ok=True)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # A sweeper only unlinks while holding the lock: once we hold it, a live link means safe.
+            if os.fstat(fd).st_nlink > 0:
+                return path, fd
+        except BlockingIOError:
+            pass  # a sweeper holds it and is about to unlink it
+        os.close(fd)
+    raise OSError(errno.EAGAIN, f"could not create a temp file in {tmp_dir}")
+
+
+def clean_stale(tmp_dir: str, store_dir: str, referenced: Callable[[str], bool]) -> int:
+    """Remove temp files no live writer holds, and their store copies no entry references."""
+    try:
+        names = [n for n in os.listdir(tmp_dir) if n.endswith(SUFFIX)]
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    for name in names:
+        path = os.path.join(tmp_dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue  # its writer committed or aborted meanwhile
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live writer, maybe in another process
+        try:
+            filename = target_name(name)
+            copy = os.path.join(store_dir, filename)
+            # Killed between hard link and database commit: the copy is an orphan.
+            if os.path.exists(copy) and not referenced(filename):
+                os.unlink(copy)
+            os.unlink(path)
+            removed += 1
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _discard(file: BinaryIO | None, path: str | None) -> None:
+    """Close and unlink a temp file; safe to call twice (also runs for writers dropped unfinished)."""
+    if path is not None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    if file is not None:
+        file.close()
+
+
+class DiskWriter:
+    """Streams one body into the disk tier: write(chunk)…, then commit(meta) or abort().
+
+    Bodies up to the store's inline limit are kept in memory and go into the database row; beyond it
+    they spill to a temp file in the cache directory, which commit adopts without copying. No method
+    raises: a failure is logged once, later writes are ignored, and commit returns the Outcome.
+    """
+
+    def __init__(self, store: DiskStore, key: str, *, max_length: int | None, opener: Opener) -> None:
+        self.key = key
+        self.max_length = max_length
+        self.written = 0
+        """Bytes accepted so far."""
+        self.temp_path: str | None = None
+        """The growing temp file once the body outgrew the inline limit (collapsed followers may read it)."""
+        self.failure: Outcome | None = None
+        self.stamp: bytes | None = None
+        """The committed record's stamp, once commit returned STORED."""
+        self._store = store
+        self._opener = opener
+        self._chunks: list[bytes] = []
+        self._file: BinaryIO | None = None
+        self._hash = codec.new_checksum()
+        self._done = False
+        self._finalizer: weakref.finalize[..., DiskWriter] | None = None
+
+    def write(self, chunk: bytes) -> bool:
+        """Accept the next piece of the body; False once the writer has failed (stop feeding it)."""
+        if self._done or self.failure is not None:
+            return False
+        if self.max_length is not None and self.written + len(chunk) > self.max_length:
+            return self._fail(Outcome.TOO_BIG)
+        try:
+            if self._file is None and self.written + len(chunk) > self._store.inline_max:
+                self._spill()
+            if self._file is None:
+                self._chunks.append(chunk)
+            else:
+                view = memoryview(chunk)
+                while view:
+                    view = view[self._file.write(view) :]
+        except OSError as e:
+            self._store.db.fault(e, f"writing the body of {self.key}")
+            return self._fail(Outcome.DISK_ERROR)
+        self._hash.update(chunk)
+        self.written += len(chunk)
+        return True
+
+    def _spill(self) -> None:
+        path, fd = _create(self._store.db.tmp_dir)
+        try:
+            file = self._opener(fd)
+        except BaseException:
+            _discard(None, path)
+            os.close(fd)
+            raise
+        self.temp_path, self._file = path, file
+        self._finalizer = weakref.finalize(self, _discard, file, path)
+        buffered, self._chunks = self._chunks, []
+        for piece in buffered:
+            view = memoryview(piece)
+            while view:
+                view = view[file.write(view) :]
+
+    def commit(self, meta: StoredResponse) -> Outcome:
+        """Make the entry visible atomically if exactly meta.body_length bytes were written."""
+        if self._done:
+            return Outcome.ABORTED
+        if self.failure is not None:
+            self._finish()
+            return self.failure
+        if self.written != meta.body_length:
+            log.info(
+                "not storing %s: got %d body bytes, expected %d", self.key, self.written, meta.body_length
+            )
+            self._finish()
+            return Outcome.LENGTH_MISMATCH
+        try:
+            record_body = b"".join(self._chunks)
+            if self._file is not None and os.fstat(self._file.fileno()).st_size != self.written:
+                raise OSError(errno.EIO, f"temp file of {self.key} does not hold {self.written} bytes")
+            stamp = codec.new_stamp()
+            record = codec.encode(meta, stamp=stamp, digest=self._hash.hexdigest(), inline=record_body)
+        except OSError as e:
+            self._store.db.fault(e, f"finishing the body of {self.key}")
+            self._finish()
+            return Outcome.DISK_ERROR
+        adopt = None
+        if self.temp_path is not None:
+            adopt = (self.temp_path, target_name(os.path.basename(self.temp_path)), self.written)
+        try:
+            outcome = self._store.insert(self.key, record, adopt)
+        finally:
+            self._finish()
+        if outcome is Outcome.STORED:
+            self.stamp = stamp
+        return outcome
+
+    def abort(self) -> None:
+        """Drop the body; nothing becomes visible (idempotent)."""
+        if not self._done and self.failure is None:
+            self.failure = Outcome.ABORTED
+        self._finish()
+
+    def _fail(self, outcome: Outcome) -> bool:
+        self.failure = outcome
+        self._release()
+        return False
+
+    def _finish(self) -> None:
+        self._done = True
+        self._release()
+
+    def _release(self) -> None:
+        self._chunks = []
+        if self._finalizer is not None:
+            self._finalizer()  # unlinks the temp file, then closes it (dropping the lock)
+            self._finalizer = None
+        self._file = None
