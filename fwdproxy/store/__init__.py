@@ -1,6 +1,6 @@
 """Response storage: a byte-sized LRU memory tier in front of a diskcache disk tier (no mitmproxy here).
 
-See base.py for the interface and the Vary layout, disk.py
+Start with `TieredStore.open(cache_dir)`; see base.py for the interface and the Vary layout, disk.py
 for the on-disk layout, and writer.py for how streamed bodies become visible atomically.
 """
 
@@ -18,6 +18,7 @@ from fwdproxy.store.record import (
     VerifyReport,
     variant_key,
 )
+from fwdproxy.store.tiered import TieredStore, TieredWriter
 from fwdproxy.store.verify import verify_all
 from fwdproxy.store.writer import DiskWriter
 
@@ -36,6 +37,8 @@ __all__ = [
     "Store",
     "StoreStats",
     "TierStats",
+    "TieredStore",
+    "TieredWriter",
     "Verification",
     "VerifyReport",
     "Writer",

@@ -1,0 +1,186 @@
+"""The store callers use: the memory tier in front of the disk tier.
+
+Memory holds copies of small disk entries, never entries of its own: a write reaches memory only after
+its disk commit succeeded, and a disk hit small enough for memory is promoted. With `coherent` (the
+default) every memory hit is confirmed by reading the 19-byte stamp of the disk row (an indexed SQLite
+read, no body, no write), so a delete, overwrite or 304 update made by another process sharing the
+directory is never answered from a stale copy. The price: memory hits do not refresh the disk row's
+LRU position, so a body hot only in memory may be evicted from disk and fetched once more.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+from fwdproxy.http_model import StoredResponse
+from fwdproxy.store.disk import DISK_SIZE, DiskStore
+from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, MemoryStore
+from fwdproxy.store.record import Entry, Outcome, StoreStats, Verification
+from fwdproxy.store.writer import DiskWriter
+
+
+class TieredWriter:
+    """A DiskWriter that also keeps the chunks of a body small enough for memory, to copy up at commit."""
+
+    def __init__(self, store: TieredStore, disk: DiskWriter) -> None:
+        self._store = store
+        self._disk = disk
+        self._chunks: list[bytes] | None = []
+
+    @property
+    def key(self) -> str:
+        return self._disk.key
+
+    @property
+    def written(self) -> int:
+        """Bytes accepted so far."""
+        return self._disk.written
+
+    @property
+    def temp_path(self) -> str | None:
+        """The growing temp file, once the body outgrew the inline limit."""
+        return self._disk.temp_path
+
+    @property
+    def failure(self) -> Outcome | None:
+        """Why the writer stopped accepting bytes, if it did."""
+        return self._disk.failure
+
+    def write(self, chunk: bytes) -> bool:
+        """Accept the next piece of the body; False once the writer has failed (stop feeding it)."""
+        if not self._disk.write(chunk):
+            self._chunks = None
+            return False
+        if self._chunks is not None:
+            if self._store.memory.fits(self._disk.written):
+                self._chunks.append(chunk)  # a reference, not a copy
+            else:
+                self._chunks = None
+        return True
+
+    def commit(self, meta: StoredResponse) -> Outcome:
+        """Commit to disk; on success also to memory when the body fits there."""
+        outcome = self._disk.commit(meta)
+        chunks, self._chunks = self._chunks, None
+        if outcome is Outcome.STORED:
+            memory = self._store.memory
+            if chunks is not None and self._disk.stamp is not None:
+                memory.put(self.key, meta, b"".join(chunks), self._disk.stamp)
+            else:
+                memory.delete(self.key)  # an older, smaller version must not linger
+        return outcome
+
+    def abort(self) -> None:
+        """Drop the body; nothing becomes visible (idempotent)."""
+        self._chunks = None
+        self._disk.abort()
+
+
+class TieredStore:
+    """get / writer / put / update / delete over a memory tier and a disk tier (see the module doc)."""
+
+    def __init__(self, memory: MemoryStore, disk: DiskStore, *, coherent: bool = True) -> None:
+        self.memory = memory
+        self.disk = disk
+        self.coherent = coherent
+        self._generation = disk.db.generation
+
+    @classmethod
+    def open(
+        cls,
+        directory: str | os.PathLike[str],
+        *,
+        memory_size: int = MEMORY_SIZE,
+        memory_object_max: int = MEMORY_OBJECT_MAX,
+        disk_size: int = DISK_SIZE,
+        coherent: bool = True,
+    ) -> TieredStore:
+        """Both tiers over one cache directory, with the issue's defaults (256 MiB, 1 MiB, 10 GiB)."""
+        memory = MemoryStore(memory_size, memory_object_max)
+        disk = DiskStore(directory, size_limit=disk_size, read_whole_max=memory_object_max)
+        return cls(memory, disk, coherent=coherent)
+
+    def _follow_disk(self) -> None:
+        # A reopened (emptied) database voids every copy taken from the old one; live() notices a
+        # removed or replaced database file with one stat().
+        self.disk.db.live()
+        if self.disk.db.generation != self._generation:
+            self.memory.clear()
+            self._generation = self.disk.db.generation
+
+    def get(self, key: str) -> Entry | None:
+        """The entry from memory if current, else from disk (promoting a small body); None on a miss."""
+        self._follow_disk()
+        if (cached := self.memory.get(key)) is not None:
+            if not self.coherent or self.disk.stamp(key) == cached.stamp:
+                return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)
+            self.memory.delete(key)
+        entry = self.disk.get(key)
+        if entry is not None and isinstance(entry.body, bytes) and self.memory.fits(len(entry.body)):
+            self.memory.put(key, entry.meta, entry.body, entry.stamp)
+        return entry
+
+    def writer(self, key: str, *, max_length: int | None = None) -> TieredWriter:
+        """A writer that streams a body for key into both tiers; over max_length it is dropped."""
+        return TieredWriter(self, self.disk.writer(key, max_length=max_length))
+
+    def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
+        """Store a body held in memory; memory keeps this very bytes object when it fits."""
+        writer = self.writer(key)
+        writer.write(body)
+        return writer.commit(meta)
+
+    def update(self, key: str, meta: StoredResponse) -> bytes | None:
+        """Replace an entry's metadata, keeping its body (a 304, §4.3.4); the new stamp, or None."""
+        stamp = self.disk.update(key, meta)
+        if stamp is None:
+            self.memory.delete(key)
+        else:
+            self.memory.update(key, meta, stamp)
+        return stamp
+
+    def delete(self, key: str) -> bool:
+        """Remove an entry from both tiers; whether the disk had it."""
+        self.memory.delete(key)
+        return self.disk.delete(key)
+
+    def purge(self, primary: str) -> int:
+        """Delete primary and all its variants from both tiers (§4.4 invalidation); how many."""
+        return sum(self.delete(key) for key, _ in self.disk.variants(primary))
+
+    def variants(self, primary: str) -> list[tuple[str, StoredResponse]]:
+        """(key, metadata) of primary and every variant_key(primary, …) stored (§4.1), bodies unread."""
+        return self.disk.variants(primary)
+
+    def iterate(self) -> Iterator[tuple[str, StoredResponse]]:
+        """(key, metadata) of every entry, bodies unread."""
+        return self.disk.iterate()
+
+    def verify(self, key: str) -> Verification:
+        """Check one entry's whole body against its checksum; a damaged entry is deleted everywhere."""
+        result = self.disk.verify(key)
+        if result is not Verification.OK:
+            self.memory.delete(key)
+        return result
+
+    def stats(self) -> StoreStats:
+        """Entries and bytes per tier, memory evictions, and the disk's fault state."""
+        disk = self.disk.stats()
+        return StoreStats(
+            disk=disk.disk,
+            memory=self.memory.stats(),
+            disk_full=disk.disk_full,
+            errors=disk.errors,
+            last_error=disk.last_error,
+        )
+
+    def check(self) -> bool:
+        """SQLite quick_check of the disk database; on damage both tiers start empty."""
+        sound = self.disk.check()
+        self._follow_disk()
+        return sound
+
+    def close(self) -> None:
+        """Close this thread's database connection."""
+        self.disk.close()
