@@ -90,8 +90,8 @@ class TierStats:
     bytes: int
     """Bytes counted against limit: bodies plus metadata estimate (memory), body files plus database (disk)."""
     limit: int
-    evictions: int | None
-    """Entries evicted to stay within limit by this process; None where the tier cannot tell (diskcache)."""
+    evictions: int
+    """Entries evicted to stay within limit by this process (other processes' evictions are not counted)."""
 
 
 @dataclass(frozen=True, slots=True)
