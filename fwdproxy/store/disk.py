@@ -259,14 +259,16 @@ class DiskStore:
         return sum(self.delete(key) for key, _ in self.variants(primary))
 
     def drop(self, key: str, why: str, stamp: bytes | None = None) -> None:
-        """Delete a damaged entry, unless it was rewritten since it was read with this stamp."""
-        log.warning("dropping cached %s: %s", key, why)
+        """Delete a damaged entry and log why, unless it was replaced or removed since read with stamp."""
         if (cache := self.db.live()) is None:
             return
         try:
             with cache.transact(retry=False):
                 found = backend.row(cache, key, codec.STAMP_PREFIX)
-                if stamp is None or (found is not None and codec.stamp_of(found.record) == stamp):
-                    cache.delete(key, retry=False)
+                if found is None or (stamp is not None and codec.stamp_of(found.record) != stamp):
+                    return  # evicted or rewritten meanwhile (rows go before their files): no damage
+                cache.delete(key, retry=False)
         except ERRORS as e:
             self.db.fault(e, f"dropping {key}")
+            return
+        log.warning("dropped cached %s: %s", key, why)

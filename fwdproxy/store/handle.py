@@ -59,6 +59,7 @@ class Database:
         self.generation = 0
         """Counts (re)openings: when it changes, copies taken from the old database are void."""
         self._lock = threading.RLock()
+        self._seen = threading.local()  # the generation each thread last used, to judge its faults
         self._cache: diskcache.Cache | None = None
         self._ident: tuple[int, int] | None = None
         self._retry_at = 0.0
@@ -66,18 +67,18 @@ class Database:
     def live(self) -> diskcache.Cache | None:
         """The open database, reopened if its file was deleted or replaced; None while unavailable."""
         with self._lock:
-            if self._cache is not None:
-                if _ident(self.db_path) == self._ident:  # one stat(): cheap next to a query
-                    return self._cache
+            if self._cache is not None and _ident(self.db_path) != self._ident:  # one stat(): cheap
                 log.warning("cache database %s was removed or replaced; reopening it", self.db_path)
                 self._close()
-            if time.monotonic() < self._retry_at:
-                return None
-            self._cache = self._open()
+            if self._cache is None and time.monotonic() >= self._retry_at:
+                self._cache = self._open()
+            self._seen.generation = self.generation
             return self._cache
 
     def _connect(self) -> diskcache.Cache:
-        os.makedirs(self.tmp_dir, exist_ok=True)
+        # Owner only: the cache holds responses from intercepted HTTPS, cookies included.
+        for folder in (self.directory, self.store_dir, self.tmp_dir):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
         cache = backend.open_cache(self.store_dir, size_limit=self.size_limit, timeout=self.timeout)
         self._ident = _ident(self.db_path)
         self.generation += 1
@@ -169,6 +170,8 @@ class Database:
             case Fault.BUSY:
                 log.info("cache database busy while %s; treated as a miss", doing)
             case Fault.BROKEN:
+                if getattr(self._seen, "generation", None) != self.generation:
+                    return  # this thread's database was already replaced by another thread's recovery
                 log.warning("cache database broken while %s (%s); starting an empty cache", doing, err)
                 self._recover()
             case Fault.OTHER:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,41 @@ def test_tiered_memory_is_emptied_when_the_disk_reopens(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "store")
     assert store.get("k") is None  # the memory copy came from the removed database
     assert store.stats().memory is not None and store.stats().memory.entries == 0
+
+
+def test_a_stale_fault_from_another_thread_does_not_discard_the_fresh_database(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path)
+    corrupt = sqlite_error(sqlite3.DatabaseError, "SQLITE_CORRUPT", "database disk image is malformed")
+    store.db.fault(corrupt, "reading k")  # this thread found the database broken and reopened it
+    store.put("k", meta(1), b"k")
+    generation = store.db.generation
+
+    def report_late() -> None:
+        store.db._seen.generation = generation - 1  # another thread, whose query predates the reopening
+        store.db.fault(corrupt, "reading k")
+
+    late = threading.Thread(target=report_late)
+    late.start()
+    late.join()
+    assert store.db.generation == generation and store.get("k") is not None
+
+
+def test_an_entry_evicted_between_row_and_file_is_a_quiet_miss(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DiskStore(tmp_path)
+    store.put("k", meta(1), b"k")
+    store.drop("absent", "its body file is gone")
+    store.drop("k", "its body file is gone", stamp=b"another version!")
+    assert warnings(caplog) == [] and store.get("k") is not None
+    store.drop("k", "its body file is gone")
+    assert store.get("k") is None and warnings(caplog) == ["dropped cached k: its body file is gone"]
+
+
+def test_cache_files_are_private_to_their_owner(tmp_path: Path) -> None:
+    store = DiskStore(tmp_path / "cache")
+    store.put("k", meta(100 * KIB), b"x" * 100 * KIB)
+    for folder in ("cache", "cache/store", "cache/tmp"):
+        assert (tmp_path / folder).stat().st_mode & 0o777 == 0o700
+    (stored,) = files(tmp_path, ".val")
+    assert stored.stat().st_mode & 0o777 == 0o600
