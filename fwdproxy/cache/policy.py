@@ -72,6 +72,11 @@ def stale_forbidden(cc: CacheControl, lifetime: Lifetime) -> str:
     return ""
 
 
+def shared_with_credentials(cc: CacheControl) -> bool:
+    """§3.5: public, s-maxage or must-revalidate let a shared cache reuse it for authenticated requests."""
+    return "public" in cc or "s-maxage" in cc or "must-revalidate" in cc
+
+
 def lookup(
     request: Request,
     variants: Sequence[StoredResponse],
@@ -103,10 +108,13 @@ def lookup(
             verdict, detail = Verdict.GATEWAY_TIMEOUT, detail or blocked  # cannot ask the origin
         return LookupDecision(verdict, stored, fwd, age, ttl, detail)
 
+    cannot = Verdict.GATEWAY_TIMEOUT if blocked else Verdict.FORWARD
     if "no-store" in rcc:  # §5.2.1.5: the client wants nothing cached about this exchange; bypass
-        return decide(
-            Verdict.GATEWAY_TIMEOUT if blocked else Verdict.FORWARD, Fwd.REQUEST, "request-no-store"
-        )
+        return decide(cannot, Fwd.REQUEST, "request-no-store")
+    if "authorization" in request.headers and not shared_with_credentials(cc):
+        # Hardening beside §3.5: credentials may select a different response (a private package where
+        # an anonymous client got a 404), so they are answered only from responses shared on purpose.
+        return decide(cannot, Fwd.REQUEST, "authorization")
     if "no-cache" in rcc and lifetime.detail != "rule-immutable":
         return decide(Verdict.REVALIDATE, Fwd.REQUEST, "request-no-cache")  # §5.2.1.4 (a MUST, even offline)
     if forbid == "no-cache":
@@ -192,6 +200,8 @@ def stale_on_error(
     rcc = request_cache_control(request.headers)
     if "no-cache" in rcc and lifetime.detail != "rule-immutable":
         return StaleOnError(False, "request-no-cache")
+    if "authorization" in request.headers and not shared_with_credentials(cc):
+        return StaleOnError(False, "authorization")  # as in lookup()
     if forbid := stale_forbidden(cc, lifetime):
         return StaleOnError(False, forbid)
     staleness = current_age(stored, now) - lifetime.seconds

@@ -541,6 +541,45 @@ def test_lookup(
 
 
 @pytest.mark.parametrize(
+    "fields, request_fields, config, verdict, detail",
+    [
+        pytest.param(
+            cc("max-age=600"), [], None, Verdict.FORWARD, "authorization", id="3.5 credentials, plain max-age"
+        ),
+        pytest.param(cc("public, max-age=600"), [], None, Verdict.SERVE, "", id="3.5 credentials, public"),
+        pytest.param(cc("s-maxage=600"), [], None, Verdict.SERVE, "", id="3.5 credentials, s-maxage"),
+        pytest.param(
+            cc("must-revalidate, max-age=600"), [], None, Verdict.SERVE, "", id="3.5 must-revalidate"
+        ),
+        pytest.param(
+            cc("max-age=600"),
+            cc("only-if-cached"),
+            None,
+            Verdict.GATEWAY_TIMEOUT,
+            "authorization",
+            id="3.5 credentials with only-if-cached",
+        ),
+        pytest.param(
+            cc("max-age=600"),
+            [],
+            OFFLINE,
+            Verdict.GATEWAY_TIMEOUT,
+            "authorization",
+            id="3.5 credentials offline",
+        ),
+    ],
+)
+def test_lookup_with_credentials(
+    fields: F, request_fields: F, config: CacheConfig | None, verdict: Verdict, detail: str
+) -> None:
+    """Hardening beside §3.5: an authenticated request is answered only from responses shared on purpose."""
+    request = Request("GET", URL, Headers.of([("Authorization", "Bearer t"), *request_fields]))
+    decision = lookup(request, [stored(fields)], now=NOW, config=config or CacheConfig())
+    assert (decision.verdict, decision.detail) == (verdict, detail)
+    assert decision.fwd is (None if verdict is Verdict.SERVE else Fwd.REQUEST)
+
+
+@pytest.mark.parametrize(
     "status, resident, verdict",
     [
         pytest.param(404, 30, Verdict.SERVE, id="4.2.2 404 within negative_ttl"),
@@ -755,6 +794,26 @@ def test_lookup_numbers_and_cache_status() -> None:
         ),
         pytest.param(
             cc("max-age=600"), 10, cc("max-age=0"), 503, None, True, "fresh", id="4.2 a fresh entry"
+        ),
+        pytest.param(
+            cc("max-age=60"),
+            90,
+            [("Authorization", "x")],
+            503,
+            CacheConfig(serve_stale_on_error=86400),
+            False,
+            "authorization",
+            id="3.5 not for credentials unless shared on purpose",
+        ),
+        pytest.param(
+            cc("public, max-age=60"),
+            90,
+            [("Authorization", "x")],
+            503,
+            CacheConfig(serve_stale_on_error=86400),
+            True,
+            "serve-stale-on-error",
+            id="3.5 public is shared with credentials",
         ),
     ],
 )
