@@ -103,11 +103,12 @@ class Fault(enum.Enum):
     FULL = "full"
     """No space (or quota) left."""
     BROKEN = "broken"
-    """The database is corrupt, unreadable or was moved away: reopen an empty cache."""
+    """The database is corrupt, unreadable or was moved away: reopen it (empty if quick_check fails)."""
     OTHER = "other"
 
 
-_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_READONLY_DBMOVED")
+# Not SQLITE_CANTOPEN: running out of file descriptors looks like that, and is no reason to reopen.
+_BROKEN = ("SQLITE_CORRUPT", "SQLITE_NOTADB", "SQLITE_IOERR", "SQLITE_READONLY_DBMOVED")
 
 
 def classify(err: BaseException) -> Fault:

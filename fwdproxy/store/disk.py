@@ -20,8 +20,6 @@ import os
 import sqlite3
 from collections.abc import Iterator
 
-import diskcache
-
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import backend, codec
 from fwdproxy.store.handle import ERRORS, Database
@@ -95,9 +93,9 @@ class DiskStore:
             return None
         if not isinstance(row, backend.Row) or row is backend.FOREIGN:
             return None
-        return self._entry(cache, key, row)
+        return self._entry(key, row)
 
-    def _entry(self, cache: diskcache.Cache, key: str, row: backend.Row) -> Entry | None:
+    def _entry(self, key: str, row: backend.Row) -> Entry | None:
         decoded = codec.decode(row.record)
         if decoded is codec.Undecodable.OTHER_VERSION:
             return None

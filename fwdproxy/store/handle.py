@@ -93,7 +93,7 @@ class Database:
         try:
             cache = self._connect()
         except ERRORS as e:
-            if backend.classify(e) is not Fault.BROKEN:
+            if backend.classify(e) is not Fault.BROKEN or self._sound():
                 self._unavailable(e)
                 return None
             log.warning("cache database %s is unreadable (%s); starting an empty cache", self.db_path, e)
@@ -143,13 +143,27 @@ class Database:
         )
         self.sweeper.start()
 
-    def _recover(self) -> None:
+    def _sound(self) -> bool:
+        """Whether a fresh connection finds the database file intact (SQLite's quick_check)."""
+        try:
+            with contextlib.closing(sqlite3.connect(self.db_path, timeout=self.timeout)) as con:
+                result = con.execute("PRAGMA quick_check").fetchall()
+        except sqlite3.Error as e:
+            return backend.classify(e) is Fault.BUSY  # locked is no evidence of damage
+        if result != [("ok",)]:
+            self.note(RuntimeError(f"quick_check: {result[:3]}"), "checking the cache database")
+            return False
+        return True
+
+    def _recover(self, *, damaged: bool = False) -> None:
         with self._lock:
-            # Move it aside only if it is still the database we opened: another process may have
-            # recovered first, and its fresh store must stay.
-            broken = self._ident is not None and _ident(self.db_path) == self._ident
+            # Only the database we opened may be moved aside (another process may have recovered
+            # first, and its fresh store must stay), and only when a fresh look confirms the damage:
+            # an error that was transient (say, out of file descriptors) must not wipe the cache.
+            ours = self._ident is not None and _ident(self.db_path) == self._ident
             self._close()
-            if broken:
+            if ours and (damaged or not self._sound()):
+                log.warning("cache database %s is damaged; starting an empty cache", self.db_path)
                 self._move_aside()
             self._retry_at = 0.0
             self._cache = self._open()
@@ -172,7 +186,7 @@ class Database:
             case Fault.BROKEN:
                 if getattr(self._seen, "generation", None) != self.generation:
                     return  # this thread's database was already replaced by another thread's recovery
-                log.warning("cache database broken while %s (%s); starting an empty cache", doing, err)
+                log.warning("cache database failed while %s (%s); reopening it", doing, err)
                 self._recover()
             case Fault.OTHER:
                 log.warning("cache error while %s: %s", doing, err)
@@ -191,18 +205,10 @@ class Database:
         """
         if self.live() is None:
             return False
-        try:
-            with contextlib.closing(sqlite3.connect(self.db_path, timeout=self.timeout)) as con:
-                result = con.execute("PRAGMA quick_check").fetchall()
-        except sqlite3.Error as e:
-            self.fault(e, "checking the cache database")
-            return backend.classify(e) is Fault.BUSY
-        if result != [("ok",)]:
-            log.warning("cache database %s failed its check; starting an empty cache", self.db_path)
-            self.note(RuntimeError(str(result[:3])), "checking the cache database")
-            self._recover()
-            return False
-        return True
+        if self._sound():
+            return True
+        self._recover(damaged=True)
+        return False
 
     def close(self) -> None:
         """Close this thread's connection; the next use reopens."""

@@ -93,6 +93,15 @@ def clean_stale(tmp_dir: str, store_dir: str, referenced: Callable[[str], bool])
     return removed
 
 
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    """Write every byte: an unbuffered file may take part of a chunk (as a disk fills up)."""
+    view = memoryview(data)
+    while view:
+        if not (taken := file.write(view)):
+            raise OSError(errno.EIO, "the file accepted no bytes")
+        view = view[taken:]
+
+
 def _discard(file: BinaryIO | None, path: str | None) -> None:
     """Close and unlink a temp file; safe to call twice (also runs for writers dropped unfinished)."""
     if path is not None:
@@ -142,9 +151,7 @@ class DiskWriter:
             if self._file is None:
                 self._chunks.append(chunk)
             else:
-                view = memoryview(chunk)
-                while view:
-                    view = view[self._file.write(view) :]
+                _write_all(self._file, chunk)
         except OSError as e:
             self._store.db.fault(e, f"writing the body of {self.key}")
             return self._fail(Outcome.DISK_ERROR)
@@ -164,9 +171,7 @@ class DiskWriter:
         self._finalizer = weakref.finalize(self, _discard, file, path)
         buffered, self._chunks = self._chunks, []
         for piece in buffered:
-            view = memoryview(piece)
-            while view:
-                view = view[file.write(view) :]
+            _write_all(file, piece)
 
     def commit(self, meta: StoredResponse) -> Outcome:
         """Make the entry visible atomically if exactly meta.body_length bytes were written."""

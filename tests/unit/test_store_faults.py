@@ -179,8 +179,8 @@ def test_garbage_in_the_database_found_at_open(tmp_path: Path) -> None:
     assert entry is not None and entry.body == b"k2"
 
 
-def test_corruption_reported_by_sqlite_reopens_an_empty_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_corruption_reported_by_sqlite_reopens_and_a_sound_file_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = DiskStore(tmp_path)
     store.put("k", meta(1), b"k")
@@ -191,9 +191,25 @@ def test_corruption_reported_by_sqlite_reopens_an_empty_cache(
 
     monkeypatch.setattr(store.db.live(), "get", corrupt)
     assert store.get("k") is None
-    assert store.db.generation == generation + 1
-    assert store.get("k") is None and store.stats().disk.entries == 0
-    assert store.put("k", meta(2), b"k2") is Outcome.STORED
+    assert store.db.generation == generation + 1  # a new connection; the faulty one is gone
+    assert not any("damaged" in w for w in warnings(caplog))  # quick_check found the file intact
+    entry = store.get("k")
+    assert entry is not None and entry.body == b"k"
+
+
+def test_corruption_reported_by_sqlite_on_a_damaged_file_starts_empty(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = DiskStore(tmp_path)
+    for i in range(50):
+        store.put(f"k{i}", meta(100), b"x" * 100)
+    overwrite_database(store)
+    store.db.fault(
+        sqlite_error(sqlite3.DatabaseError, "SQLITE_CORRUPT", "database disk image is malformed"), "reading k"
+    )
+    assert any("damaged" in w for w in warnings(caplog))
+    assert store.get("k1") is None and store.stats().disk.entries == 0
+    assert store.put("k1", meta(1), b"1") is Outcome.STORED
 
 
 def test_busy_database_is_a_miss_not_a_wait(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
