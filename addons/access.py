@@ -85,6 +85,8 @@ class Access:
         flow.request.headers.pop("Proxy-Authorization", None)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.is_replay:
+            return  # made inside the proxy (the cache's background revalidation), not by a client
         if flow.response is None and not self._refuse(flow):
             flow.request.headers.pop("Proxy-Authorization", None)
 

@@ -2,29 +2,34 @@
 
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules, where a
 # dataclass with string annotations cannot be built.
+import asyncio
 import logging
 import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy.addons.clientplayback import ReplayHandler
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
+from addons._cachehttp import answer, close, content_length, to_request, to_response
 from fwdproxy import cache, store
 from fwdproxy.cache import After304, CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.config import read_toml
-from fwdproxy.http_model import Headers, Request, Response, StoredResponse
+from fwdproxy.http_model import Request, Response, StoredResponse
 from fwdproxy.units import parse_duration, parse_size
 
 log = logging.getLogger("fwdproxy.cache")
 
 STATE = "fwd_cache"
 """flow.metadata key of the per-flow CacheFlow record."""
+BACKGROUND = "fwd_background"
+"""flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
 
 
-@dataclass(slots=True)
+@dataclass
 class CacheFlow:
     """What the request hook learnt about one flow, for the response hooks."""
 
@@ -35,38 +40,13 @@ class CacheFlow:
     candidates: list[tuple[str, StoredResponse]] = field(default_factory=list)
     """Stored responses our validators were taken from, the selected one first (§4.3.1)."""
     body: bytes | store.BodyFile | None = None
-    """The selected stored body, held while revalidating so a 304 can be answered from it."""
+    """The selected stored body, held while the origin is asked, so a 304 or an error can be answered from it."""
     request_time: float = 0.0
     served: bool = False
     """Answered by the cache: the response hooks leave the flow alone."""
     writer: store.TieredWriter | None = None
     key: str = ""
     complete: bool = False
-    status: CacheStatus | None = None
-
-
-def to_request(req: http.Request) -> Request:
-    return Request(req.method.upper(), req.url, Headers(tuple(req.headers.items(multi=True))))
-
-
-def to_response(resp: http.Response) -> Response:
-    return Response(resp.status_code, Headers(tuple(resp.headers.items(multi=True))), resp.reason)
-
-
-def read_body(body: bytes | store.BodyFile) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    with body:
-        return body.file.read()
-
-
-def make_response(
-    status: int, reason: str, headers: Headers, body: bytes, cache_status: CacheStatus, now: float
-) -> http.Response:
-    """A response from stored parts, built without re-encoding the body (mitmproxy-notes §1)."""
-    fields = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers]
-    fields.append((b"Cache-Status", cache.render(cache_status).encode()))
-    return http.Response(b"HTTP/1.1", status, reason.encode(), http.Headers(fields), body, None, now, now)
 
 
 class Cache:
@@ -77,6 +57,9 @@ class Cache:
         self.config = CacheConfig()
         self.max_object = 1024**3
         self.stream_threshold = 1024**2
+        self.revalidating: set[str] = set()
+        """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
+        self.tasks: set[asyncio.Task[None]] = set()
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option("fwd_cache_dir", str, "~/.cache/fwdproxy", "Where the disk cache lives.")
@@ -88,16 +71,22 @@ class Cache:
             "fwd_stream_threshold", str, "1MiB", "Bodies bigger than this stream to the client."
         )
         loader.add_option("fwd_negative_ttl", str, "60s", "Cap on the heuristic freshness of a 404/410.")
+        loader.add_option(
+            "fwd_serve_stale_on_error", str, "0", "Serve entries this stale when the origin fails."
+        )
+        loader.add_option("fwd_offline", bool, False, "Answer only from the cache; 504 on a miss.")
         loader.add_option("fwd_preset", Sequence[str], [], "Bundles of cache rules, e.g. ci.")
         loader.add_option("fwd_config", str, "", "fwdproxy TOML file whose [[cache.rule]] tables apply.")
 
     def configure(self, updated: set[str]) -> None:
         sizes = {"fwd_cache_dir", "fwd_memory_cache_size", "fwd_disk_cache_size", "fwd_memory_object_max"}
         try:
-            if updated & {"fwd_negative_ttl", "fwd_preset", "fwd_config"}:
-                self.config = CacheConfig(
-                    negative_ttl=parse_duration(ctx.options.fwd_negative_ttl), rules=self._rules()
-                )
+            self.config = CacheConfig(
+                negative_ttl=parse_duration(ctx.options.fwd_negative_ttl),
+                serve_stale_on_error=parse_duration(ctx.options.fwd_serve_stale_on_error or "0"),
+                offline=ctx.options.fwd_offline,
+                rules=self._rules() if updated & {"fwd_preset", "fwd_config"} else self.config.rules,
+            )
             self.max_object = parse_size(ctx.options.fwd_max_object_size)
             self.stream_threshold = parse_size(ctx.options.fwd_stream_threshold)
             if updated & sizes or self.store is None:
@@ -127,7 +116,9 @@ class Cache:
             rules += cache.PRESETS[name]
         return tuple(rules)
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
         if self.store is not None:
             self.store.close()
 
@@ -139,36 +130,65 @@ class Cache:
         now = time.time()
         req = to_request(flow.request)
         if req.method not in ("GET", "HEAD"):
-            decision = LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD)
-            flow.metadata[STATE] = CacheFlow(req, decision, request_time=now)
+            flow.metadata[STATE] = CacheFlow(
+                req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now
+            )
+            if self.config.offline:
+                self._gateway_timeout(flow, flow.metadata[STATE], "offline")
             return
         primary = cache.primary_key(req.method, req.url)
         listing = self.store.variants(primary)
         decision = cache.lookup(req, [meta for _, meta in listing], now=now, config=self.config)
         state = CacheFlow(req, decision, primary, request_time=now)
         flow.metadata[STATE] = state
-        selected = self._key_of(listing, decision.stored)
+        selected = next((k for k, m in listing if m is decision.stored), "")
+        if flow.metadata.get(BACKGROUND) and decision.stored is not None:
+            decision = state.decision = LookupDecision(
+                Verdict.REVALIDATE,
+                decision.stored,
+                Fwd.STALE,
+                decision.age,
+                decision.ttl,
+                "stale-while-revalidate",
+            )
         match decision.verdict:
             case Verdict.SERVE:
                 entry = self.store.get(selected) if selected else None
                 if entry is not None:
-                    self._answer(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+                    self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
                     return
                 state.decision = LookupDecision(Verdict.FORWARD, fwd=Fwd.MISS, detail="entry-vanished")
+            case Verdict.STALE_WHILE_REVALIDATE:
+                entry = self.store.get(selected) if selected else None
+                if entry is not None:
+                    self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+                    self._revalidate_later(flow, primary)
+                    return
             case Verdict.GATEWAY_TIMEOUT:
-                status = decision.cache_status()
-                flow.response = _respond.text(
-                    504, f"not in cache and {decision.detail or 'offline'}: {req.url}"
-                )
-                flow.response.headers["Cache-Status"] = cache.render(status)
-                state.served = True
-            case Verdict.REVALIDATE | Verdict.STALE_WHILE_REVALIDATE:
+                self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
+            case Verdict.REVALIDATE:
                 self._add_validators(flow, state, listing, selected)
             case Verdict.FORWARD:
                 pass
 
-    def _key_of(self, listing: list[tuple[str, StoredResponse]], meta: StoredResponse | None) -> str:
-        return next((k for k, m in listing if m is meta), "")
+    def _serve(
+        self,
+        flow: http.HTTPFlow,
+        state: CacheFlow,
+        meta: StoredResponse,
+        body: bytes | store.BodyFile,
+        status: CacheStatus,
+        now: float,
+    ) -> None:
+        flow.response = answer(state.request, meta, body, status, now)
+        state.served = True
+
+    def _gateway_timeout(self, flow: http.HTTPFlow, state: CacheFlow, why: str) -> None:
+        """§5.2.1.7 only-if-cached, or --offline: nothing usable is stored and the origin may not be asked."""
+        flow.response = _respond.text(504, f"{state.request.url} is not in the cache ({why})")
+        status = CacheStatus(fwd=state.decision.fwd or Fwd.MISS, detail=why)
+        flow.response.headers["Cache-Status"] = cache.render(status)
+        state.served = True
 
     def _add_validators(
         self, flow: http.HTTPFlow, state: CacheFlow, listing: list[tuple[str, StoredResponse]], selected: str
@@ -186,31 +206,36 @@ class Cache:
             if value is not None and value != state.request.headers.get(name):
                 flow.request.headers[name] = value
 
-    def _answer(
-        self,
-        flow: http.HTTPFlow,
-        state: CacheFlow,
-        meta: StoredResponse,
-        body: bytes | store.BodyFile,
-        status: CacheStatus,
-        now: float,
-    ) -> None:
-        """Answer from a stored response: 304 when the client's own conditional holds (§4.3.2)."""
-        if cache.client_conditional_matches(state.request, meta):
-            nm = cache.not_modified_response(meta, now=now)
-            if isinstance(body, store.BodyFile):
-                body.close()
-            flow.response = make_response(304, "Not Modified", nm.headers, b"", status, now)
-        else:
-            headers = cache.served_headers(meta, now=now).with_("Content-Length", str(meta.body_length))
-            if state.request.method == "HEAD":
-                if isinstance(body, store.BodyFile):
-                    body.close()
-                content = b""
-            else:
-                content = read_body(body)
-            flow.response = make_response(meta.status, meta.reason, headers, content, status, now)
-        state.served = True
+    def _revalidate_later(self, flow: http.HTTPFlow, primary: str) -> None:
+        """RFC 5861 §3: one background revalidation per key, through the whole chain like any request."""
+        if primary in self.revalidating:
+            return
+        self.revalidating.add(primary)
+        background = http.HTTPFlow(
+            flow.client_conn, connection.Server(address=(flow.request.host, flow.request.port))
+        )
+        background.request = flow.request.copy()
+        for name in (
+            "If-None-Match",
+            "If-Modified-Since",
+            "If-Match",
+            "If-Unmodified-Since",
+            "If-Range",
+            "Range",
+        ):
+            background.request.headers.pop(name, None)
+        background.metadata[BACKGROUND] = True
+        background.is_replay = "request"
+
+        async def run() -> None:
+            try:
+                await ReplayHandler(background, ctx.options).replay()
+            finally:
+                self.revalidating.discard(primary)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # -- response side --------------------------------------------------------------------------------
 
@@ -219,9 +244,9 @@ class Cache:
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
-        length = _content_length(resp)
+        length = content_length(resp)
         big = length is None or length > self.stream_threshold
-        if resp.status_code == 304 or state.request.method != "GET":
+        if resp.status_code == 304 or state.request.method != "GET" or self._stale_on_error(flow, state):
             if big and resp.status_code != 304:
                 resp.stream = True
             return
@@ -254,30 +279,47 @@ class Cache:
         resp = to_response(flow.response)
         for key in cache.invalidated_keys(state.request, resp):  # §4.4
             self.store.purge(key)
-        status = state.decision.cache_status(fwd_status=resp.status)
         if resp.status == 304 and state.candidates:
             self._on_304(flow, state, resp, now)
             return
-        if state.body is not None and isinstance(state.body, store.BodyFile):
-            state.body.close()
+        if (allowed := self._stale_on_error(flow, state)) and state.body is not None:
+            meta = state.candidates[0][1]
+            fwd_status = None if "fwd_error" in flow.metadata else resp.status
+            status = CacheStatus(fwd=Fwd.STALE, fwd_status=fwd_status, detail=allowed)
+            self._serve(flow, state, meta, state.body, status, now)
+            return
+        close(state.body)
         if state.request.method == "HEAD" and resp.status == 200:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
-        flow.response.headers["Cache-Status"] = cache.render(
-            CacheStatus(
-                fwd=status.fwd, fwd_status=resp.status, stored=stored, ttl=status.ttl, detail=status.detail
-            )
+        decision = state.decision
+        status = CacheStatus(
+            fwd=decision.fwd or Fwd.MISS,
+            fwd_status=resp.status,
+            stored=stored,
+            ttl=decision.ttl if decision.stored is not None and not stored else None,
+            detail=decision.detail,
         )
+        flow.response.headers["Cache-Status"] = cache.render(status)
+
+    def _stale_on_error(self, flow: http.HTTPFlow, state: CacheFlow) -> str:
+        """RFC 5861 §4 / --serve-stale-on-error: the reason a stale entry may stand in for this error, or ""."""
+        if not state.candidates or flow.response is None:
+            return ""
+        failed = "fwd_error" in flow.metadata  # the origin could not be reached (addons/errors.py)
+        status = None if failed else flow.response.status_code
+        verdict = cache.stale_on_error(
+            state.request, state.candidates[0][1], status=status, now=time.time(), config=self.config
+        )
+        return verdict.detail if verdict else ""
 
     def _store(self, flow: http.HTTPFlow, state: CacheFlow, resp: Response, now: float) -> bool:
         assert self.store is not None and flow.response is not None
         if not state.key:
             return False
-        streamed = state.writer is not None
         raw = flow.response.raw_content
-        expected = _content_length(flow.response)
-        if streamed:
-            assert state.writer is not None
+        expected = content_length(flow.response)
+        if state.writer is not None:
             length = state.writer.written
             complete = state.complete and (expected is None or expected == length)
         else:
@@ -312,7 +354,6 @@ class Cache:
     def _on_304(self, flow: http.HTTPFlow, state: CacheFlow, resp: Response, now: float) -> None:
         """§4.3.3-4: a 304 answers our validators: freshen the stored entries and answer from them."""
         assert self.store is not None
-        keys = {id(m): k for k, m in state.candidates}
         outcome = cache.on_not_modified(
             state.request,
             resp,
@@ -320,19 +361,24 @@ class Cache:
             request_time=state.request_time,
             response_time=now,
         )
-        for meta in outcome.updated:
-            original = next(m for _, m in state.candidates if m.url == meta.url and _same(m, meta, state))
-            self.store.update(keys[id(original)], meta)
+        for updated in outcome.updated:
+            # freshen() keeps what identifies a variant (its selecting headers) and the body length
+            for key, meta in state.candidates:
+                if meta.vary_request == updated.vary_request and meta.body_length == updated.body_length:
+                    self.store.update(key, updated)
+                    break
         status = CacheStatus(
             fwd=state.decision.fwd or Fwd.STALE, fwd_status=304, detail=state.decision.detail
         )
         match outcome.action:
             case After304.SERVE_STORED | After304.SEND_304:
                 assert outcome.serve is not None and state.body is not None
-                self._answer(flow, state, outcome.serve, state.body, status, now)
+                self._serve(flow, state, outcome.serve, state.body, status, now)
             case After304.PASS_THROUGH:
+                close(state.body)
                 flow.response.headers["Cache-Status"] = cache.render(status)  # type: ignore[union-attr]
             case After304.RETRY:
+                close(state.body)
                 for key, _ in state.candidates:
                     self.store.delete(key)
                 flow.response = _respond.text(
@@ -355,24 +401,7 @@ class Cache:
             return
         if state.writer is not None:
             state.writer.abort()  # a truncated body is never stored
-        if isinstance(state.body, store.BodyFile):
-            state.body.close()
-
-
-def _same(stored: StoredResponse, updated: StoredResponse, state: CacheFlow) -> bool:
-    """Whether ``updated`` was freshened from ``stored`` (same variant: same selecting headers)."""
-    return stored.vary_request == updated.vary_request and stored.body_length == updated.body_length
-
-
-def _content_length(resp: http.Response) -> int | None:
-    value = resp.headers.get("content-length")
-    if value is None or "chunked" in resp.headers.get("transfer-encoding", "").lower():
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        return None
-    return n if n >= 0 else None
+        close(state.body)
 
 
 addons = [Cache()]
