@@ -22,7 +22,8 @@ def meta(length: int) -> StoredResponse:
 
 
 def body(length: int, seed: int) -> bytes:
-    return bytes((i + seed) % 256 for i in range(length))
+    block = bytes((i + seed) % 251 for i in range(251))
+    return (block * (length // 251 + 1))[:length]
 
 
 def files(root: Path, suffix: str) -> list[Path]:

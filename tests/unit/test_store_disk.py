@@ -29,7 +29,9 @@ def meta(length: int, url: str = "http://a/", etag: str = '"1"') -> StoredRespon
 
 
 def body(length: int, seed: int = 0) -> bytes:
-    return bytes((i * 7 + seed) % 251 for i in range(length))
+    """Distinct content per seed; 251 is prime, so no chunk boundary lines up with the pattern."""
+    block = bytes((i * 7 + seed) % 251 for i in range(251))
+    return (block * (length // 251 + 1))[:length]
 
 
 def files(root: Path, suffix: str) -> list[Path]:
