@@ -10,6 +10,7 @@ diskcache>=5.6,<5.7 in pyproject) where diskcache has no call that leaves LRU or
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import os
@@ -187,6 +188,33 @@ def evict(cache: diskcache.Cache, size_limit: int) -> int:
                 cache.disk.remove(filename)
         evicted += len(doomed)
     return evicted
+
+
+def shed(cache: diskcache.Cache, fraction: float) -> int:
+    """Unlink the least recently used body files holding `fraction` of all body bytes; bytes freed.
+
+    The files go first, by reading the database only, as the disk may be too full for SQLite to
+    write; their rows are deleted after if there is room now, else readers drop them one by one.
+    """
+    (total,) = cache._sql("SELECT coalesce(sum(size), 0) FROM Cache").fetchone()
+    goal, freed, gone = total * fraction, 0, []
+    rows = cache._sql("SELECT filename, size FROM Cache WHERE filename IS NOT NULL ORDER BY access_time")
+    for filename, size in rows:
+        if freed >= goal:
+            break
+        try:
+            os.unlink(os.path.join(cache.directory, filename))
+        except FileNotFoundError:
+            continue
+        freed += size
+        gone.append(filename)
+    rows.close()
+    with contextlib.suppress(sqlite3.Error, diskcache.Timeout):  # still full: readers drop the rows
+        for at in range(0, len(gone), 500):
+            batch = gone[at : at + 500]
+            with cache.transact(retry=False):
+                cache._sql(f"DELETE FROM Cache WHERE filename IN ({','.join('?' * len(batch))})", batch)
+    return int(freed)
 
 
 def replace_record(cache: diskcache.Cache, key: str, record: bytes) -> None:

@@ -26,6 +26,8 @@ log = logging.getLogger("fwdproxy.store")
 
 REOPEN_DELAY = 5.0
 """After a failed open, seconds to wait before trying again (each attempt logs a line)."""
+SHED_FRACTION = 0.1
+"""Share of the stored body bytes freed each time a write finds the file system full."""
 ERRORS = (sqlite3.Error, diskcache.Timeout, OSError)
 """What diskcache, sqlite3 and the file system raise for storage faults."""
 
@@ -178,8 +180,15 @@ class Database:
         self.note(err, doing)
         match backend.classify(err):
             case Fault.FULL:
-                if not self.disk_full:
-                    log.warning("disk full while %s (%s): not storing until space frees up", doing, err)
+                # Every incident frees space (a cache yields the disk), one line per spell of full.
+                freed = self._shed()
+                log.log(
+                    logging.DEBUG if self.disk_full else logging.WARNING,
+                    "disk full while %s (%s): freed %d bytes of least recently used bodies",
+                    doing,
+                    err,
+                    freed,
+                )
                 self.disk_full = True
             case Fault.BUSY:
                 log.info("cache database busy while %s; treated as a miss", doing)
@@ -190,6 +199,18 @@ class Database:
                 self._recover()
             case Fault.OTHER:
                 log.warning("cache error while %s: %s", doing, err)
+
+    def _shed(self) -> int:
+        # When the file system (not size_limit) is full, SQLite may not even manage a DELETE, so free
+        # space by unlinking body files directly; reads then find their rows without a file and drop
+        # them, and evict() settles the accounting once there is room.
+        if (cache := self._cache) is None:
+            return 0
+        try:
+            return backend.shed(cache, SHED_FRACTION)
+        except ERRORS as e:
+            self.note(e, "freeing disk space")
+            return 0
 
     def stored(self) -> None:
         """Note a successful commit: a disk that was full has room again."""

@@ -286,3 +286,17 @@ def test_cache_files_are_private_to_their_owner(tmp_path: Path) -> None:
         assert (tmp_path / folder).stat().st_mode & 0o777 == 0o700
     (stored,) = files(tmp_path, ".val")
     assert stored.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_full_file_system_makes_the_cache_yield_its_least_recently_used_bodies(tmp_path: Path) -> None:
+    room = [10**9]
+    store = DiskStore(tmp_path, opener=lambda fd: FullDisk(fd, room=room[0]))  # type: ignore[arg-type,return-value]
+    for i in range(10):
+        store.put(f"k{i}", meta(100 * KIB), bytes([i]) * 100 * KIB)
+    assert store.get("k0") is not None  # k0 is now the most recently used; k1 the least
+    room[0] = 0  # something else filled the disk
+    assert store.put("new", meta(100 * KIB), b"n" * 100 * KIB) is Outcome.DISK_ERROR
+    assert store.stats().disk.entries == 9 and len(files(tmp_path, ".val")) == 9  # 10% of 1000 KiB
+    assert store.get("k1") is None and store.get("k0") is not None and store.get("k2") is not None
+    room[0] = 10**9
+    assert store.put("new", meta(100 * KIB), b"n" * 100 * KIB) is Outcome.STORED
