@@ -149,6 +149,35 @@ def anonymize_response(headers: Headers, cfg: AnonymizeConfig) -> Headers:
     return headers.without(*drop)
 
 
+@dataclass(frozen=True, slots=True)
+class Touched:
+    """The header names a config can change: a caller may pass on anything carrying none of them untouched."""
+
+    request: frozenset[str]
+    """Lower-case request header names that may be removed."""
+    request_prefixes: tuple[str, ...]
+    """Lower-case prefixes of request header names that may be removed."""
+    every_request: bool
+    """Every request is rewritten whatever it carries (strict's User-Agent, or a `set` rule)."""
+    response: frozenset[str]
+    """Lower-case response header names that may be removed."""
+
+
+def touched(cfg: AnonymizeConfig) -> Touched:
+    """What anonymize_request and anonymize_response may change under `cfg` (a superset: `keep` is ignored
+    for prefixes)."""
+    if cfg.level is Level.OFF:
+        return Touched(_PROXY, (), False, frozenset())
+    keep = {n.lower() for n in cfg.keep}
+    request = _PROXY | (_IDENTIFYING - keep) | {n.lower() for n in cfg.remove}
+    response = {n.lower() for n in cfg.response_remove}
+    if cfg.level is Level.STRICT:
+        request |= _STRICT_REQUEST - keep
+        response |= _STRICT_RESPONSE - keep
+    every = cfg.level is Level.STRICT or bool(cfg.set)
+    return Touched(frozenset(request), IDENTIFYING_REQUEST_PREFIXES, every, frozenset(response))
+
+
 def same_site(a: str, b: str) -> bool:
     """Whether two absolute URLs are same-site, approximately.
 

@@ -20,6 +20,7 @@ from fwdproxy.anonymize import (
     is_identifying,
     parse_anonymize,
     same_site,
+    touched,
 )
 from fwdproxy.http_model import Headers
 
@@ -358,3 +359,35 @@ def test_strict_referer_is_an_origin_or_nothing(referer: str, url: str) -> None:
     assert out is None or (
         out.startswith(("http://", "https://")) and out.endswith("/") and out.count("/") == 3
     )
+
+
+configs = st.builds(
+    AnonymizeConfig,
+    level=st.sampled_from(list(Level)),
+    remove=st.lists(header_names, max_size=2).map(tuple),
+    set=st.lists(st.tuples(header_names, st.just("1")), max_size=1).map(tuple),
+    keep=st.lists(header_names, max_size=2).map(tuple),
+    response_remove=st.lists(header_names, max_size=2).map(tuple),
+)
+
+
+@given(requests, configs)
+def test_touched_is_a_safe_shortcut(headers: Headers, cfg: AnonymizeConfig) -> None:
+    """What the addon skips (no touched name present) really would pass unchanged."""
+    t = touched(cfg)
+    lnames = names(headers)
+    if not t.every_request and not any(n in t.request or n.startswith(t.request_prefixes) for n in lnames):
+        assert anonymize_request(headers, URL, cfg) == headers
+    if not lnames & t.response:
+        assert anonymize_response(headers, cfg) == headers
+
+
+def test_touched_per_level() -> None:
+    assert touched(AnonymizeConfig(level=Level.OFF)).request == lower(PROXY_REQUEST_HEADERS)
+    assert not touched(AnonymizeConfig(level=Level.OFF, response_remove=("X-A",))).response
+    standard = touched(AnonymizeConfig(keep=("Via",), remove=("X-Debug",)))
+    assert "via" not in standard.request and {"x-debug", "x-real-ip"} <= standard.request
+    assert not standard.every_request and not standard.response
+    assert touched(AnonymizeConfig(set=(("DNT", "1"),))).every_request
+    strict = touched(AnonymizeConfig(level=Level.STRICT))
+    assert strict.every_request and strict.response == lower(STRICT_RESPONSE_HEADERS)
