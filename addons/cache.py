@@ -47,6 +47,8 @@ class CacheFlow:
     writer: store.TieredWriter | None = None
     key: str = ""
     complete: bool = False
+    whole_for_range: bool = False
+    """The client's Range was removed to fetch the whole object (--range-fetch-whole-below)."""
 
 
 class Cache:
@@ -57,6 +59,7 @@ class Cache:
         self.config = CacheConfig()
         self.max_object = 1024**3
         self.stream_threshold = 1024**2
+        self.fetch_whole_below = 0
         self.revalidating: set[str] = set()
         """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -75,6 +78,12 @@ class Cache:
             "fwd_serve_stale_on_error", str, "0", "Serve entries this stale when the origin fails."
         )
         loader.add_option("fwd_offline", bool, False, "Answer only from the cache; 504 on a miss.")
+        loader.add_option(
+            "fwd_range_fetch_whole_below",
+            str,
+            "0",
+            "On a miss, fetch objects this small whole to answer a range.",
+        )
         loader.add_option("fwd_preset", Sequence[str], [], "Bundles of cache rules, e.g. ci.")
         loader.add_option("fwd_config", str, "", "fwdproxy TOML file whose [[cache.rule]] tables apply.")
 
@@ -89,6 +98,7 @@ class Cache:
             )
             self.max_object = parse_size(ctx.options.fwd_max_object_size)
             self.stream_threshold = parse_size(ctx.options.fwd_stream_threshold)
+            self.fetch_whole_below = parse_size(ctx.options.fwd_range_fetch_whole_below)
             if updated & sizes or self.store is None:
                 directory = os.path.expanduser(ctx.options.fwd_cache_dir)
                 os.makedirs(directory, exist_ok=True)
@@ -169,7 +179,12 @@ class Cache:
             case Verdict.REVALIDATE:
                 self._add_validators(flow, state, listing, selected)
             case Verdict.FORWARD:
-                pass
+                if self.fetch_whole_below and req.method == "GET" and "Range" in flow.request.headers:
+                    # Squid's range_offset_limit: fetch the whole object so it is stored, then answer the range
+                    # from it (response hook); a server may always ignore Range (RFC 9110 §14.2).
+                    state.whole_for_range = True
+                    flow.request.headers.pop("Range")
+                    flow.request.headers.pop("If-Range", None)
 
     def _serve(
         self,
@@ -200,6 +215,9 @@ class Cache:
             return
         state.body = entry.body
         state.candidates = [(selected, entry.meta)] + [(k, m) for k, m in listing if k != selected]
+        flow.metadata["fwd_probe"] = (
+            True  # addons/errors.py: check the origin, so an outage can be answered stale
+        )
         cond = cache.conditional_request_headers(state.request, [m for _, m in state.candidates])
         for name in ("If-None-Match", "If-Modified-Since"):
             value = cond.get(name)
@@ -292,6 +310,17 @@ class Cache:
         if state.request.method == "HEAD" and resp.status == 200:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
+        if state.whole_for_range and stored and flow.response.raw_content is not None:
+            raw = flow.response.raw_content
+            if len(raw) <= self.fetch_whole_below:
+                listing = self.store.variants(state.primary)
+                whole = next((m for k, m in listing if k == state.key), None)
+                if whole is not None:
+                    status = CacheStatus(
+                        fwd=state.decision.fwd or Fwd.MISS, fwd_status=resp.status, stored=True
+                    )
+                    self._serve(flow, state, whole, raw, status, now)
+                    return
         decision = state.decision
         status = CacheStatus(
             fwd=decision.fwd or Fwd.MISS,

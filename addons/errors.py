@@ -63,7 +63,10 @@ class OriginErrors:
             return
         address = (flow.request.host, flow.request.port)
         now = time.monotonic()
-        if self.good_until.get(address, 0.0) > now:
+        # A flow with a stale entry behind it (the cache set fwd_probe) is always probed: if the origin is down,
+        # the cache can still answer from that entry (RFC 5861 stale-if-error), which mitmproxy's own
+        # connection error would not let it do.
+        if self.good_until.get(address, 0.0) > now and not flow.metadata.get("fwd_probe"):
             return
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.timeout)

@@ -56,8 +56,18 @@ class Origin:
         self.lock = threading.Lock()
         origin = self
 
+        self.connections: set[socket.socket] = set()
+
         class _Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                origin.connections.add(self.connection)
+
+            def finish(self) -> None:
+                origin.connections.discard(self.connection)
+                super().finish()
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -113,8 +123,12 @@ class Origin:
         return f"{self.scheme}://{host}:{self.port}{path}"
 
     def close(self) -> None:
+        """Stop listening and cut every open connection, like an origin that went down."""
         self.server.shutdown()
         self.server.server_close()
+        for conn in list(self.connections):
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
 
 
 class Proxy:
