@@ -1,0 +1,156 @@
+"""Anonymity (issue 5): strip what identifies the client before the cache sees a request; hide backends."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+
+from mitmproxy import ctx, exceptions, http
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy.anonymize import (
+    AnonymizeConfig,
+    Level,
+    anonymize_request,
+    anonymize_response,
+    parse_anonymize,
+    touched,
+)
+from fwdproxy.http_model import Headers
+
+log = logging.getLogger("fwdproxy.anonymize")
+
+
+def _str(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")  # mitmproxy's own header codec: round-trips any byte
+
+
+def _bytes(s: str) -> bytes:
+    return s.encode("utf-8", "surrogateescape")
+
+
+def read_table(path: str) -> Mapping[str, object]:
+    """The ``[anonymize]`` table of a TOML file ({} when it has none); ValueError says what is wrong."""
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError("no such file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"not valid TOML: {e}") from None
+    except OSError as e:
+        raise ValueError(f"cannot read it: {e.strerror}") from None
+    table = doc.get("anonymize", {})
+    if not isinstance(table, dict):
+        raise ValueError(
+            f'anonymize: {table!r} is not a table; write [anonymize] and level = "strict" under it'
+        )
+    return table
+
+
+class Anonymize:
+    """Rewrites request headers in ``requestheaders`` and strips response headers at the configured level.
+
+    ``requestheaders`` runs before the cache's ``request`` hook, so cache keys and Vary matching see the
+    rewritten headers: one client's identifying headers neither split entries nor reach another client.
+    The flow is only touched when a header on the level's lists is present (or strict rewrites every
+    request), so a clean request costs one pass over its header names.
+    """
+
+    def __init__(self) -> None:
+        self._apply(AnonymizeConfig())
+
+    def _apply(self, cfg: AnonymizeConfig) -> None:
+        self.cfg = cfg
+        t = touched(cfg)
+        self.request_names = frozenset(_bytes(n) for n in t.request)
+        self.request_prefixes = tuple(_bytes(p) for p in t.request_prefixes)
+        self.every_request = t.every_request
+        self.response_names = frozenset(_bytes(n) for n in t.response)
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        loader.add_option(
+            "fwd_anonymize",
+            str,
+            Level.STANDARD.value,
+            "How much of the client a forwarded request may reveal: off (only Proxy-* headers removed), "
+            "standard (client addresses and the proxy chain removed) or strict (also one User-Agent and "
+            "Accept-Language for all, Referer trimmed, backend names removed from responses).",
+            choices=[lv.value for lv in Level],
+        )
+        loader.add_option(
+            "fwd_anonymize_config",
+            str,
+            "",
+            "TOML file (e.g. the one fwdproxy run --config reads) whose [anonymize] table adds custom rules: "
+            "user_agent, accept_language, remove, set, keep, response_remove. The level is fwd_anonymize.",
+        )
+
+    def configure(self, updated: set[str]) -> None:
+        if not updated & {"fwd_anonymize", "fwd_anonymize_config"}:
+            return
+        level, path = ctx.options.fwd_anonymize, ctx.options.fwd_anonymize_config
+        if level not in {lv.value for lv in Level}:
+            raise exceptions.OptionsError(
+                f"fwd_anonymize: {level!r} is not one of {', '.join(lv.value for lv in Level)}"
+            )
+        try:
+            table = read_table(path) if path else {}
+            cfg = parse_anonymize(table)
+        except ValueError as e:
+            raise exceptions.OptionsError(f"fwd_anonymize_config: {path}: {e}") from e
+        if "level" in table and table["level"] != level:
+            # Flags override the file, as everywhere in fwdproxy; say so rather than surprise a mitmdump user.
+            log.info(
+                "anonymize level %s (fwd_anonymize) overrides anonymize.level = %r in %s",
+                level,
+                table["level"],
+                path,
+            )
+        self._apply(dataclasses.replace(cfg, level=Level(level)))
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # answered by the proxy (403, 407): nothing is forwarded
+        req = flow.request
+        fields = req.headers.fields
+        if not self.every_request and not any(
+            (n := k.lower()) in self.request_names or n.startswith(self.request_prefixes) for k, _ in fields
+        ):
+            return
+        before = Headers(tuple((_str(k), _str(v)) for k, v in fields))
+        # Only strict reads the URL (Referer same-site check); building it costs a few string joins.
+        after = anonymize_request(before, req.url if self.cfg.level is Level.STRICT else "", self.cfg)
+        if after == before:
+            return
+        req.headers = http.Headers([(_bytes(k), _bytes(v)) for k, v in after])
+        if log.isEnabledFor(logging.DEBUG):
+            gone = sorted({k.lower() for k, _ in before} - {k.lower() for k, _ in after})
+            # Names only: the values are what identifies the client.
+            log.debug("%s %s: removed %s", req.method, req.pretty_url, ", ".join(gone) or "nothing")
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        # Also runs for responses an addon set in `request` (a cache hit): mitmproxy emulates this hook for them.
+        self._strip_response(flow)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        # Again, for a response that a later addon replaced in its own responseheaders (e.g. a stored
+        # response served after a 304); headers of a streamed response were already sent and are left alone.
+        if flow.response is not None and not flow.response.stream:
+            self._strip_response(flow)
+
+    def _strip_response(self, flow: http.HTTPFlow) -> None:
+        resp = flow.response
+        if resp is None or not self.response_names:
+            return
+        fields = resp.headers.fields
+        if not any(k.lower() in self.response_names for k, _ in fields):
+            return
+        after = anonymize_response(Headers(tuple((_str(k), _str(v)) for k, v in fields)), self.cfg)
+        resp.headers = http.Headers([(_bytes(k), _bytes(v)) for k, v in after])
+
+
+addons = [Anonymize()]
