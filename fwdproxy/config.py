@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fwdproxy import access
+from fwdproxy import access, anonymize
 from fwdproxy.units import parse_duration, parse_size
 
 
@@ -41,6 +41,8 @@ class Option:
     short: str | None = None
     toml: str = ""
     """The TOML key when it differs from ``name``: a dotted key inside a section, e.g. ``anonymize.level``."""
+    choices: tuple[str, ...] = ()
+    """The only values a STR option accepts (none: any)."""
 
     @property
     def key(self) -> str:
@@ -72,6 +74,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("memory_object_max", Kind.SIZE, "bigger objects stay on disk only"),
     Option("negative_ttl", Kind.DURATION, "cap on the heuristic freshness of a 404/410"),
     Option("preset", Kind.STR_LIST, "a bundle of cache rules, e.g. ci (repeatable)"),
+    Option(
+        "anonymize",
+        Kind.STR,
+        "off, standard (drop client addresses and proxy-chain headers) or strict (also one User-Agent)",
+        toml="anonymize.level",
+        choices=tuple(lv.value for lv in anonymize.Level),
+    ),
 )
 _BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -108,6 +117,8 @@ class Settings:
     negative_ttl: float = 60.0
     """A 404 cached heuristically for at most a minute, so a package published a minute later is seen."""
     preset: tuple[str, ...] = ()
+    anonymize: str = "standard"
+    """A forward proxy that tells every origin its clients' addresses is not doing its job (issue 5)."""
     sections: Mapping[str, Any] = field(default_factory=dict)
     """The TOML file's own tables ([cache], [anonymize], [upstreams.*], [[routes]]), as read."""
     explicit: frozenset[str] = frozenset()
@@ -124,6 +135,8 @@ def _convert(opt: Option, value: Any, where: str) -> Any:
         case Kind.STR:
             if not isinstance(value, str):
                 raise fail("a string")
+            if opt.choices and value not in opt.choices:
+                raise fail(f"one of {', '.join(opt.choices)}")
             return value
         case Kind.OPT_STR:
             if value is not None and not isinstance(value, str):
@@ -227,6 +240,17 @@ def check(s: Settings) -> None:
     for item in s.set:
         if "=" not in item:
             raise ValueError(f"--set {item!r} is not NAME=VALUE; try e.g. --set http2=false")
+    # The anonymize addon parses this table again; checking it here stops a bad rule before the start.
+    if "anonymize" in s.sections:
+        table = s.sections["anonymize"]
+        if not isinstance(table, dict):
+            raise ValueError(
+                f'{s.config}: anonymize: {table!r} is not a table; write [anonymize] level = "strict"'
+            )
+        try:
+            anonymize.parse_anonymize(table)
+        except ValueError as e:
+            raise ValueError(f"{s.config}: {e}") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

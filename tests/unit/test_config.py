@@ -61,6 +61,8 @@ def test_file_values_and_flags_override(tmp_path: Path) -> None:
     assert s.intercept == ("*.pypi.org",)
     assert s.disk_cache_size == 1024**3
     assert s.sections["anonymize"] == {"level": "strict"}
+    assert s.anonymize == "strict"
+    assert settings(["--config", path, "--anonymize", "off"]).anonymize == "off"
     assert s.sections["cache"]["rule"][0]["immutable"] is True
     assert s.explicit >= {"listen_port", "intercept", "disk_cache_size", "config"}
 
@@ -81,6 +83,19 @@ def test_file_values_and_flags_override(tmp_path: Path) -> None:
         pytest.param("allow = ['10.0.0.0/33']\n", "'10.0.0.0/33' is not an address or CIDR", id="bad cidr"),
         pytest.param("config = 'x'\n", "unknown key 'config'", id="config is a flag only"),
         pytest.param("listen_port = \n", "not valid TOML", id="not toml"),
+        pytest.param(
+            '[anonymize]\nlevel = "max"\n',
+            "anonymize.level: 'max' is not one of off, standard, strict",
+            id="bad anonymize level",
+        ),
+        pytest.param(
+            'anonymize = "strict"\n', "anonymize: 'strict' is not a table", id="anonymize not a table"
+        ),
+        pytest.param(
+            '[anonymize]\nremove = "X-Debug"\n',
+            "anonymize.remove: 'X-Debug' is not a list of header names",
+            id="bad anonymize rule",
+        ),
     ],
 )
 def test_file_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -100,6 +115,8 @@ def test_flag_errors_name_the_flag() -> None:
         settings(["--set", "http2"])
     with pytest.raises(ValueError, match="is not USER:PASS"):
         settings(["--auth", "nopassword"])
+    with pytest.raises(ValueError, match="--anonymize: 'max' is not one of off, standard, strict"):
+        settings(["--anonymize", "max"])
 
 
 @pytest.mark.parametrize(
