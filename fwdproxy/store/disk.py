@@ -8,8 +8,9 @@ Layout under the cache directory:
     store.broken-<hex>/             a damaged store moved aside, being deleted in the background
 
 No method raises for a storage fault: reads miss, writes return Outcome.DISK_ERROR, and the fault is
-logged once (disk full: once until a write succeeds again). A database that is corrupt, deleted or
-replaced is never read again: the store reopens an empty one.
+logged once (disk full: once until a write succeeds again, each time freeing the least recently used
+10% of body bytes). A database that was deleted or replaced is never read again, and one that SQLite
+reports corrupt is reopened, empty if a fresh quick_check confirms the damage (see handle.py).
 """
 
 from __future__ import annotations

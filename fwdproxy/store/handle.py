@@ -41,7 +41,7 @@ def _ident(path: str) -> tuple[int, int] | None:
 
 
 class Database:
-    """The disk tier's diskcache handle, shared safely by threads; several processes may open one directory."""
+    """The disk tier's diskcache handle, shared by threads; several processes may open one directory."""
 
     def __init__(self, directory: str, *, size_limit: int, timeout: float) -> None:
         self.directory = directory

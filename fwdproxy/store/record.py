@@ -88,7 +88,7 @@ class TierStats:
 
     entries: int
     bytes: int
-    """Bytes counted against limit: bodies plus metadata estimate (memory), body files plus database (disk)."""
+    """Bytes counted against limit: bodies and metadata estimates (memory), body files and database (disk)."""
     limit: int
     evictions: int
     """Entries evicted to stay within limit by this process (other processes' evictions are not counted)."""

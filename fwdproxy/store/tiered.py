@@ -2,10 +2,11 @@
 
 Memory holds copies of small disk entries, never entries of its own: a write reaches memory only after
 its disk commit succeeded, and a disk hit small enough for memory is promoted. With `coherent` (the
-default) every memory hit is confirmed by reading the 19-byte stamp of the disk row (an indexed SQLite
-read, no body, no write), so a delete, overwrite or 304 update made by another process sharing the
-directory is never answered from a stale copy. The price: memory hits do not refresh the disk row's
-LRU position, so a body hot only in memory may be evicted from disk and fetched once more.
+default) every memory hit is confirmed by reading the stamp (first 19 bytes) of the disk row, an
+indexed SQLite read with no body and no write, so a delete, overwrite or 304 update made by another
+process sharing the directory is never answered from a stale copy. The price: memory hits do not
+refresh the disk row's LRU position, so a body hot only in memory may be evicted from disk and
+fetched once more.
 """
 
 from __future__ import annotations

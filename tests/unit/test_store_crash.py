@@ -1,4 +1,4 @@
-"""Crash safety and sharing: a killed writer leaves at most a temp file; processes see each other's commits."""
+"""Crash safety and sharing: a killed writer leaves at most a temp file; processes see each other."""
 
 from __future__ import annotations
 

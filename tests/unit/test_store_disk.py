@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,6 +44,13 @@ def stream(store: DiskStore, key: str, data: bytes, chunk: int = 64 * KIB) -> Ou
     for i in range(0, len(data), chunk):
         assert writer.write(data[i : i + chunk])
     return writer.commit(meta(len(data)))
+
+
+def database(store: DiskStore) -> Any:
+    """The live diskcache.Cache, to plant rows the store itself would never write."""
+    cache = store.db.live()
+    assert cache is not None
+    return cache
 
 
 @pytest.fixture
@@ -244,7 +252,7 @@ def test_checksum_mismatch_of_a_body_read_whole_is_a_miss_and_drops_it(
 
 
 def test_inline_body_checksum_mismatch_is_a_miss(store: DiskStore) -> None:
-    cache = store.db.live()
+    cache = database(store)
     good = codec.encode(meta(3), stamp=codec.new_stamp(), digest=codec.checksum(b"abc"), inline=b"abd")
     cache.set("k", backend.Adopt(good))
     assert store.get("k") is None and store.stamp("k") is None
@@ -267,7 +275,7 @@ def test_vanished_body_file_is_a_miss_and_drops_the_row(store: DiskStore, tmp_pa
 
 
 def test_other_format_version_is_a_miss_left_in_place(store: DiskStore) -> None:
-    cache = store.db.live()
+    cache = database(store)
     cache.set("k", backend.Adopt(codec.HEADER.pack(codec.MAGIC, 2, b"s" * 16, 2) + b"{}"))
     assert store.get("k") is None
     assert store.stats().disk.entries == 1
@@ -275,13 +283,13 @@ def test_other_format_version_is_a_miss_left_in_place(store: DiskStore) -> None:
 
 
 def test_unreadable_record_is_a_miss_and_dropped(store: DiskStore) -> None:
-    store.db.live().set("k", backend.Adopt(b"garbage"))
+    database(store).set("k", backend.Adopt(b"garbage"))
     assert store.get("k") is None
     assert store.stats().disk.entries == 0
 
 
 def test_foreign_diskcache_values_are_a_miss(store: DiskStore) -> None:
-    cache = store.db.live()
+    cache = database(store)
     cache._sql(
         "INSERT INTO Cache(key, raw, store_time, access_time, mode, value) VALUES ('k', 1, 0, 0, 4, x'80')"
     )

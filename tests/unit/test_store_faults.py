@@ -9,12 +9,13 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import DiskStore, Outcome, TieredStore, backend
+from fwdproxy.store.writer import Opener
 
 KIB = 1024
 
@@ -61,10 +62,21 @@ class FullDisk:
         self.file.close()
 
 
+def full_disk(room: list[int]) -> Opener:
+    """An Opener whose files have room[0] bytes left (the test may change it)."""
+    return lambda fd: cast(BinaryIO, FullDisk(fd, room=room[0]))
+
+
+def database(store: DiskStore) -> Any:
+    cache = store.db.live()
+    assert cache is not None
+    return cache
+
+
 def test_disk_full_while_streaming_aborts_logs_once_and_keeps_serving(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = DiskStore(tmp_path, opener=lambda fd: FullDisk(fd, room=100 * KIB))  # type: ignore[arg-type,return-value]
+    store = DiskStore(tmp_path, opener=full_disk([100 * KIB]))
     store.put("old", meta(3), b"old")
     writer = store.writer("new")
     results = [writer.write(b"x" * 16 * KIB) for _ in range(20)]
@@ -89,7 +101,7 @@ def test_disk_full_when_the_database_commits(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = DiskStore(tmp_path)
-    cache = store.db.live()
+    cache = database(store)
 
     def full_set(key: str, value: Any, **_: Any) -> None:
         cache.disk.store(value, False, key=key)  # the body gets linked in, then SQLite fails
@@ -142,7 +154,7 @@ def test_directory_removed_while_a_body_streams(tmp_path: Path) -> None:
 
 
 def overwrite_database(store: DiskStore) -> None:
-    cache = store.db.live()
+    cache = database(store)
     cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
     size = os.path.getsize(store.db.db_path)
     with open(store.db.db_path, "r+b") as f:
@@ -189,7 +201,7 @@ def test_corruption_reported_by_sqlite_reopens_and_a_sound_file_is_kept(
     def corrupt(*_: Any, **__: Any) -> None:
         raise sqlite_error(sqlite3.DatabaseError, "SQLITE_CORRUPT", "database disk image is malformed")
 
-    monkeypatch.setattr(store.db.live(), "get", corrupt)
+    monkeypatch.setattr(database(store), "get", corrupt)
     assert store.get("k") is None
     assert store.db.generation == generation + 1  # a new connection; the faulty one is gone
     assert not any("damaged" in w for w in warnings(caplog))  # quick_check found the file intact
@@ -247,7 +259,8 @@ def test_tiered_memory_is_emptied_when_the_disk_reopens(tmp_path: Path) -> None:
     store.put("k", meta(1), b"k")
     shutil.rmtree(tmp_path / "store")
     assert store.get("k") is None  # the memory copy came from the removed database
-    assert store.stats().memory is not None and store.stats().memory.entries == 0
+    memory = store.stats().memory
+    assert memory is not None and memory.entries == 0
 
 
 def test_a_stale_fault_from_another_thread_does_not_discard_the_fresh_database(tmp_path: Path) -> None:
@@ -290,7 +303,7 @@ def test_cache_files_are_private_to_their_owner(tmp_path: Path) -> None:
 
 def test_a_full_file_system_makes_the_cache_yield_its_least_recently_used_bodies(tmp_path: Path) -> None:
     room = [10**9]
-    store = DiskStore(tmp_path, opener=lambda fd: FullDisk(fd, room=room[0]))  # type: ignore[arg-type,return-value]
+    store = DiskStore(tmp_path, opener=full_disk(room))
     for i in range(10):
         store.put(f"k{i}", meta(100 * KIB), bytes([i]) * 100 * KIB)
     assert store.get("k0") is not None  # k0 is now the most recently used; k1 the least

@@ -16,8 +16,8 @@ def meta(length: int, etag: str = '"1"') -> StoredResponse:
     return StoredResponse("http://a/", 200, "OK", Headers.of({"ETag": etag}), 1.0, 2.0, length)
 
 
-def open_store(path: Path, **kwargs: object) -> TieredStore:
-    return TieredStore.open(path, memory_size=1 * 2**20, memory_object_max=64 * KIB, **kwargs)  # type: ignore[arg-type]
+def open_store(path: Path, coherent: bool = True) -> TieredStore:
+    return TieredStore.open(path, memory_size=1 * 2**20, memory_object_max=64 * KIB, coherent=coherent)
 
 
 def test_is_a_store(tmp_path: Path) -> None:
