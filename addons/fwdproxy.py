@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons.access import Access
+from addons.anonymize import Anonymize
 from addons.errors import OriginErrors
 from addons.lifecycle import Lifecycle
 from addons.tunnel import Tunnel
@@ -11,7 +12,7 @@ from addons.tunnel import Tunnel
 
 def chain() -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
-    return [Lifecycle(), Access(), Tunnel(), OriginErrors()]
+    return [Lifecycle(), Access(), Tunnel(), Anonymize(), OriginErrors()]
 
 
 addons = chain()
