@@ -6,6 +6,7 @@ import logging
 from collections.abc import Sequence
 
 from mitmproxy import ctx, tls
+from mitmproxy.proxy import layer, layers
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import access
@@ -34,6 +35,12 @@ class Tunnel:
         if mode is access.TunnelMode.PASSTHROUGH:
             data.ignore_connection = True
             log.info("passthrough tunnel to %s (not decrypted: not cached, not rewritten)", host)
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        # Runs after mitmproxy's NextLayer has chosen. A raw TCP relay (a tunnel carrying neither TLS nor HTTP,
+        # e.g. SSH, or mitmproxy's own ignore_hosts) is as blind as a --passthrough host: say so too.
+        if isinstance(nextlayer.layer, layers.TCPLayer) and (address := nextlayer.context.server.address):
+            log.info("passthrough tunnel to %s:%s (raw TCP: not cached, not rewritten)", *address[:2])
 
 
 addons = [Tunnel()]
