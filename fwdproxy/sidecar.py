@@ -82,7 +82,8 @@ class Sidecar:
         return self.port
 
     async def close(self) -> None:
-        """Stop listening, cut every transfer and close every offered file."""
+        """Stop listening, cut every transfer and close every offered file; later offers raise."""
+        self._loop = None
         if self._server is not None:
             self._server.close()
         for token in list(self._offers):
@@ -104,27 +105,23 @@ class Sidecar:
         Raises:
             ValueError: a malformed head, a Content-Length that is not the body's length, bad parts.
             OSError: the body's file could not be opened.
+            RuntimeError: the sidecar is not running.
         """
-        if self._loop is None:
-            if source is not None:
-                source.close()
-            raise RuntimeError("Sidecar.offer() before start()")
+        loop = self._loop
         try:
+            if loop is None:
+                raise RuntimeError("Sidecar.offer() outside start() … close()")
             declared, close_after = _parse_head(head)
-            if source is not None:
-                length = source.open()
-                if declared != length:
-                    raise ValueError(
-                        f"the head declares Content-Length {declared}, the body has {length} bytes"
-                    )
-        except (ValueError, TypeError, OSError):
+            if source is not None and declared != (length := source.open()):
+                raise ValueError(f"the head declares Content-Length {declared}, the body has {length} bytes")
+        except (RuntimeError, ValueError, TypeError, OSError):
             if source is not None:
                 source.close()
             raise
         close_after = close_after or (source is None and declared is None)
         missing_body = source is None and declared not in (None, 0)
         token = secrets.token_urlsafe(16)  # 128 bits: other local users cannot guess a live one
-        expiry = self._loop.call_later(ttl, self.withdraw, token)
+        expiry = loop.call_later(ttl, self.withdraw, token)
         self._offers[token] = _Offer(head, source, close_after, missing_body, expiry)
         return token
 
@@ -141,7 +138,7 @@ class Sidecar:
             self._bytes_sent, self._active, self._done, self._failed, self._not_found, len(self._offers)
         )
 
-    def _count(self, n: int) -> None:
+    def _count(self, n: int) -> None:  # told every byte count handed to a socket
         self._bytes_sent += n
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -226,8 +223,9 @@ class Sidecar:
             self._done += 1
             return True
         self._failed += 1
-        if outcome in (Outcome.SHORT, Outcome.STALLED):
-            log.warning("sidecar: transfer cut short (%s)", outcome.value)
+        # The leader's abort and a client's reset are its own story; a short file or a stall is ours.
+        level = logging.WARNING if outcome in (Outcome.SHORT, Outcome.STALLED) else logging.DEBUG
+        log.log(level, "sidecar: transfer cut short (%s)", outcome.value)
         # Abort, never finish: the client sees fewer bytes than the Content-Length, a failed transfer.
         writer.transport.abort()
         return False
@@ -242,8 +240,7 @@ def response_head(status: int, reason: str, fields: Iterable[tuple[str, str]]) -
     lines = [f"HTTP/1.1 {status} {reason}"] + [f"{name}: {value}" for name, value in fields]
     if any(c in line for line in lines for c in "\r\n\0"):
         raise ValueError("a header field contains CR, LF or NUL; strip it before offering the response")
-    text = "\r\n".join(lines)
-    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape")
 
 
 def _parse_head(head: bytes) -> tuple[int | None, bool]:

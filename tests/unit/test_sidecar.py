@@ -261,6 +261,7 @@ def test_only_get_and_head() -> None:
             reply = await read_reply(reader)
             assert reply.status == 405 and reply.headers["allow"] == "GET, HEAD"
             assert await reader.read() == b""  # closed
+            writer.close()
             assert (await fetch(sc.port, token)).status == 200  # the token survived
 
     run(main())
@@ -431,22 +432,10 @@ def test_close_cuts_waiting_readers_and_closes_files(tmp_path: Path) -> None:
         await until(lambda: sc.stats.transfers_active == 1)
         await sc.close()
         assert f.closed and not (await task).complete
-
-    run(main())
-
-
-def test_progress_is_absolute_and_finishes_once() -> None:
-    async def main() -> None:
-        p = Progress()
-        waiter = asyncio.create_task(p.wait())
-        await asyncio.sleep(0)
-        p.advance(10)
-        p.advance(5)  # a stale total is ignored
-        await waiter
-        assert p.available == 10
-        p.finish(False)
-        p.finish(True)
-        assert p.failed and p.done
+        g = open(path, "rb")
+        with pytest.raises(RuntimeError):
+            sc.offer(head(0), FileBody(g))
+        assert g.closed
 
     run(main())
 
