@@ -58,10 +58,13 @@ class Anonymize:
     rewritten headers: one client's identifying headers neither split entries nor reach another client.
     The flow is only touched when a header on the level's lists is present (or strict rewrites every
     request), so a clean request costs one pass over its header names.
+
+    Put this addon before the cache and ``self.last`` after every other addon (see AnonymizeResponses).
     """
 
     def __init__(self) -> None:
         self._apply(AnonymizeConfig())
+        self.last = AnonymizeResponses(self)
 
     def _apply(self, cfg: AnonymizeConfig) -> None:
         self.cfg = cfg
@@ -133,16 +136,11 @@ class Anonymize:
             log.debug("%s %s: removed %s", req.method, req.pretty_url, ", ".join(gone) or "nothing")
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        # Also runs for responses an addon set in `request` (a cache hit): mitmproxy emulates this hook for them.
-        self._strip_response(flow)
+        # Before the cache stores the response (so entries carry no backend names) and before a streamed
+        # response's headers go out. mitmproxy also calls this for a response an addon set in `request`.
+        self.strip_response(flow)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        # Again, for a response that a later addon replaced in its own responseheaders (e.g. a stored
-        # response served after a 304); headers of a streamed response were already sent and are left alone.
-        if flow.response is not None and not flow.response.stream:
-            self._strip_response(flow)
-
-    def _strip_response(self, flow: http.HTTPFlow) -> None:
+    def strip_response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
         if resp is None or not self.response_names:
             return
@@ -153,4 +151,21 @@ class Anonymize:
         resp.headers = http.Headers([(_bytes(k), _bytes(v)) for k, v in after])
 
 
-addons = [Anonymize()]
+class AnonymizeResponses:
+    """The last word on response headers: strips them again after every other addon's ``response`` hook.
+
+    A later addon may replace the response there, e.g. the cache answering from a stored response after
+    the origin's 304; entries stored before strict (or a response_remove rule) was switched on still carry
+    backend names. Headers of a streamed response went out after ``responseheaders``: nothing to do then.
+    """
+
+    def __init__(self, anonymize: Anonymize) -> None:
+        self.anonymize = anonymize
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and not flow.response.stream:
+            self.anonymize.strip_response(flow)
+
+
+_anonymize = Anonymize()
+addons = [_anonymize, _anonymize.last]

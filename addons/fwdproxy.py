@@ -12,7 +12,8 @@ from addons.tunnel import Tunnel
 
 def chain() -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
-    return [Lifecycle(), Access(), Tunnel(), Anonymize(), OriginErrors()]
+    anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
+    return [Lifecycle(), Access(), Tunnel(), anonymize, OriginErrors(), anonymize.last]
 
 
 addons = chain()

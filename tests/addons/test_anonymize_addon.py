@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions, http
+from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons.anonymize import Anonymize
@@ -205,22 +206,41 @@ def backend_response() -> http.Response:
     )
 
 
-def test_strict_strips_responses_in_both_hooks() -> None:
+def test_strict_strips_responses_early_and_last() -> None:
     a = Anonymize()
-    with taddons.context(a) as tctx:
+    with taddons.context(a, a.last) as tctx:
         tctx.configure(a, fwd_anonymize="strict")
         f = tflow.tflow(resp=backend_response())
         a.responseheaders(f)
         assert list(f.response.headers.keys()) == ["Content-Type", "Server"]
-        # A later addon swaps in a stored response (e.g. after a 304): the response hook strips it too.
+        # A later addon swaps in a stored response (e.g. after a 304): the last response hook strips it too.
         f.response = backend_response()
-        a.response(f)
+        a.last.response(f)
         assert "X-Backend-Server" not in f.response.headers
         # A streamed response's headers are already on the wire: nothing to do.
         f.response = backend_response()
         f.response.stream = True
-        a.response(f)
+        a.last.response(f)
         assert "X-Backend-Server" in f.response.headers
+
+
+def test_last_runs_after_another_addons_response_hook() -> None:
+    """In a chain [anonymize, cache-like addon, anonymize.last], what the middle addon puts back is removed."""
+
+    class SwapsInStored:
+        def response(self, flow: http.HTTPFlow) -> None:
+            flow.response = backend_response()
+
+    async def run() -> http.HTTPFlow:
+        a = Anonymize()
+        with taddons.context(a, SwapsInStored(), a.last) as tctx:
+            tctx.configure(a, fwd_anonymize="strict")
+            f = tflow.tflow(resp=backend_response())
+            await tctx.master.addons.handle_lifecycle(HttpResponseHook(f))
+            return f
+
+    f = asyncio.run(run())
+    assert f.response is not None and "X-Backend-Server" not in f.response.headers
 
 
 def test_standard_leaves_responses_alone() -> None:
@@ -229,7 +249,7 @@ def test_standard_leaves_responses_alone() -> None:
         f = tflow.tflow(resp=backend_response())
         before = f.response.headers
         a.responseheaders(f)
-        a.response(f)
+        a.last.response(f)
         assert f.response.headers is before
 
 
@@ -251,5 +271,5 @@ def test_full_cycle() -> None:
 def test_script_loads() -> None:
     with taddons.context() as tctx:
         loaded = tctx.script(str(REPO / "addons" / "anonymize.py"))
-        addon = getattr(loaded, "addons", [loaded])[0]
-        assert type(addon).__name__ == "Anonymize"
+        found = getattr(loaded, "addons", [loaded])
+        assert type(found[0]).__name__ == "Anonymize"
