@@ -28,13 +28,23 @@ _ALGORITHM_VALUES = tuple(a.value for a in Algorithm)
 _TRAILING_WEIGHT = re.compile(r"(.*),\s*([+-]?\d+)\s*")
 
 
-def parse_upstreams(upstreams: Mapping[str, object], routes: Sequence[object] = ()) -> EgressConfig:
+def parse_upstreams(
+    upstreams: Mapping[str, object], routes: Sequence[object] = (), *, extra_groups: Sequence[Group] = ()
+) -> EgressConfig:
     """Build the egress config from the ``upstreams`` table and the ``routes`` array of a TOML file.
+
+    ``extra_groups`` (the ``--upstream`` shortcut's ``default`` group) come first and may be named by routes.
 
     Raises:
         ValueError: naming the offending key, e.g. ``upstreams.egress.members[1].weight: ...``.
     """
-    groups = tuple(
+    extra = {g.name for g in extra_groups}
+    for name in _table(upstreams, "upstreams", "[upstreams.NAME]"):
+        if name in extra:
+            raise ValueError(
+                f"upstreams.{name}: group {name!r} is also made by --upstream; drop the flags or the table"
+            )
+    groups = tuple(extra_groups) + tuple(
         _group(name, table, f"upstreams.{name}")
         for name, table in _table(upstreams, "upstreams", "[upstreams.NAME]").items()
     )

@@ -151,6 +151,22 @@ def test_cli_errors(specs: list[str], balance: str, message: str) -> None:
     assert message in str(e.value)
 
 
+def test_cli_group_joins_the_file_and_routes_may_name_it() -> None:
+    cli = parse_cli_upstreams(["http://a:1"])
+    config = parse_upstreams(
+        {"egress": group()},
+        [{"match": "*.corp", "upstream": "egress"}, {"match": "*", "upstream": "default"}],
+        extra_groups=cli.groups,
+    )
+    assert [g.name for g in config.groups] == ["default", "egress"]
+    assert (config.route("git.corp"), config.route("example.org")) == ("egress", "default")
+
+
+def test_cli_group_and_a_default_table_clash() -> None:
+    with pytest.raises(ValueError, match=r"^upstreams\.default: group 'default' is also made by --upstream"):
+        parse_upstreams({"default": group()}, extra_groups=parse_cli_upstreams(["http://a:1"]).groups)
+
+
 def group(**overrides: Any) -> dict[str, Any]:
     table: dict[str, Any] = {"members": [{"url": "http://a:1"}, {"url": "http://b:2"}]}
     table.update(overrides)
