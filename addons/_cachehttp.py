@@ -2,6 +2,7 @@
 
 import secrets
 import time
+from dataclasses import dataclass
 
 from mitmproxy import http
 
@@ -59,19 +60,28 @@ def make_response(
     return http.Response(b"HTTP/1.1", status, reason.encode(), http.Headers(fields), body, None, now, now)
 
 
-def answer(
-    request: Request,
-    meta: StoredResponse,
-    body: bytes | store.BodyFile,
-    status: CacheStatus,
-    now: float,
-) -> http.Response:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response to send from a stored entry: in memory (``content``) or streamed from ``file`` (``parts``)."""
+
+    status: int
+    reason: str
+    headers: Headers
+    """Complete, with Content-Length."""
+    content: bytes = b""
+    file: store.BodyFile | None = None
+    """A big stored body still on disk: send ``parts`` of it through the sidecar."""
+    parts: tuple[ranges.ByteRange | bytes, ...] | None = None
+    """Parts of ``file`` (None: all of it)."""
+
+
+def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile, now: float) -> Answer:
     """The response to a request from a stored entry: 304 for a matching conditional (RFC 9111 §4.3.2),
-    206/416 for a range (RFC 9110 §14), the headers alone for HEAD, else the whole stored response."""
+    206/416 for a range (RFC 9110 §14), the headers alone for HEAD, else the whole stored response.
+    A body on disk is not read here: the Answer says which parts of the file to send."""
     if cache.client_conditional_matches(request, meta):
         close(body)
-        nm = cache.not_modified_response(meta, now=now)
-        return make_response(304, "Not Modified", nm.headers, b"", status, now)
+        return Answer(304, "Not Modified", cache.not_modified_response(meta, now=now).headers)
     headers = cache.served_headers(meta, now=now)
     length = meta.body_length
     decision: ranges.RangeDecision = ranges.Full()
@@ -86,33 +96,27 @@ def answer(
         )
     if request.method == "HEAD":
         close(body)
-        return make_response(
-            meta.status, meta.reason, headers.with_("Content-Length", str(length)), b"", status, now
-        )
+        return Answer(meta.status, meta.reason, headers.with_("Content-Length", str(length)))
     match decision:
         case ranges.Partial():
             layout = ranges.partial_body(
                 decision, length, meta.headers.get("content-type"), secrets.token_hex(16)
             )
-            content = ranges.assemble(layout, read_body(body))
             fields = headers.without("content-length", "content-range", *(k for k, _ in layout.headers))
-            return make_response(
-                206, "Partial Content", Headers(fields.fields + layout.headers.fields), content, status, now
-            )
+            out = Headers(fields.fields + layout.headers.fields)
+            if isinstance(body, bytes):
+                return Answer(206, "Partial Content", out, ranges.assemble(layout, body))
+            return Answer(206, "Partial Content", out, file=body, parts=layout.parts)
         case ranges.Unsatisfiable():
             close(body)
             fields = headers.without("content-length", "content-range")
-            extra = ranges.unsatisfiable_headers(length)
-            return make_response(
-                416, "Range Not Satisfiable", Headers(fields.fields + extra.fields), b"", status, now
+            return Answer(
+                416,
+                "Range Not Satisfiable",
+                Headers(fields.fields + ranges.unsatisfiable_headers(length).fields),
             )
         case ranges.Full():
-            content = read_body(body)
-            return make_response(
-                meta.status,
-                meta.reason,
-                headers.with_("Content-Length", str(len(content))),
-                content,
-                status,
-                now,
-            )
+            out = headers.with_("Content-Length", str(length))
+            if isinstance(body, bytes):
+                return Answer(meta.status, meta.reason, out, body)
+            return Answer(meta.status, meta.reason, out, file=body)

@@ -14,11 +14,15 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
-from addons._cachehttp import answer, close, content_length, to_request, to_response
+from addons._cachehttp import answer, close, content_length, make_response, read_body, to_request, to_response
 from fwdproxy import cache, store
+from fwdproxy.bodysource import FileBody, GrowingBody, Progress
 from fwdproxy.cache import After304, CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
+from fwdproxy.cache.key import vary_matches
 from fwdproxy.config import read_toml
 from fwdproxy.http_model import Request, Response, StoredResponse
+from fwdproxy.inflight import Flight, Flights, Shape
+from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
 
 log = logging.getLogger("fwdproxy.cache")
@@ -27,6 +31,11 @@ STATE = "fwd_cache"
 """flow.metadata key of the per-flow CacheFlow record."""
 BACKGROUND = "fwd_background"
 """flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
+SIDECAR = "fwd_sidecar"
+"""flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
+COLLAPSE_WAIT = 120.0
+"""Seconds a collapsed request waits for each step of its leader (headers, commit) before it goes to the
+origin itself; long enough for a slow registry, short enough that a hung leader does not hang everyone."""
 
 
 @dataclass
@@ -47,6 +56,10 @@ class CacheFlow:
     writer: store.TieredWriter | None = None
     key: str = ""
     complete: bool = False
+    stored: bool = False
+    """The response (or a 304's refresh) reached the store."""
+    flight: Flight | None = None
+    """Set when this flow leads a collapsed request: followers wait on it."""
     whole_for_range: bool = False
     """The client's Range was removed to fetch the whole object (--range-fetch-whole-below)."""
 
@@ -63,6 +76,8 @@ class Cache:
         self.revalidating: set[str] = set()
         """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
         self.tasks: set[asyncio.Task[None]] = set()
+        self.flights = Flights()
+        self.sidecar: Sidecar | None = None
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option("fwd_cache_dir", str, "~/.cache/fwdproxy", "Where the disk cache lives.")
@@ -126,26 +141,42 @@ class Cache:
             rules += cache.PRESETS[name]
         return tuple(rules)
 
+    async def running(self) -> None:
+        self.sidecar = Sidecar()
+        await self.sidecar.start()
+
     async def done(self) -> None:
         for task in list(self.tasks):
             task.cancel()
+        if self.sidecar is not None:
+            await self.sidecar.close()
         if self.store is not None:
             self.store.close()
 
     # -- request side ---------------------------------------------------------------------------------
 
-    def request(self, flow: http.HTTPFlow) -> None:
+    async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or self.store is None:
             return
+        flight = self._lookup(flow, collapse=True)
+        if flight is not None and await self._follow(flow, flight):
+            return
+        if flight is not None:
+            self._lookup(
+                flow, collapse=False
+            )  # the leader's response was not for us: ask the origin ourselves
+
+    def _lookup(self, flow: http.HTTPFlow, *, collapse: bool) -> Flight | None:
+        """§4: answer from the store, or prepare the flow for the origin. Returns a flight to follow instead."""
+        assert self.store is not None
         now = time.time()
         req = to_request(flow.request)
         if req.method not in ("GET", "HEAD"):
-            flow.metadata[STATE] = CacheFlow(
-                req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now
-            )
+            state = CacheFlow(req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now)
+            flow.metadata[STATE] = state
             if self.config.offline:
-                self._gateway_timeout(flow, flow.metadata[STATE], "offline")
-            return
+                self._gateway_timeout(flow, state, "offline")
+            return None
         primary = cache.primary_key(req.method, req.url)
         listing = self.store.variants(primary)
         decision = cache.lookup(req, [meta for _, meta in listing], now=now, config=self.config)
@@ -161,30 +192,98 @@ class Cache:
                 decision.ttl,
                 "stale-while-revalidate",
             )
-        match decision.verdict:
-            case Verdict.SERVE:
-                entry = self.store.get(selected) if selected else None
-                if entry is not None:
-                    self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
-                    return
-                state.decision = LookupDecision(Verdict.FORWARD, fwd=Fwd.MISS, detail="entry-vanished")
-            case Verdict.STALE_WHILE_REVALIDATE:
-                entry = self.store.get(selected) if selected else None
-                if entry is not None:
-                    self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+        if decision.verdict in (Verdict.SERVE, Verdict.STALE_WHILE_REVALIDATE):
+            entry = self.store.get(selected) if selected else None
+            if entry is not None:
+                self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+                if decision.verdict is Verdict.STALE_WHILE_REVALIDATE:
                     self._revalidate_later(flow, primary)
-                    return
-            case Verdict.GATEWAY_TIMEOUT:
-                self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
-            case Verdict.REVALIDATE:
-                self._add_validators(flow, state, listing, selected)
-            case Verdict.FORWARD:
-                if self.fetch_whole_below and req.method == "GET" and "Range" in flow.request.headers:
-                    # Squid's range_offset_limit: fetch the whole object so it is stored, then answer the range
-                    # from it (response hook); a server may always ignore Range (RFC 9110 §14.2).
-                    state.whole_for_range = True
-                    flow.request.headers.pop("Range")
-                    flow.request.headers.pop("If-Range", None)
+                return None
+            decision = state.decision = LookupDecision(Verdict.FORWARD, fwd=Fwd.MISS, detail="entry-vanished")
+        if decision.verdict is Verdict.GATEWAY_TIMEOUT:
+            self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
+            return None
+        if collapse and self._collapsible(flow, state):
+            flight, leader = self.flights.join(primary)
+            if not leader:
+                return flight
+            state.flight = flight
+        if decision.verdict is Verdict.REVALIDATE:
+            self._add_validators(flow, state, listing, selected)
+        elif self.fetch_whole_below and req.method == "GET" and "Range" in flow.request.headers:
+            # Squid's range_offset_limit: fetch the whole object so it is stored, then answer the range from
+            # it (response hook); a server may always ignore Range (RFC 9110 §14.2).
+            state.whole_for_range = True
+            flow.request.headers.pop("Range")
+            flow.request.headers.pop("If-Range", None)
+        return None
+
+    def _collapsible(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
+        """Whether this request may share one origin request with others for the same key."""
+        fwd = state.decision.fwd
+        return (
+            state.request.method == "GET"
+            and fwd
+            in (Fwd.URI_MISS, Fwd.VARY_MISS, Fwd.STALE)  # not when the client itself asked to go forward
+            and not flow.metadata.get(BACKGROUND)
+            and (
+                "Range" not in flow.request.headers or state.primary in self.flights.table
+            )  # ranges follow, never lead
+        )
+
+    async def _follow(self, flow: http.HTTPFlow, flight: Flight) -> bool:
+        """Wait for the leader of this key; True when the flow was answered from its response."""
+        state: CacheFlow = flow.metadata[STATE]
+        try:
+            shape = await asyncio.wait_for(asyncio.shield(flight.shape), COLLAPSE_WAIT)
+            if shape is Shape.STREAMING and self._stream_from_flight(flow, state, flight):
+                await asyncio.wait_for(flight.file_ready.wait(), COLLAPSE_WAIT)
+                if self._tail(flow, state, flight):
+                    return True
+            if shape is not Shape.NOT_SHARED and await asyncio.wait_for(
+                asyncio.shield(flight.done), COLLAPSE_WAIT
+            ):
+                assert self.store is not None
+                now = time.time()
+                listing = self.store.variants(state.primary)
+                decision = cache.lookup(state.request, [m for _, m in listing], now=now, config=self.config)
+                key = next((k for k, m in listing if m is decision.stored), "")
+                entry = self.store.get(key) if decision.verdict is Verdict.SERVE and key else None
+                if entry is not None:
+                    status = CacheStatus(fwd=state.decision.fwd, fwd_status=entry.meta.status, collapsed=True)
+                    self._serve(flow, state, entry.meta, entry.body, status, now)
+                    return True
+        except TimeoutError:
+            log.info("collapsed request for %s waited too long; going to the origin", state.request.url)
+        return False
+
+    def _stream_from_flight(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
+        """Whether a follower can read the leader's growing body as it is: same variant, whole body, a sidecar."""
+        return (
+            self.sidecar is not None
+            and flight.meta is not None
+            and vary_matches(flight.meta, state.request)
+            and "Range" not in flow.request.headers
+            and not cache.client_conditional_matches(state.request, flight.meta)
+        )
+
+    def _tail(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
+        """Serve a follower from the leader's temp file while it grows (Squid's collapsed forwarding)."""
+        assert self.sidecar is not None and flight.meta is not None and flight.progress is not None
+        if flight.path is None or flight.progress.failed:
+            return False
+        meta = flight.meta
+        status = CacheStatus(fwd=state.decision.fwd, fwd_status=meta.status, collapsed=True)
+        headers = cache.served_headers(meta, now=time.time()).with_("Content-Length", str(meta.body_length))
+        head = response_head(meta.status, meta.reason, [*headers, ("Cache-Status", cache.render(status))])
+        try:
+            token = self.sidecar.offer(head, GrowingBody(flight.path, flight.progress))
+        except (OSError, ValueError) as e:  # the temp file was committed (renamed) meanwhile
+            log.debug("cannot tail %s: %s", flight.path, e)
+            return False
+        self._repoint(flow, token)
+        state.served = True
+        return True
 
     def _serve(
         self,
@@ -195,8 +294,34 @@ class Cache:
         status: CacheStatus,
         now: float,
     ) -> None:
-        flow.response = answer(state.request, meta, body, status, now)
+        """Answer from a stored entry: in memory, or through the sidecar when the body is a file."""
+        ans = answer(state.request, meta, body, now)
         state.served = True
+        if ans.file is not None and self.sidecar is not None:
+            head = response_head(
+                ans.status, ans.reason, [*ans.headers, ("Cache-Status", cache.render(status))]
+            )
+            try:
+                token = self.sidecar.offer(head, FileBody(ans.file.file, ans.parts))
+            except (OSError, ValueError) as e:
+                log.warning("cannot stream %s from disk: %s", state.request.url, e)
+            else:
+                self._repoint(flow, token)
+                return
+        content = ans.content if ans.file is None else read_body(ans.file)  # no sidecar (tests): read it
+        if ans.parts is not None:
+            content = b"".join(p if isinstance(p, bytes) else content[p.start : p.end + 1] for p in ans.parts)
+        flow.response = make_response(ans.status, ans.reason, ans.headers, content, status, now)
+
+    def _repoint(self, flow: http.HTTPFlow, token: str) -> None:
+        """Send the flow to the sidecar, which streams the body like an origin would (mitmproxy-notes §4)."""
+        assert self.sidecar is not None
+        flow.request.scheme = "http"
+        flow.request.host = "127.0.0.1"
+        flow.request.port = self.sidecar.port
+        flow.request.path = "/" + token
+        flow.server_conn = connection.Server(address=("127.0.0.1", self.sidecar.port))
+        flow.metadata[SIDECAR] = True
 
     def _gateway_timeout(self, flow: http.HTTPFlow, state: CacheFlow, why: str) -> None:
         """§5.2.1.7 only-if-cached, or --offline: nothing usable is stored and the origin may not be asked."""
@@ -258,39 +383,79 @@ class Cache:
     # -- response side --------------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(SIDECAR) and flow.response is not None:
+            flow.response.stream = True  # a big body from disk or a growing temp file: never held in memory
+            return
         state: CacheFlow | None = flow.metadata.get(STATE)
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
+        flight = state.flight
         if resp.status_code == 304 or state.request.method != "GET" or self._stale_on_error(flow, state):
             if big and resp.status_code != 304:
                 resp.stream = True
+            if flight is not None:
+                flight.set_shape(Shape.BUFFERED if resp.status_code == 304 else Shape.NOT_SHARED)
             return
         decision = cache.is_storable(state.request, to_response(resp), complete=True, config=self.config)
         if not decision or (length is not None and length > self.max_object):
             if big:
                 resp.stream = True  # pass through without holding the body
+            if flight is not None:
+                flight.set_shape(Shape.NOT_SHARED)
             return
         state.key = store.variant_key(
             state.primary, cache.secondary_key(to_response(resp).headers, state.request.headers)
         )
-        if big:
-            writer = self.store.writer(state.key, max_length=self.max_object)
-            state.writer = writer
+        if not big:
+            if flight is not None:
+                flight.set_shape(Shape.BUFFERED)
+            return
+        writer = self.store.writer(state.key, max_length=self.max_object)
+        state.writer = writer
+        progress = None
+        if flight is not None and length is not None:
+            flight.meta = self._meta(
+                state, to_response(resp), length, resp.timestamp_start or time.time(), decision
+            )
+            flight.progress = progress = Progress(length)
+            flight.set_shape(Shape.STREAMING)
+        elif flight is not None:
+            flight.set_shape(Shape.BUFFERED)  # no length to promise followers: they wait for the commit
 
-            def tee(chunk: bytes) -> bytes:
-                if chunk:
-                    writer.write(chunk)
-                else:
-                    state.complete = True  # mitmproxy-notes §3: the end of the body is signalled by b""
-                return chunk
+        def tee(chunk: bytes) -> bytes:
+            if chunk:
+                writer.write(chunk)
+                if progress is not None and writer.temp_path is not None:
+                    if flight is not None and flight.path is None:
+                        flight.path = writer.temp_path
+                        flight.file_ready.set()
+                    progress.advance(writer.written)
+            else:
+                state.complete = True  # mitmproxy-notes §3: the end of the body is signalled by b""
+            return chunk
 
-            resp.stream = tee
+        resp.stream = tee
 
     def response(self, flow: http.HTTPFlow) -> None:
         state: CacheFlow | None = flow.metadata.get(STATE)
+        try:
+            self._response(flow, state)
+        finally:
+            self._land(state)
+
+    def _land(self, state: "CacheFlow | None") -> None:
+        """The leader is done: followers serve what it stored, or go to the origin themselves."""
+        if state is None or state.flight is None:
+            return
+        flight, state.flight = state.flight, None
+        expected = flight.meta.body_length if flight.meta is not None else -1
+        complete = state.writer is not None and state.complete and state.writer.written == expected
+        self.flights.land(state.primary, flight, state.stored, body_complete=complete)
+
+    def _response(self, flow: http.HTTPFlow, state: "CacheFlow | None") -> None:
         if state is None or state.served or flow.response is None or self.store is None:
             return
         now = time.time()
@@ -359,8 +524,23 @@ class Cache:
             if state.writer is not None:
                 state.writer.abort()
             return False
-        response_time = flow.response.timestamp_start or now
-        meta = StoredResponse(
+        meta = self._meta(state, resp, length, flow.response.timestamp_start or now, decision)
+        if state.writer is not None:
+            outcome = state.writer.commit(meta)
+        else:
+            assert raw is not None
+            outcome = self.store.put(state.key, meta, raw)
+        if outcome is not store.Outcome.STORED:
+            log.info("not stored %s: %s", state.request.url, outcome)
+        state.stored = outcome is store.Outcome.STORED
+        return state.stored
+
+    @staticmethod
+    def _meta(
+        state: CacheFlow, resp: Response, length: int, response_time: float, decision: cache.StoreDecision
+    ) -> StoredResponse:
+        """The record to store for this response (RFC 9111 §3.1: minus hop-by-hop and Connection-named fields)."""
+        return StoredResponse(
             url=state.request.url,
             status=resp.status,
             reason=resp.reason,
@@ -371,14 +551,6 @@ class Cache:
             vary_request=cache.vary_request_headers(resp.headers, state.request.headers),
             rule=decision.rule.name if decision.rule else "",
         )
-        if state.writer is not None:
-            outcome = state.writer.commit(meta)
-        else:
-            assert raw is not None
-            outcome = self.store.put(state.key, meta, raw)
-        if outcome is not store.Outcome.STORED:
-            log.info("not stored %s: %s", state.request.url, outcome)
-        return outcome is store.Outcome.STORED
 
     def _on_304(self, flow: http.HTTPFlow, state: CacheFlow, resp: Response, now: float) -> None:
         """§4.3.3-4: a 304 answers our validators: freshen the stored entries and answer from them."""
@@ -394,7 +566,7 @@ class Cache:
             # freshen() keeps what identifies a variant (its selecting headers) and the body length
             for key, meta in state.candidates:
                 if meta.vary_request == updated.vary_request and meta.body_length == updated.body_length:
-                    self.store.update(key, updated)
+                    state.stored = self.store.update(key, updated) is not None or state.stored
                     break
         status = CacheStatus(
             fwd=state.decision.fwd or Fwd.STALE, fwd_status=304, detail=state.decision.detail
@@ -430,7 +602,9 @@ class Cache:
             return
         if state.writer is not None:
             state.writer.abort()  # a truncated body is never stored
+            state.complete = False
         close(state.body)
+        self._land(state)
 
 
 addons = [Cache()]

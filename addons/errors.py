@@ -59,7 +59,12 @@ class OriginErrors:
                 raise exceptions.OptionsError(f"fwd_connect_timeout: {e}") from e
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or flow.server_conn.via is not None or flow.server_conn.connected:
+        if (
+            flow.response is not None
+            or flow.server_conn.via is not None
+            or flow.server_conn.connected
+            or flow.metadata.get("fwd_sidecar")
+        ):
             return
         address = (flow.request.host, flow.request.port)
         now = time.monotonic()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons.access import Access
 from addons.anonymize import Anonymize
+from addons.cache import Cache
+from addons.egress import Egress
 from addons.errors import OriginErrors
 from addons.lifecycle import Lifecycle
 from addons.tunnel import Tunnel
@@ -13,7 +15,7 @@ from addons.tunnel import Tunnel
 def chain() -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
     anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
-    return [Lifecycle(), Access(), Tunnel(), anonymize, OriginErrors(), anonymize.last]
+    return [Lifecycle(), Access(), Tunnel(), anonymize, Cache(), Egress(), OriginErrors(), anonymize.last]
 
 
 addons = chain()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fwdproxy import access, anonymize
+from fwdproxy.balance import Algorithm, parse_cli_upstreams, parse_upstreams
 from fwdproxy.units import parse_duration, parse_size
 
 
@@ -62,6 +63,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("intercept", Kind.STR_LIST, "when given, only these host globs are decrypted (repeatable)"),
     Option("connect_port", Kind.INT_LIST, "a port CONNECT may reach; others get 403 (repeatable)"),
     Option("upstream_ca", Kind.OPT_STR, "extra CA bundle (PEM) trusted for origin certificates"),
+    Option("upstream", Kind.STR_LIST, "upstream proxy URL[,WEIGHT] to leave through (repeatable)"),
+    Option(
+        "balance",
+        Kind.STR,
+        "how the --upstream proxies share requests",
+        choices=tuple(a.value for a in Algorithm),
+    ),
     Option("allow", Kind.STR_LIST, "client network allowed to use the proxy, as CIDR (repeatable)"),
     Option("auth", Kind.OPT_STR, "require proxy authentication USER:PASS (Basic)"),
     Option("set", Kind.STR_LIST, "any mitmproxy option NAME=VALUE (repeatable)"),
@@ -74,6 +82,14 @@ OPTIONS: tuple[Option, ...] = (
     Option("memory_object_max", Kind.SIZE, "bigger objects stay on disk only"),
     Option("negative_ttl", Kind.DURATION, "cap on the heuristic freshness of a 404/410"),
     Option("preset", Kind.STR_LIST, "a bundle of cache rules, e.g. ci (repeatable)"),
+    Option("stream_threshold", Kind.SIZE, "bigger bodies stream to the client while they are stored"),
+    Option(
+        "range_fetch_whole_below", Kind.SIZE, "on a miss, fetch objects this small whole to answer a range"
+    ),
+    Option(
+        "serve_stale_on_error", Kind.DURATION, "serve any stored entry up to this stale when the origin fails"
+    ),
+    Option("offline", Kind.BOOL, "answer only from the cache (504 on a miss); never contact an origin"),
     Option(
         "anonymize",
         Kind.STR,
@@ -104,6 +120,10 @@ class Settings:
     connect_port: tuple[int, ...] = (443,)
     """443 only by default, like Squid's SSL_ports: CONNECT to anything else is how proxies get abused."""
     upstream_ca: str | None = None
+    upstream: tuple[str, ...] = ()
+    """No upstream proxy by default: traffic leaves directly unless [upstreams.*]/[[routes]] say otherwise."""
+    balance: str = "round-robin"
+    """Members in turn: predictable, and fair when the proxies are alike (issue 6)."""
     allow: tuple[str, ...] = access.LOOPBACK
     auth: str | None = None
     set: tuple[str, ...] = ()
@@ -117,6 +137,11 @@ class Settings:
     negative_ttl: float = 60.0
     """A 404 cached heuristically for at most a minute, so a package published a minute later is seen."""
     preset: tuple[str, ...] = ()
+    stream_threshold: int = 1024**2
+    """Above 1 MiB a body is not held in memory: it streams to the client and to disk as it arrives."""
+    range_fetch_whole_below: int = 0
+    serve_stale_on_error: float = 0.0
+    offline: bool = False
     anonymize: str = "standard"
     """A forward proxy that tells every origin its clients' addresses is not doing its job (issue 5)."""
     sections: Mapping[str, Any] = field(default_factory=dict)
@@ -249,6 +274,18 @@ def check(s: Settings) -> None:
             )
         try:
             anonymize.parse_anonymize(table)
+        except ValueError as e:
+            raise ValueError(f"{s.config}: {e}") from None
+    # The egress addon builds these again; a bad member or route must stop the start, naming its key.
+    try:
+        cli = parse_cli_upstreams(s.upstream, s.balance)
+    except ValueError as e:
+        raise ValueError(f"--upstream {e}") from None
+    if "upstreams" in s.sections or "routes" in s.sections:
+        try:
+            parse_upstreams(
+                s.sections.get("upstreams", {}), s.sections.get("routes", []), extra_groups=cli.groups
+            )
         except ValueError as e:
             raise ValueError(f"{s.config}: {e}") from None
 

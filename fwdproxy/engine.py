@@ -36,6 +36,20 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_connect_timeout": f"{s.connect_timeout:g}s",
         "fwd_anonymize": s.anonymize,
         "fwd_anonymize_config": s.config or "",  # the addon reads the file's [anonymize] table itself
+        "fwd_cache_dir": s.cache_dir,
+        "fwd_memory_cache_size": str(s.memory_cache_size),
+        "fwd_disk_cache_size": str(s.disk_cache_size),
+        "fwd_max_object_size": str(s.max_object_size),
+        "fwd_memory_object_max": str(s.memory_object_max),
+        "fwd_negative_ttl": f"{s.negative_ttl:g}s",
+        "fwd_preset": list(s.preset),
+        "fwd_stream_threshold": str(s.stream_threshold),
+        "fwd_range_fetch_whole_below": str(s.range_fetch_whole_below),
+        "fwd_serve_stale_on_error": f"{s.serve_stale_on_error:g}s",
+        "fwd_offline": s.offline,
+        "fwd_config": s.config or "",
+        "fwd_upstreams": list(s.upstream),
+        "fwd_balance": s.balance,
     }
 
 

@@ -24,8 +24,15 @@ def respond(f: http.HTTPFlow, body: bytes = b"body", **headers: str) -> None:
     f.response.timestamp_start = f.response.timestamp_end = time.time()
 
 
+def request(cache: Cache, f: http.HTTPFlow) -> None:
+    """Run the async request hook to completion on the test master's loop."""
+    from mitmproxy import ctx
+
+    ctx.master.event_loop.run_until_complete(cache.request(f))
+
+
 def cycle(cache: Cache, f: http.HTTPFlow, body: bytes = b"body", **headers: str) -> None:
-    cache.request(f)
+    request(cache, f)
     if f.response is None:
         respond(f, body, **headers)
         cache.responseheaders(f)
@@ -46,7 +53,7 @@ def test_store_then_hit(ctx_cache) -> None:
     cycle(cache, first, cache_control="max-age=60")
     assert first.response.headers["Cache-Status"] == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
     second = flow()
-    cache.request(second)
+    request(cache, second)
     assert second.response is not None and second.metadata[STATE].served
     assert second.response.content == b"body"
     assert second.response.headers["Cache-Status"].startswith("fwdproxy; hit; ttl=")
@@ -57,7 +64,7 @@ def test_no_store_not_stored(ctx_cache) -> None:
     _, cache = ctx_cache
     cycle(cache, flow(), cache_control="no-store")
     again = flow()
-    cache.request(again)
+    request(cache, again)
     assert again.response is None
 
 
@@ -65,7 +72,7 @@ def test_stale_entry_gets_validators(ctx_cache) -> None:
     _, cache = ctx_cache
     cycle(cache, flow(), cache_control="max-age=0", etag='"v1"')
     f = flow()
-    cache.request(f)
+    request(cache, f)
     assert f.response is None
     assert f.request.headers["If-None-Match"] == '"v1"'
     f.response = tutils.tresp(status_code=304, content=b"", headers=http.Headers(etag='"v1"'))
@@ -79,7 +86,7 @@ def test_truncated_stream_is_not_stored(ctx_cache) -> None:
     tctx, cache = ctx_cache
     tctx.configure(cache, fwd_stream_threshold="4")
     f = flow()
-    cache.request(f)
+    request(cache, f)
     respond(f, b"0123456789", cache_control="max-age=60")
     cache.responseheaders(f)
     assert callable(f.response.stream)
@@ -87,7 +94,7 @@ def test_truncated_stream_is_not_stored(ctx_cache) -> None:
     f.error = tflow.terr()
     cache.error(f)
     again = flow()
-    cache.request(again)
+    request(cache, again)
     assert again.response is None
 
 
