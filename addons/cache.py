@@ -19,8 +19,9 @@ from fwdproxy import cache, store
 from fwdproxy.bodysource import FileBody, GrowingBody, Progress
 from fwdproxy.cache import After304, CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.cache.key import vary_matches
+from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.config import read_toml
-from fwdproxy.http_model import Request, Response, StoredResponse
+from fwdproxy.http_model import Headers, Request, Response, StoredResponse
 from fwdproxy.inflight import Flight, Flights, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
@@ -58,6 +59,8 @@ class CacheFlow:
     complete: bool = False
     stored: bool = False
     """The response (or a 304's refresh) reached the store."""
+    fwd_status: int | None = None
+    """The status the next hop answered with (RFC 9211 fwd-status)."""
     flight: Flight | None = None
     """Set when this flow leads a collapsed request: followers wait on it."""
     whole_for_range: bool = False
@@ -383,6 +386,25 @@ class Cache:
     # -- response side --------------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._responseheaders(flow)
+        state: CacheFlow | None = flow.metadata.get(STATE)
+        if state is not None and not state.served and flow.response is not None and flow.response.stream:
+            # A streamed body's headers leave now, before the response hook: say what the cache does here.
+            flow.response.headers["Cache-Status"] = cache.render(
+                self._forward_status(state, stored=state.writer is not None)
+            )
+
+    def _forward_status(self, state: "CacheFlow", *, stored: bool) -> CacheStatus:
+        decision = state.decision
+        return CacheStatus(
+            fwd=decision.fwd or Fwd.MISS,
+            fwd_status=state.fwd_status,
+            stored=stored,
+            ttl=decision.ttl if decision.stored is not None and not stored else None,
+            detail=decision.detail,
+        )
+
+    def _responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(SIDECAR) and flow.response is not None:
             flow.response.stream = True  # a big body from disk or a growing temp file: never held in memory
             return
@@ -390,6 +412,7 @@ class Cache:
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
+        state.fwd_status = resp.status_code
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
@@ -486,15 +509,9 @@ class Cache:
                     )
                     self._serve(flow, state, whole, raw, status, now)
                     return
-        decision = state.decision
-        status = CacheStatus(
-            fwd=decision.fwd or Fwd.MISS,
-            fwd_status=resp.status,
-            stored=stored,
-            ttl=decision.ttl if decision.stored is not None and not stored else None,
-            detail=decision.detail,
-        )
-        flow.response.headers["Cache-Status"] = cache.render(status)
+        if not flow.response.stream:
+            state.fwd_status = resp.status
+            flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
 
     def _stale_on_error(self, flow: http.HTTPFlow, state: CacheFlow) -> str:
         """RFC 5861 §4 / --serve-stale-on-error: the reason a stale entry may stand in for this error, or ""."""
@@ -544,7 +561,7 @@ class Cache:
             url=state.request.url,
             status=resp.status,
             reason=resp.reason,
-            headers=cache.storable_headers(resp.headers, response_time=response_time),
+            headers=cache.storable_headers(_without_our_status(resp.headers), response_time=response_time),
             request_time=state.request_time,
             response_time=response_time,
             body_length=length,
@@ -605,6 +622,17 @@ class Cache:
             state.complete = False
         close(state.body)
         self._land(state)
+
+
+def _without_our_status(headers: Headers) -> Headers:
+    """The fields minus our own Cache-Status member (set on streamed responses before they are stored);
+    members of caches in front of the origin are kept (RFC 9211 §2: each cache adds its own)."""
+    lines = headers.get_all("cache-status")
+    if not any(CACHE_NAME in line for line in lines):
+        return headers
+    kept = [m.strip() for line in lines for m in line.split(",") if not m.strip().startswith(CACHE_NAME)]
+    out = headers.without("cache-status")
+    return out.with_("Cache-Status", ", ".join(kept)) if kept else out
 
 
 addons = [Cache()]

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +36,15 @@ class Recorded:
 
 @dataclass
 class Reply:
-    """A scripted response; ``body`` may be bytes or a callable producing chunks."""
+    """A scripted response. ``chunks`` (with ``length``) streams a body piece by piece instead of ``body``;
+    ``abort_after`` cuts the connection after that many body bytes, like an origin that died."""
 
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    chunks: Callable[[], Iterable[bytes]] | None = None
+    length: int | None = None
+    abort_after: int | None = None
 
 
 Handler = Callable[[Recorded], Reply]
@@ -93,10 +97,22 @@ class Origin:
                 for k, v in reply.headers.items():
                     self.send_header(k, v)
                 if "content-length" not in names and "transfer-encoding" not in names:
-                    self.send_header("Content-Length", str(len(reply.body)))
+                    size = reply.length if reply.chunks is not None else len(reply.body)
+                    self.send_header("Content-Length", str(size))
                 self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(reply.body)
+                if self.command == "HEAD":
+                    return
+                pieces = reply.chunks() if reply.chunks is not None else [reply.body]
+                sent = 0
+                for piece in pieces:
+                    if reply.abort_after is not None and sent + len(piece) > reply.abort_after:
+                        self.wfile.write(piece[: reply.abort_after - sent])
+                        self.wfile.flush()
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        self.close_connection = True
+                        return
+                    self.wfile.write(piece)
+                    sent += len(piece)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
@@ -245,3 +261,20 @@ def client(proxy: Proxy, verify: Path | bool = True, **kw: object) -> httpx.Clie
     else:
         ctx = verify
     return httpx.Client(proxy=proxy.url, verify=ctx, trust_env=False, timeout=30, **kw)  # type: ignore[arg-type]
+
+
+def pattern(size: int, seed: int = 0) -> bytes:
+    """Deterministic, non-repeating-looking test bytes (so a misplaced chunk is caught)."""
+    block = bytes((i * 131 + seed) % 251 for i in range(65536))
+    return (block * (size // len(block) + 1))[:size]
+
+
+def slow_chunks(body: bytes, chunk: int = 256 * 1024, delay: float = 0.01) -> Callable[[], Iterator[bytes]]:
+    """A chunks= callable that trickles ``body`` out, so requests overlap while it is in flight."""
+
+    def gen() -> Iterator[bytes]:
+        for i in range(0, len(body), chunk):
+            time.sleep(delay)
+            yield body[i : i + chunk]
+
+    return gen

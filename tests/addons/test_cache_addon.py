@@ -118,3 +118,12 @@ def test_script_loads_alone(tmp_path: Path) -> None:
     with taddons.context() as tctx:
         module = tctx.script(str(REPO / "addons" / "cache.py"))
         assert type(module.addons[0]).__name__ == "Cache"  # the script is its own module, not addons.cache
+
+
+def test_our_cache_status_is_never_stored() -> None:
+    from addons.cache import _without_our_status
+    from fwdproxy.http_model import Headers
+
+    h = Headers.of([("Cache-Status", "upstream-cdn; hit, fwdproxy; fwd=uri-miss; stored"), ("ETag", '"x"')])
+    assert _without_our_status(h).get_all("cache-status") == ["upstream-cdn; hit"]
+    assert "cache-status" not in _without_our_status(Headers.of([("Cache-Status", "fwdproxy; fwd=miss")]))

@@ -1,0 +1,215 @@
+"""Big downloads and crowds, end to end: streaming while caching, collapsing, aborts, crashes, shared dirs."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import Origin, Recorded, Reply, client, pattern, slow_chunks
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(field)
+
+
+def fetch_all(proxy_url: str, url: str, n: int) -> list[httpx.Response]:
+    def one(_: int) -> httpx.Response:
+        with httpx.Client(proxy=proxy_url, trust_env=False, timeout=60) as c:
+            return c.get(url)
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_crowd_on_a_cold_big_object_is_one_origin_request(start_proxy, origin: Origin) -> None:
+    body = pattern(8 * 1024**2)
+    url = origin.route(
+        "/crowd",
+        Reply(200, {"Cache-Control": "max-age=60"}, chunks=slow_chunks(body, delay=0.02), length=len(body)),
+    )
+    proxy = start_proxy()
+    responses = fetch_all(proxy.url, url, 20)
+    assert origin.hits["/crowd"] == 1
+    assert all(r.status_code == 200 and r.content == body for r in responses)
+    statuses = [r.headers["Cache-Status"] for r in responses]
+    assert sum("collapsed" in s for s in statuses) >= 10, statuses
+    assert sum(s.endswith("stored") for s in statuses) == 1, statuses
+
+
+def test_crowd_on_a_small_object(start_proxy, origin: Origin) -> None:
+    def slow(_: Recorded) -> Reply:
+        time.sleep(0.5)
+        return Reply(200, {"Cache-Control": "max-age=60"}, b"small\n")
+
+    url = origin.route("/small", slow)
+    proxy = start_proxy()
+    responses = fetch_all(proxy.url, url, 10)
+    assert origin.hits["/small"] == 1
+    assert all(r.content == b"small\n" for r in responses)
+
+
+def test_crowd_on_a_private_object_goes_to_origin_each(start_proxy, origin: Origin) -> None:
+    def slow(_: Recorded) -> Reply:
+        time.sleep(0.3)
+        return Reply(200, {"Cache-Control": "private, max-age=60"}, b"mine\n")
+
+    url = origin.route("/private", slow)
+    proxy = start_proxy()
+    responses = fetch_all(proxy.url, url, 6)
+    assert origin.hits["/private"] == 6
+    assert all(r.content == b"mine\n" for r in responses)
+
+
+def test_big_hit_streams_from_disk(start_proxy, origin: Origin) -> None:
+    body = pattern(24 * 1024**2, seed=7)
+    url = origin.route("/big", Reply(200, {"Cache-Control": "max-age=60"}, body))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert hashlib.sha256(c.get(url).content).digest() == hashlib.sha256(body).digest()
+        hit = c.get(url)
+        part = c.get(url, headers={"Range": "bytes=10000000-10000099"})
+    assert hit.content == body
+    assert hit.headers["Cache-Status"].startswith("fwdproxy; hit")
+    assert part.status_code == 206 and part.content == body[10000000:10000100]
+    assert origin.hits["/big"] == 1
+
+
+def test_origin_dies_mid_body(start_proxy, origin: Origin) -> None:
+    body = pattern(4 * 1024**2)
+    url = origin.route(
+        "/dies",
+        Reply(
+            200,
+            {"Cache-Control": "max-age=60"},
+            chunks=slow_chunks(body),
+            length=len(body),
+            abort_after=len(body) // 2,
+        ),
+    )
+    proxy = start_proxy()
+    with client(proxy) as c, pytest.raises(httpx.RemoteProtocolError):
+        c.get(url)
+    origin.routes["/dies"] = Reply(200, {"Cache-Control": "max-age=60"}, body)
+    with client(proxy) as c:
+        r = c.get(url)
+    assert r.content == body
+    assert "fwd=uri-miss" in r.headers["Cache-Status"]
+    assert origin.hits["/dies"] == 2
+
+
+def test_followers_of_an_aborted_leader_never_get_a_short_body(start_proxy, origin: Origin) -> None:
+    body = pattern(6 * 1024**2)
+    url = origin.route(
+        "/abort",
+        Reply(
+            200,
+            {"Cache-Control": "max-age=60"},
+            chunks=slow_chunks(body, delay=0.02),
+            length=len(body),
+            abort_after=len(body) // 2,
+        ),
+    )
+    proxy = start_proxy()
+    results: list[bytes | Exception] = []
+
+    def one() -> None:
+        try:
+            with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c:
+                results.append(c.get(url).content)
+        except httpx.HTTPError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 8
+    for r in results:
+        assert isinstance(r, Exception) or r == body  # a failed transfer, never a truncated "success"
+
+
+def test_kill_9_mid_download_then_restart(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    body = pattern(8 * 1024**2, seed=3)
+    url = origin.route(
+        "/crash",
+        Reply(200, {"Cache-Control": "max-age=60"}, chunks=slow_chunks(body, delay=0.05), length=len(body)),
+    )
+    proxy = start_proxy(cache_dir=tmp_path / "c")
+    errors: list[Exception] = []
+
+    def download() -> None:
+        try:
+            with client(proxy) as c:
+                c.get(url)
+        except httpx.HTTPError as e:
+            errors.append(e)
+
+    t = threading.Thread(target=download)
+    t.start()
+    time.sleep(0.6)  # part of the body is on disk
+    proxy.stop(signal.SIGKILL)
+    t.join()
+    assert errors, "the client saw the proxy die"
+    origin.routes["/crash"] = Reply(200, {"Cache-Control": "max-age=60"}, body)
+    again = start_proxy(cache_dir=tmp_path / "c")
+    with client(again) as c:
+        first = c.get(url)
+        second = c.get(url)
+    assert first.content == body and second.content == body
+    assert second.headers["Cache-Status"].startswith("fwdproxy; hit")
+    assert not list((tmp_path / "c" / "tmp").glob("*.part"))
+
+
+def test_two_processes_share_one_cache_dir(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    small = origin.route("/shared", Reply(200, {"Cache-Control": "max-age=60"}, b"shared\n"))
+    big_body = pattern(3 * 1024**2)
+    big = origin.route("/shared-big", Reply(200, {"Cache-Control": "max-age=60"}, big_body))
+    a = start_proxy(cache_dir=tmp_path / "c")
+    b = start_proxy(cache_dir=tmp_path / "c")
+    with client(a) as ca:
+        ca.get(small)
+        ca.get(big)
+    with client(b) as cb:
+        rs, rb = cb.get(small), cb.get(big)
+    assert rs.headers["Cache-Status"].startswith("fwdproxy; hit") and rs.content == b"shared\n"
+    assert rb.headers["Cache-Status"].startswith("fwdproxy; hit") and rb.content == big_body
+    with client(b) as cb:
+        cb.post(small, content=b"x")  # invalidated through b ...
+    with client(a) as ca:
+        assert "fwd=uri-miss" in ca.get(small).headers["Cache-Status"]  # ... is gone for a too
+    assert origin.hits["/shared-big"] == 1
+
+
+def test_memory_stays_flat_for_a_big_object(start_proxy, origin: Origin) -> None:
+    size = 192 * 1024**2
+    block = pattern(1024**2)
+
+    def chunks():
+        for _ in range(size // len(block)):
+            yield block
+
+    url = origin.route("/huge", Reply(200, {"Cache-Control": "max-age=60"}, chunks=chunks, length=size))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(origin.url("/"))  # warm up: imports, TLS, first flow
+        idle = vm_kib(proxy.proc.pid, "VmRSS")
+        for label in ("miss", "hit"):
+            digest = hashlib.sha256()
+            with c.stream("GET", url) as r:
+                for piece in r.iter_bytes(1024**2):
+                    digest.update(piece)
+            assert digest.digest() == hashlib.sha256(block * (size // len(block))).digest(), label
+    peak = vm_kib(proxy.proc.pid, "VmHWM")
+    assert (peak - idle) < 64 * 1024, f"peak RSS grew by {(peak - idle) / 1024:.0f} MiB"
+    assert origin.hits["/huge"] == 1
