@@ -106,7 +106,7 @@ class Egress:
         """Established tunnels, by the id of the connection to the upstream proxy (released on close)."""
         self.wrapped: weakref.WeakSet[connection.Server] = weakref.WeakSet()
         self.checks: list[asyncio.Task[None]] = []
-        self.running_ = False
+        self.is_running = False
 
     # -- options ---------------------------------------------------------------------------------------
 
@@ -157,7 +157,7 @@ class Egress:
                     )
                 auth[m.address], owner[m.address] = m.proxy_authorization, group.name
         self.egress, self.auth = balance.Egress(config), auth
-        if self.running_:
+        if self.is_running:
             self._start_checks()
 
     def stats(self) -> tuple[balance.MemberStats, ...]:
@@ -338,11 +338,11 @@ class Egress:
     # -- active health checks ----------------------------------------------------------------------------
 
     def running(self) -> None:
-        self.running_ = True
+        self.is_running = True
         self._start_checks()
 
     def done(self) -> None:
-        self.running_ = False
+        self.is_running = False
         self._stop_checks()
 
     def _start_checks(self) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support import Origin, Proxy, Reply, client, fwdproxy_argv, run_cli
+from tests.support import REPO, Origin, Proxy, Reply, client, fwdproxy_argv, mitmdump_argv, run_cli
 from tests.support_upstream import UpstreamProxy, dead_port
 
 BASIC_USER_PW = "Basic dXNlcjpwdw=="
@@ -264,6 +264,38 @@ def test_cli_flags_weighted_with_credentials(start_proxy, origin: Origin) -> Non
     finally:
         a.close()
         p.close()
+
+
+def test_mitmdump_script_takes_the_fwd_options(tmp_path: Path, confdir: Path, origin: Origin) -> None:
+    a, b = UpstreamProxy("A"), UpstreamProxy("B")
+    config = tmp_path / "fwdproxy.toml"
+    config.write_text(
+        f'[upstreams.pair]\nmembers = [{{ url = "{b.url}" }}]\n[[routes]]\nmatch = "pair.test"\nupstream = "pair"\n'
+    )
+    argv = mitmdump_argv("-q", "--listen-host", "127.0.0.1", "--listen-port", "0")
+    argv += ["-s", str(REPO / "addons" / "fwdproxy.py"), "--set", f"confdir={confdir}"]
+    argv += ["--set", f"fwd_cache_dir={tmp_path / 'cache'}", "--set", f"fwd_config={config}"]
+    argv += [
+        "--set",
+        f"fwd_upstreams={a.url}",
+        "--set",
+        f"fwd_upstreams={b.url}",
+        "--set",
+        "fwd_balance=ip-hash",
+    ]
+    proxy = Proxy(argv, tmp_path)
+    try:
+        with client(proxy) as c:
+            seen = [
+                c.get(origin.url(f"/?mitmdump={i}", host="any.test")).headers["X-Upstream"] for i in range(4)
+            ]
+            routed = c.get(origin.url("/?mitmdump=pair", host="pair.test")).headers["X-Upstream"]
+        assert len(set(seen)) == 1 and routed == "B"  # ip-hash: one client, one member; the route wins
+        assert a.count() + b.count() == 5
+    finally:
+        proxy.stop()
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize(
