@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from mitmproxy import connection, ctx, exceptions, http
@@ -32,6 +32,8 @@ STATE = "fwd_cache"
 """flow.metadata key of the per-flow CacheFlow record."""
 BACKGROUND = "fwd_background"
 """flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
+RESUME = "fwd_resume"
+"""flow.metadata key of our own Range request that finishes a body whose leader's client left (the CacheFlow)."""
 SIDECAR = "fwd_sidecar"
 """flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
 COLLAPSE_WAIT = 120.0
@@ -159,7 +161,7 @@ class Cache:
     # -- request side ---------------------------------------------------------------------------------
 
     async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None or self.store is None:
+        if flow.response is not None or self.store is None or RESUME in flow.metadata:
             return
         flight = self._lookup(flow, collapse=True)
         if flight is not None and await self._follow(flow, flight):
@@ -357,35 +359,95 @@ class Cache:
         if primary in self.revalidating:
             return
         self.revalidating.add(primary)
-        background = http.HTTPFlow(
-            flow.client_conn, connection.Server(address=(flow.request.host, flow.request.port))
-        )
-        background.request = flow.request.copy()
-        for name in (
-            "If-None-Match",
-            "If-Modified-Since",
-            "If-Match",
-            "If-Unmodified-Since",
-            "If-Range",
-            "Range",
-        ):
-            background.request.headers.pop(name, None)
+        background = _background_copy(flow)
         background.metadata[BACKGROUND] = True
-        background.is_replay = "request"
+        self._spawn(background, lambda: self.revalidating.discard(primary))
+
+    def _spawn(self, background: http.HTTPFlow, finally_: Callable[[], None]) -> None:
+        """Run a flow of our own through the whole chain to the origin (mitmproxy's replay machinery)."""
 
         async def run() -> None:
             try:
                 await ReplayHandler(background, ctx.options).replay()
             finally:
-                self.revalidating.discard(primary)
+                finally_()
 
         task = asyncio.get_running_loop().create_task(run())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def _resume_for_followers(self, flow: http.HTTPFlow, state: "CacheFlow") -> bool:
+        """The leader's client went away mid-body while followers read along: fetch the rest of the body with a
+        Range request of our own (RFC 9110 §14.2, guarded by If-Range §13.1.5) into the same temp file."""
+        flight, writer = state.flight, state.writer
+        if (
+            flight is None
+            or flight.followers == 0
+            or writer is None
+            or writer.failure is not None
+            or flight.meta is None
+            or flow.error is None
+            or "client disconnected" not in flow.error.msg.lower()
+        ):
+            return False
+        etag = flight.meta.headers.get("etag")
+        validator = etag if etag and not etag.startswith("W/") else flight.meta.headers.get("last-modified")
+        if not validator or not 0 < writer.written < flight.meta.body_length:
+            return False
+        background = _background_copy(flow)
+        background.request.headers["Range"] = f"bytes={writer.written}-"
+        background.request.headers["If-Range"] = validator
+        background.metadata[RESUME] = state
+        log.info(
+            "%s: client left at %d bytes; fetching the rest for %d follower(s)",
+            state.request.url,
+            writer.written,
+            flight.followers,
+        )
+        self._spawn(background, lambda: self._land(state))
+        return True
+
+    def _resume_headers(self, flow: http.HTTPFlow, state: "CacheFlow") -> None:
+        """Accept the continuation only if it is exactly the missing tail of the same representation."""
+        resp, writer, flight = flow.response, state.writer, state.flight
+        assert resp is not None and writer is not None and flight is not None and flight.meta is not None
+        total = flight.meta.body_length
+        expected = f"bytes {writer.written}-{total - 1}/{total}"
+        if resp.status_code != 206 or resp.headers.get("content-range", "").strip() != expected:
+            log.info(
+                "%s: the origin did not resume (%s); followers fail", state.request.url, resp.status_code
+            )
+            writer.abort()
+            resp.stream = True
+            return
+        progress = flight.progress
+
+        def tee(chunk: bytes) -> bytes:
+            if chunk:
+                writer.write(chunk)
+                if progress is not None:
+                    progress.advance(writer.written)
+            else:
+                state.complete = True
+            return chunk
+
+        resp.stream = tee
+
+    def _resume_done(self, flow: http.HTTPFlow, state: "CacheFlow") -> None:
+        writer, flight = state.writer, state.flight
+        assert writer is not None and flight is not None and flight.meta is not None
+        if flow.error is None and state.complete and writer.written == flight.meta.body_length:
+            state.stored = writer.commit(flight.meta) is store.Outcome.STORED
+        else:
+            writer.abort()
+            state.complete = False
+
     # -- response side --------------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if (resumed := flow.metadata.get(RESUME)) is not None:
+            self._resume_headers(flow, resumed)
+            return
         self._responseheaders(flow)
         state: CacheFlow | None = flow.metadata.get(STATE)
         if state is not None and not state.served and flow.response is not None and flow.response.stream:
@@ -463,6 +525,9 @@ class Cache:
         resp.stream = tee
 
     def response(self, flow: http.HTTPFlow) -> None:
+        if (resumed := flow.metadata.get(RESUME)) is not None:
+            self._resume_done(flow, resumed)  # landing follows when the background task ends
+            return
         state: CacheFlow | None = flow.metadata.get(STATE)
         try:
             self._response(flow, state)
@@ -614,14 +679,39 @@ class Cache:
                 self.store.update(key, fresh)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        if (resumed := flow.metadata.get(RESUME)) is not None:
+            self._resume_done(flow, resumed)
+            return
         state: CacheFlow | None = flow.metadata.get(STATE)
         if state is None:
             return
+        if self._resume_for_followers(flow, state):
+            close(state.body)
+            return  # the writer stays open for the continuation; the flight lands when it ends
         if state.writer is not None:
             state.writer.abort()  # a truncated body is never stored
             state.complete = False
         close(state.body)
         self._land(state)
+
+
+def _background_copy(flow: http.HTTPFlow) -> http.HTTPFlow:
+    """A new flow for the same request, without the client's conditionals, made by the proxy itself."""
+    background = http.HTTPFlow(
+        flow.client_conn, connection.Server(address=(flow.request.host, flow.request.port))
+    )
+    background.request = flow.request.copy()
+    for name in (
+        "If-None-Match",
+        "If-Modified-Since",
+        "If-Match",
+        "If-Unmodified-Since",
+        "If-Range",
+        "Range",
+    ):
+        background.request.headers.pop(name, None)
+    background.is_replay = "request"  # addons/access.py: not a client's request
+    return background
 
 
 def _without_our_status(headers: Headers) -> Headers:

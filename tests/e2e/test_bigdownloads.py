@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -213,3 +215,86 @@ def test_memory_stays_flat_for_a_big_object(start_proxy, origin: Origin) -> None
     peak = vm_kib(proxy.proc.pid, "VmHWM")
     assert (peak - idle) < 64 * 1024, f"peak RSS grew by {(peak - idle) / 1024:.0f} MiB"
     assert origin.hits["/huge"] == 1
+
+
+def _ranged(body: bytes, delay: float) -> Callable[[Recorded], Reply]:
+    """An origin handler with a strong ETag that honours `Range: bytes=N-` (and If-Range) slowly."""
+
+    def handler(req: Recorded) -> Reply:
+        headers = {"Cache-Control": "max-age=60", "ETag": '"big-1"'}
+        rng = req.headers.get("Range", "")
+        if (
+            rng.startswith("bytes=")
+            and rng.endswith("-")
+            and req.headers.get("If-Range") in (None, '"big-1"')
+        ):
+            start = int(rng[6:-1])
+            headers["Content-Range"] = f"bytes {start}-{len(body) - 1}/{len(body)}"
+            return Reply(
+                206, headers, chunks=slow_chunks(body[start:], delay=delay), length=len(body) - start
+            )
+        return Reply(200, headers, chunks=slow_chunks(body, delay=delay), length=len(body))
+
+    return handler
+
+
+def test_leader_leaving_keeps_filling_for_followers(start_proxy, origin: Origin) -> None:
+    body = pattern(8 * 1024**2, seed=11)
+    url = origin.route("/leader-leaves", _ranged(body, delay=0.03))
+    proxy = start_proxy()
+    leader = socket.create_connection(("127.0.0.1", proxy.port))
+    leader.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+    got = 0
+    while got < 1024**2:
+        got += len(leader.recv(65536))
+    results: list[bytes | Exception] = []
+
+    def follower() -> None:
+        try:
+            with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c:
+                results.append(c.get(url).content)
+        except httpx.HTTPError as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=follower) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # the followers are reading along
+    leader.close()  # the leader's client goes away mid-body
+    for t in threads:
+        t.join()
+    assert results == [body] * 4
+    ranges = [r.headers.get("Range") for r in origin.requests if r.path == "/leader-leaves"]
+    assert ranges[0] is None and len(ranges) == 2 and ranges[1].startswith("bytes=")
+    with client(proxy) as c:
+        again = c.get(url)
+    assert again.headers["Cache-Status"].startswith("fwdproxy; hit") and again.content == body
+
+
+def test_a_follower_leaving_disturbs_nobody(start_proxy, origin: Origin) -> None:
+    body = pattern(6 * 1024**2, seed=5)
+    url = origin.route(
+        "/follower-leaves",
+        Reply(200, {"Cache-Control": "max-age=60"}, chunks=slow_chunks(body, delay=0.03), length=len(body)),
+    )
+    proxy = start_proxy()
+    results: list[bytes] = []
+
+    def full() -> None:
+        with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c:
+            results.append(c.get(url).content)
+
+    leader = threading.Thread(target=full)
+    leader.start()
+    time.sleep(0.3)
+    quitter = socket.create_connection(("127.0.0.1", proxy.port))
+    quitter.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
+    others = [threading.Thread(target=full) for _ in range(3)]
+    for t in others:
+        t.start()
+    quitter.recv(65536)
+    quitter.close()
+    for t in [leader, *others]:
+        t.join()
+    assert results == [body] * 4
+    assert origin.hits["/follower-leaves"] == 1
