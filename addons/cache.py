@@ -22,7 +22,7 @@ from fwdproxy.cache.key import vary_matches
 from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.config import read_toml
 from fwdproxy.http_model import Headers, Request, Response, StoredResponse
-from fwdproxy.inflight import Flight, Flights, Shape
+from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
 
@@ -36,6 +36,8 @@ RESUME = "fwd_resume"
 """flow.metadata key of our own Range request that finishes a body whose leader's client left (the CacheFlow)."""
 SIDECAR = "fwd_sidecar"
 """flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
+REMOTE = object()
+"""_lookup's answer when another process is fetching the key."""
 COLLAPSE_WAIT = 120.0
 """Seconds a collapsed request waits for each step of its leader (headers, commit) before it goes to the
 origin itself; long enough for a slow registry, short enough that a hung leader does not hang everyone."""
@@ -63,6 +65,8 @@ class CacheFlow:
     """The response (or a 304's refresh) reached the store."""
     fwd_status: int | None = None
     """The status the next hop answered with (RFC 9211 fwd-status)."""
+    lock_fd: int | None = None
+    """The cross-process lock of a leader (fwdproxy.inflight.KeyLocks)."""
     flight: Flight | None = None
     """Set when this flow leads a collapsed request: followers wait on it."""
     whole_for_range: bool = False
@@ -82,6 +86,7 @@ class Cache:
         """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
         self.tasks: set[asyncio.Task[None]] = set()
         self.flights = Flights()
+        self.locks: KeyLocks | None = None
         self.sidecar: Sidecar | None = None
 
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -124,6 +129,7 @@ class Cache:
                 os.makedirs(directory, exist_ok=True)
                 if self.store is not None:
                     self.store.close()
+                self.locks = KeyLocks(directory)
                 self.store = store.TieredStore.open(
                     directory,
                     memory_size=parse_size(ctx.options.fwd_memory_cache_size),
@@ -164,14 +170,21 @@ class Cache:
         if flow.response is not None or self.store is None or RESUME in flow.metadata:
             return
         flight = self._lookup(flow, collapse=True)
-        if flight is not None and await self._follow(flow, flight):
+        if flight is REMOTE:
+            # Another process fetches this key (--workers, or a second proxy on the cache dir): wait for its
+            # lock, then look again in the shared store.
+            assert self.locks is not None
+            await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
+            self._lookup(flow, collapse=False)
+            return
+        if isinstance(flight, Flight) and await self._follow(flow, flight):
             return
         if flight is not None:
             self._lookup(
                 flow, collapse=False
             )  # the leader's response was not for us: ask the origin ourselves
 
-    def _lookup(self, flow: http.HTTPFlow, *, collapse: bool) -> Flight | None:
+    def _lookup(self, flow: http.HTTPFlow, *, collapse: bool) -> Flight | object | None:
         """§4: answer from the store, or prepare the flow for the origin. Returns a flight to follow instead."""
         assert self.store is not None
         now = time.time()
@@ -209,6 +222,11 @@ class Cache:
             self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
             return None
         if collapse and self._collapsible(flow, state):
+            if self.locks is not None and primary not in self.flights.table:
+                fd = self.locks.try_lock(primary)
+                if fd is None:
+                    return REMOTE
+                state.lock_fd = fd
             flight, leader = self.flights.join(primary)
             if not leader:
                 return flight
@@ -538,6 +556,9 @@ class Cache:
         """The leader is done: followers serve what it stored, or go to the origin themselves."""
         if state is None or state.flight is None:
             return
+        if state.lock_fd is not None and self.locks is not None:
+            self.locks.unlock(state.primary, state.lock_fd)
+            state.lock_fd = None
         flight, state.flight = state.flight, None
         expected = flight.meta.body_length if flight.meta is not None else -1
         complete = state.writer is not None and state.complete and state.writer.written == expected

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import fcntl
+import hashlib
+import os
 from dataclasses import dataclass, field
 
 from fwdproxy.bodysource import Progress
@@ -79,3 +83,64 @@ class Flights:
 
     def __len__(self) -> int:
         return len(self.table)
+
+
+class KeyLocks:
+    """Per-key lock files under ``<cache_dir>/inflight``, held by the process that fetches a key.
+
+    Collapsing across processes (``--workers``, or two proxies on one cache dir): a process that finds a key
+    locked by another waits for that lock, then looks in the shared store again. Followers in other processes
+    thus wait for the committed entry instead of reading the growing body.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self.directory = os.path.join(directory, "inflight")
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self.directory, hashlib.sha256(key.encode()).hexdigest()[:40])
+
+    def try_lock(self, key: str) -> int | None:
+        """The descriptor of the lock when this process now holds it; None when another process does."""
+        path = self._path(key)
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                return -1  # no lock files (e.g. disk full): behave as if alone, never block a request
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except OSError:
+                os.close(fd)
+                return -1
+            # The holder before us may have unlinked the file after we opened it: lock the current file only.
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                return fd
+            os.close(fd)
+
+    def unlock(self, key: str, fd: int) -> None:
+        """Release (and remove) a lock taken with try_lock."""
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(key))
+        os.close(fd)
+
+    async def wait(self, key: str, timeout: float, interval: float = 0.05) -> bool:
+        """Wait until no process holds the key's lock (True), or the timeout passed (False)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            fd = self.try_lock(key)
+            if fd is not None:
+                self.unlock(key, fd)
+                return True
+            await asyncio.sleep(interval)
+        return False

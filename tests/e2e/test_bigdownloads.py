@@ -298,3 +298,18 @@ def test_a_follower_leaving_disturbs_nobody(start_proxy, origin: Origin) -> None
         t.join()
     assert results == [body] * 4
     assert origin.hits["/follower-leaves"] == 1
+
+
+def test_collapsing_across_processes_on_one_cache_dir(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    def slow(_: Recorded) -> Reply:
+        time.sleep(1.0)
+        return Reply(200, {"Cache-Control": "max-age=60"}, b"fetched once\n")
+
+    url = origin.route("/cross", slow)
+    a = start_proxy(cache_dir=tmp_path / "c")
+    b = start_proxy(cache_dir=tmp_path / "c")
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(fetch_all, p.url, url, 1) for p in (a, b, a, b, a, b)]
+        responses = [f.result()[0] for f in futures]
+    assert all(r.content == b"fetched once\n" for r in responses)
+    assert origin.hits["/cross"] == 1
