@@ -1,4 +1,4 @@
-"""Parsing of sizes (``256MiB``) and durations (``10m``) as written in flags and TOML."""
+"""Sizes (``256MiB``) and durations (``10m``) as written in flags and TOML, parsed and formatted."""
 
 from __future__ import annotations
 
@@ -50,3 +50,26 @@ def parse_duration(value: str | int | float) -> float:
     if not m or m.group(2).lower() not in _DURATION_UNITS:
         raise ValueError(f"{value!r} is not a duration; try e.g. 90, 90s, 10m, 12h or 7d")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def format_size(n: float) -> str:
+    """``1.5 MiB``-style text for a byte count (powers of 1024, as the size flags' defaults are written)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    """``45s``, ``12m``, ``3h5m``, ``2d3h``: two units at most; negative durations keep their sign."""
+    sign, s = ("-", -seconds) if seconds < 0 else ("", seconds)
+    s = int(s)
+    if s < 60:
+        return f"{sign}{s}s"
+    if s < 3600:
+        return f"{sign}{s // 60}m" + (f"{s % 60}s" if s % 60 and s < 600 else "")
+    if s < 86400:
+        return f"{sign}{s // 3600}h" + (f"{s % 3600 // 60}m" if s % 3600 // 60 else "")
+    return f"{sign}{s // 86400}d" + (f"{s % 86400 // 3600}h" if s % 86400 // 3600 else "")

@@ -1,0 +1,217 @@
+"""What the proxy served and from where: outcomes read from Cache-Status, counted for metrics and the status page."""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fwdproxy.store import StoreStats, TierStats
+
+CACHE_NAME = "fwdproxy"
+
+
+class Outcome(enum.StrEnum):
+    """How one request was answered, as its Cache-Status (RFC 9211) tells it; the label of the metrics."""
+
+    HIT = "hit"
+    """A fresh stored response, no origin contact (§2.1 hit)."""
+    STALE = "stale"
+    """A stale stored response served without a new body from the origin (stale-while-revalidate,
+    stale-if-error)."""
+    REVALIDATED = "revalidated"
+    """The origin answered our validators with 304; the body came from the cache."""
+    COLLAPSED = "collapsed"
+    """Answered from another request's response to the same URL in flight (§2.6)."""
+    REFRESH = "refresh"
+    """A stale entry was replaced by a new response from the origin."""
+    MISS = "miss"
+    """Nothing usable was stored (uri-miss, vary-miss, miss, or the client's own directives)."""
+    BYPASS = "bypass"
+    """The cache does not handle the request (fwd=bypass, or a method it never serves)."""
+    NONE = "none"
+    """No Cache-Status: answered by the proxy itself (403, 502, 504) before the cache saw it."""
+
+
+FROM_CACHE = frozenset({Outcome.HIT, Outcome.STALE, Outcome.REVALIDATED, Outcome.COLLAPSED})
+"""Outcomes whose body the origin did not send: they count as hits and as bytes saved."""
+FROM_ORIGIN = frozenset({Outcome.REFRESH, Outcome.MISS, Outcome.BYPASS})
+STALE_SERVED = frozenset({"stale-while-revalidate", "stale-if-error"})
+"""Cache-Status details with which a stale entry answered (RFC 5861)."""
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Time-to-first-byte buckets (seconds): prometheus_client's defaults, plus 30 s for slow registries."""
+TIMELINE_MINUTES = 60
+"""The status page charts the last hour, one bucket per minute."""
+MAX_HOSTS = 10_000
+"""Hosts tracked for "top hosts by bytes saved"; beyond that the least useful half is forgotten, so a
+crawl through a million hosts cannot grow memory without bound."""
+
+
+def cache_status_params(value: str | None, cache_name: str = CACHE_NAME) -> dict[str, str] | None:
+    """The parameters of our member of a Cache-Status field (RFC 9211 §2), e.g. {"hit": "", "ttl": "297"}.
+
+    The last member named ``cache_name`` is ours (caches append); None when there is none.
+    """
+    if not value:
+        return None
+    found: dict[str, str] | None = None
+    for member in value.split(","):
+        name, *params = (p.strip() for p in member.split(";"))
+        if name.strip('"') != cache_name:
+            continue
+        found = {}
+        for param in params:
+            key, _, val = param.partition("=")
+            found[key.strip().lower()] = val.strip().strip('"')
+    return found
+
+
+def classify(cache_status: str | None, cache_name: str = CACHE_NAME) -> Outcome:
+    """The outcome a Cache-Status value describes (see Outcome); NONE when the cache did not answer."""
+    params = cache_status_params(cache_status, cache_name)
+    if params is None:
+        return Outcome.NONE
+    if "collapsed" in params:
+        return Outcome.COLLAPSED
+    if "hit" in params:
+        return Outcome.HIT
+    fwd = params.get("fwd", "miss")
+    fwd_status = params.get("fwd-status")
+    if params.get("detail") in STALE_SERVED:
+        return Outcome.STALE
+    if fwd_status == "304" and fwd in ("stale", "request"):
+        return Outcome.REVALIDATED
+    if fwd in ("bypass", "method"):
+        return Outcome.BYPASS
+    if fwd == "stale" and fwd_status is not None:
+        return Outcome.REFRESH
+    return Outcome.MISS
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """One answered client request, as the metrics need it."""
+
+    outcome: Outcome
+    host: str
+    body_bytes: int
+    """Body bytes sent to the client."""
+    ttfb: float | None = None
+    """Seconds from the request to the origin's first response byte; None when no origin was asked."""
+
+
+class Stats:
+    """Counters since start. Plain integers on the request path; everything else is computed when read."""
+
+    def __init__(self, started: float) -> None:
+        self.started = started
+        self.requests: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.bytes_from_cache = 0
+        self.bytes_from_origin = 0
+        self.latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+        self.open_connections = 0
+        self.purges = 0
+        """Entries removed by PURGE requests."""
+        self.minutes: dict[int, list[int]] = {}
+        """Minute (epoch // 60) → [requests, served from cache], the last TIMELINE_MINUTES only."""
+        self.hosts: dict[str, list[int]] = {}
+        """Host → [bytes saved, requests served from cache]."""
+
+    def record(self, served: Served, now: float) -> None:
+        """Count one answered request."""
+        self.requests[served.outcome] += 1
+        cached = served.outcome in FROM_CACHE
+        if cached:
+            self.bytes_from_cache += served.body_bytes
+            host = self.hosts.get(served.host)
+            if host is None:
+                if len(self.hosts) >= MAX_HOSTS:
+                    self._forget_hosts()
+                host = self.hosts[served.host] = [0, 0]
+            host[0] += served.body_bytes
+            host[1] += 1
+        elif served.outcome is not Outcome.NONE or served.ttfb is not None:
+            self.bytes_from_origin += served.body_bytes
+        if served.ttfb is not None:
+            index = next((i for i, b in enumerate(LATENCY_BUCKETS) if served.ttfb <= b), len(LATENCY_BUCKETS))
+            self.latency_counts[index] += 1
+            self.latency_sum += served.ttfb
+        minute = int(now // 60)
+        bucket = self.minutes.get(minute)
+        if bucket is None:
+            bucket = self.minutes[minute] = [0, 0]
+            for old in [m for m in self.minutes if m <= minute - TIMELINE_MINUTES]:
+                del self.minutes[old]
+        bucket[0] += 1
+        bucket[1] += cached
+
+    def _forget_hosts(self) -> None:
+        keep = heapq.nlargest(MAX_HOSTS // 2, self.hosts.items(), key=lambda item: item[1][0])
+        self.hosts = dict(keep)
+
+    def snapshot(
+        self,
+        now: float,
+        *,
+        store: StoreStats | None = None,
+        upstreams: Sequence[Mapping[str, Any]] | None = None,
+        top: int = 10,
+    ) -> dict[str, Any]:
+        """Everything, as plain JSON-ready values: /stats.json, and what /metrics and / are made from."""
+        by_status = {o.value: n for o, n in self.requests.items()}
+        handled = sum(n for o, n in self.requests.items() if o is not Outcome.NONE)
+        from_cache = sum(self.requests[o] for o in FROM_CACHE)
+        served_bytes = self.bytes_from_cache + self.bytes_from_origin
+        minute = int(now // 60)
+        timeline = []
+        for m in range(minute - TIMELINE_MINUTES + 1, minute + 1):
+            requests, cached = self.minutes.get(m, (0, 0))
+            ratio = cached / requests if requests else None
+            timeline.append(
+                {"minute": m * 60, "requests": requests, "from_cache": cached, "hit_ratio": ratio}
+            )
+        hosts = heapq.nlargest(top, self.hosts.items(), key=lambda item: item[1][0])
+        cumulative, buckets = 0, {}
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.latency_counts, strict=True):
+            cumulative += count
+            buckets["+Inf" if bound == float("inf") else f"{bound:g}"] = cumulative
+        return {
+            "started": self.started,
+            "uptime_seconds": max(0.0, now - self.started),
+            "requests": {"total": sum(self.requests.values()), "by_cache_status": by_status},
+            "hits": self.requests[Outcome.HIT],
+            "served_from_cache": from_cache,
+            "cache_requests": handled,
+            "hit_ratio": from_cache / handled if handled else 0.0,
+            "collapsed": self.requests[Outcome.COLLAPSED],
+            "bytes": {"from_cache": self.bytes_from_cache, "from_origin": self.bytes_from_origin},
+            "bytes_saved": self.bytes_from_cache,
+            "byte_hit_ratio": self.bytes_from_cache / served_bytes if served_bytes else 0.0,
+            "origin_latency": {"count": cumulative, "sum": self.latency_sum, "buckets": buckets},
+            "open_connections": self.open_connections,
+            "purges": self.purges,
+            "top_hosts": [{"host": h, "bytes_saved": v[0], "requests": v[1]} for h, v in hosts],
+            "timeline": timeline,
+            "cache": None if store is None else store_dict(store),
+            "upstreams": None if upstreams is None else [dict(u) for u in upstreams],
+        }
+
+
+def tier_dict(tier: TierStats | None) -> dict[str, int] | None:
+    """A tier's occupancy as a plain dict (None for a tier this process cannot see)."""
+    return None if tier is None else asdict(tier)
+
+
+def store_dict(store: StoreStats) -> dict[str, Any]:
+    """StoreStats as plain values, the shape `fwdproxy cache stats --json` also uses."""
+    return {
+        "memory": tier_dict(store.memory),
+        "disk": tier_dict(store.disk),
+        "disk_full": store.disk_full,
+        "errors": store.errors,
+        "last_error": store.last_error,
+    }

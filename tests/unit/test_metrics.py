@@ -1,0 +1,151 @@
+"""Outcomes read from Cache-Status (RFC 9211), the counters, and their Prometheus exposition."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fwdproxy import exposition
+from fwdproxy.metrics import (
+    MAX_HOSTS,
+    TIMELINE_MINUTES,
+    Outcome,
+    Served,
+    Stats,
+    cache_status_params,
+    classify,
+)
+from fwdproxy.store import StoreStats, TierStats
+
+NOW = 1_700_000_000.0
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        pytest.param("fwdproxy; hit; ttl=297", Outcome.HIT, id="9211 2.1 hit"),
+        pytest.param(
+            "fwdproxy; hit; ttl=-3; detail=max-stale", Outcome.HIT, id="hit served stale on request"
+        ),
+        pytest.param("fwdproxy; fwd=uri-miss; fwd-status=200; stored", Outcome.MISS, id="2.2 uri-miss"),
+        pytest.param("fwdproxy; fwd=vary-miss; fwd-status=200", Outcome.MISS, id="2.2 vary-miss"),
+        pytest.param("fwdproxy; fwd=request; fwd-status=200", Outcome.MISS, id="2.2 request no-cache"),
+        pytest.param("fwdproxy; fwd=stale; fwd-status=304", Outcome.REVALIDATED, id="2.3 fwd-status 304"),
+        pytest.param("fwdproxy; fwd=request; fwd-status=304", Outcome.REVALIDATED, id="client no-cache, 304"),
+        pytest.param("fwdproxy; fwd=stale; fwd-status=200; stored", Outcome.REFRESH, id="stale, new body"),
+        pytest.param(
+            "fwdproxy; fwd=stale; ttl=-2; detail=stale-while-revalidate", Outcome.STALE, id="RFC 5861 3 swr"
+        ),
+        pytest.param(
+            "fwdproxy; fwd=stale; fwd-status=503; detail=stale-if-error", Outcome.STALE, id="5861 4 sie"
+        ),
+        pytest.param("fwdproxy; fwd=uri-miss; collapsed", Outcome.COLLAPSED, id="2.6 collapsed"),
+        pytest.param("fwdproxy; fwd=method; fwd-status=201", Outcome.BYPASS, id="2.2 method"),
+        pytest.param("fwdproxy; fwd=bypass", Outcome.BYPASS, id="2.2 bypass"),
+        pytest.param(None, Outcome.NONE, id="no field"),
+        pytest.param("othercache; hit", Outcome.NONE, id="another cache's member only"),
+        pytest.param("origin-cdn; hit, fwdproxy; fwd=uri-miss", Outcome.MISS, id="2 ours is the last member"),
+        pytest.param('"fwdproxy"; HIT', Outcome.HIT, id="quoted name, upper-case param"),
+    ],
+)
+def test_classify(value: str | None, expected: Outcome) -> None:
+    assert classify(value) is expected
+
+
+def test_cache_status_params() -> None:
+    assert cache_status_params('fwdproxy; fwd=stale; detail="x y"') == {"fwd": "stale", "detail": "x y"}
+
+
+def snapshot_after(served: list[Served], now: float = NOW) -> dict:
+    stats = Stats(started=NOW - 100)
+    for s in served:
+        stats.record(s, now)
+    return stats.snapshot(now)
+
+
+def test_ratios_and_bytes() -> None:
+    s = snapshot_after(
+        [
+            Served(Outcome.HIT, "a", 100),
+            Served(Outcome.REVALIDATED, "a", 50, ttfb=0.02),
+            Served(Outcome.MISS, "b", 850, ttfb=0.2),
+            Served(Outcome.NONE, "c", 20),  # a 403 made by the proxy: neither cache nor origin
+        ]
+    )
+    assert s["requests"]["total"] == 4 and s["hits"] == 1
+    assert s["served_from_cache"] == 2 and s["cache_requests"] == 3
+    assert s["hit_ratio"] == pytest.approx(2 / 3)
+    assert s["bytes"] == {"from_cache": 150, "from_origin": 850} and s["bytes_saved"] == 150
+    assert s["byte_hit_ratio"] == pytest.approx(0.15)
+    assert s["top_hosts"] == [{"host": "a", "bytes_saved": 150, "requests": 2}]
+    latency = s["origin_latency"]
+    assert latency["count"] == 2 and latency["sum"] == pytest.approx(0.22)
+    assert (
+        latency["buckets"]["0.025"] == 1
+        and latency["buckets"]["0.25"] == 2
+        and latency["buckets"]["+Inf"] == 2
+    )
+
+
+def test_timeline_is_the_last_hour_per_minute() -> None:
+    stats = Stats(started=NOW - 7200)
+    stats.record(Served(Outcome.HIT, "a", 1), NOW - 3 * 3600)  # too old for the chart
+    stats.record(Served(Outcome.HIT, "a", 1), NOW - 120)
+    stats.record(Served(Outcome.MISS, "a", 1), NOW - 120)
+    stats.record(Served(Outcome.HIT, "a", 1), NOW)
+    timeline = stats.snapshot(NOW)["timeline"]
+    assert len(timeline) == TIMELINE_MINUTES and timeline[-1]["minute"] == int(NOW // 60) * 60
+    assert [(m["requests"], m["hit_ratio"]) for m in timeline[-3:]] == [(2, 0.5), (0, None), (1, 1.0)]
+    assert sum(m["requests"] for m in timeline) == 3
+    assert len(stats.minutes) <= TIMELINE_MINUTES
+
+
+def test_hosts_are_bounded() -> None:
+    stats = Stats(started=NOW)
+    for i in range(MAX_HOSTS + 1):
+        stats.record(Served(Outcome.HIT, f"h{i}", i), NOW)
+    assert len(stats.hosts) <= MAX_HOSTS
+    assert f"h{MAX_HOSTS}" in stats.hosts and "h0" not in stats.hosts
+
+
+def families(snapshot: dict) -> dict:
+    text = exposition.render(exposition.registry(lambda: snapshot)).decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_exposition_parses_and_carries_every_family() -> None:
+    store = StoreStats(disk=TierStats(3, 4096, 8192, 1), memory=TierStats(2, 100, 1000, 0))
+    upstreams = [
+        {"group": "g", "member": "10.0.0.1:3128", "requests": 7, "failures": 1, "ejections": 0, "active": 2},
+        {"group": "g", "member": "10.0.0.2:3128", "requests": 3, "failures": 4, "ejected": True},
+    ]
+    stats = Stats(started=NOW)
+    for served in (
+        Served(Outcome.HIT, "a", 10),
+        Served(Outcome.HIT, "a", 10),
+        Served(Outcome.MISS, "a", 5, 0.3),
+    ):
+        stats.record(served, NOW)
+    stats.open_connections = 4
+    f = families(stats.snapshot(NOW, store=store, upstreams=upstreams))
+    requests = {s.labels["cache_status"]: s.value for s in f["fwdproxy_requests"].samples}
+    assert requests["hit"] == 2 and requests["miss"] == 1 and set(requests) == {o.value for o in Outcome}
+    served = {s.labels["source"]: s.value for s in f["fwdproxy_served_bytes"].samples}
+    assert served == {"cache": 20, "origin": 5}
+    assert f["fwdproxy_hit_ratio"].samples[0].value == pytest.approx(2 / 3)
+    assert f["fwdproxy_open_connections"].samples[0].value == 4
+    ttfb = {s.name: s for s in f["fwdproxy_origin_ttfb_seconds"].samples if s.name.endswith("_count")}
+    assert ttfb["fwdproxy_origin_ttfb_seconds_count"].value == 1
+    size = {s.labels["tier"]: s.value for s in f["fwdproxy_cache_bytes"].samples}
+    assert size == {"memory": 100, "disk": 4096}
+    evictions = {s.labels["tier"]: s.value for s in f["fwdproxy_cache_evictions"].samples}
+    assert evictions == {"memory": 0, "disk": 1}
+    up = {s.labels["member"]: s.value for s in f["fwdproxy_upstream_up"].samples}
+    assert up == {"10.0.0.1:3128": 1, "10.0.0.2:3128": 0}
+    assert {s.value for s in f["fwdproxy_upstream_requests"].samples} == {7, 3}
+
+
+def test_exposition_without_cache_or_upstreams() -> None:
+    f = families(Stats(started=NOW).snapshot(NOW))
+    assert "fwdproxy_cache_bytes" not in f and "fwdproxy_upstream_requests" not in f
+    assert f["fwdproxy_collapsed_requests"].samples[0].value == 0
