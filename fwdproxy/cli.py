@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from fwdproxy import __version__, config
+from fwdproxy import __version__, cachecmd, config, envcmd
 
 CA_HELP = """\
 How to trust the CA (replace PATH with what `fwdproxy ca` prints):
@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     ca.add_argument("--confdir", default="~/.mitmproxy", help="mitmproxy's confdir (default: ~/.mitmproxy)")
     ca.add_argument("--pem", action="store_true", help="write the certificate (PEM) to stdout instead")
     ca.set_defaults(func=cmd_ca)
+    cachecmd.add_parser(sub)
+    envcmd.add_parser(sub)
     return p
 
 

@@ -1,0 +1,161 @@
+"""`fwdproxy env`: the environment that makes common clients use the proxy and trust its CA.
+
+Why each variable (checked against each tool's documentation):
+
+- ``http_proxy``/``https_proxy`` in lower case: curl reads only the lower-case ``http_proxy`` (the upper-case
+  one is ignored since "httpoxy"), and wget and apt read the lower-case ones; Python (requests, pip, httpx,
+  urllib), Go, cargo, git, Node (with ``NODE_USE_ENV_PROXY``) and Docker's CLI read either case. Both cases
+  of ``NO_PROXY`` for the same reason.
+- ``SSL_CERT_FILE``: OpenSSL's default bundle, so Python's ssl module, httpx, uv, Ruby and Go on Linux
+  (crypto/x509 reads it) trust the proxy. ``REQUESTS_CA_BUNDLE`` (requests, so also many Python tools),
+  ``PIP_CERT`` (pip's --cert; pip vendors its own requests), ``CURL_CA_BUNDLE`` (curl and requests),
+  ``GIT_SSL_CAINFO`` (git over HTTPS, e.g. cargo git dependencies and go get), ``CARGO_HTTP_CAINFO`` (cargo,
+  which ignores SSL_CERT_FILE). All point at one bundle: the system store plus the fwdproxy CA, because each
+  of them *replaces* the default trust store rather than adding to it.
+- ``NODE_EXTRA_CA_CERTS``: Node *adds* these to its built-in roots, so the fwdproxy CA alone is enough.
+  ``NODE_USE_ENV_PROXY=1``: recent Node releases (24 and later) then honour HTTP(S)_PROXY for their own
+  fetch and https modules; older ones ignore it.
+- ``npm_config_proxy``/``npm_config_https_proxy``/``npm_config_noproxy``: npm's own settings (older npm
+  versions do not read the environment); ``npm_config_cafile``: npm's cafile replaces Node's roots for
+  registry requests, so it gets the whole bundle. Yarn 1 reads the same npm_config variables.
+- ``CARGO_HTTP_PROXY``: cargo's http.proxy, explicit rather than relying on its fallback to https_proxy.
+- ``APT_CONFIG``: apt reads no CA variable and a plain ``sudo`` drops the environment, so a small apt.conf
+  (``Acquire::http::Proxy``, ``Acquire::https::Proxy``, ``Acquire::https::CaInfo``) is written beside the
+  bundle; ``sudo -E apt-get`` (or copying it into /etc/apt/apt.conf.d/) uses it.
+- Go needs nothing more: GOPROXY and the checksum database are HTTPS, reached via HTTPS_PROXY and trusted via
+  SSL_CERT_FILE (on macOS Go uses the keychain instead: trust the CA there).
+- Docker builds do not inherit the environment: pass ``--build-arg HTTP_PROXY --build-arg HTTPS_PROXY
+  --build-arg NO_PROXY`` (predefined build args) and ``--network host`` when the proxy is on 127.0.0.1; see
+  the README for the CA inside a build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, assert_never
+
+from fwdproxy import trust
+
+BUNDLE_NAME = "fwdproxy-ca-bundle.pem"
+APT_CONF_NAME = "fwdproxy-apt.conf"
+DEFAULT_PROXY = "http://127.0.0.1:8080"
+DEFAULT_NO_PROXY = "localhost,127.0.0.1,::1"
+"""Loopback services (databases, local registries in CI) should be reached directly, not through the proxy."""
+
+
+class Format(enum.StrEnum):
+    SH = "sh"
+    """``export NAME='value'`` lines for ``eval "$(fwdproxy env)"``."""
+    GITHUB = "github"
+    """``NAME=value`` lines to append to ``$GITHUB_ENV``."""
+
+
+def variables(proxy: str, no_proxy: str, bundle: str, ca: str, apt_conf: str) -> list[tuple[str, str]]:
+    """Every variable and its value, in a stable order (see the module docstring for why each)."""
+    return [
+        ("HTTP_PROXY", proxy),
+        ("HTTPS_PROXY", proxy),
+        ("http_proxy", proxy),
+        ("https_proxy", proxy),
+        ("NO_PROXY", no_proxy),
+        ("no_proxy", no_proxy),
+        ("SSL_CERT_FILE", bundle),
+        ("REQUESTS_CA_BUNDLE", bundle),
+        ("PIP_CERT", bundle),
+        ("CURL_CA_BUNDLE", bundle),
+        ("GIT_SSL_CAINFO", bundle),
+        ("CARGO_HTTP_CAINFO", bundle),
+        ("CARGO_HTTP_PROXY", proxy),
+        ("NODE_EXTRA_CA_CERTS", ca),
+        ("NODE_USE_ENV_PROXY", "1"),
+        ("npm_config_proxy", proxy),
+        ("npm_config_https_proxy", proxy),
+        ("npm_config_noproxy", no_proxy),
+        ("npm_config_cafile", bundle),
+        ("APT_CONFIG", apt_conf),
+    ]
+
+
+def apt_conf(proxy: str, bundle: str) -> str:
+    """apt.conf lines: plain-HTTP mirrors through the proxy (cacheable as is), HTTPS ones trusting the bundle."""
+    return (
+        "// written by `fwdproxy env`; use with APT_CONFIG=<this file> or copy into /etc/apt/apt.conf.d/\n"
+        f'Acquire::http::Proxy "{proxy}";\n'
+        f'Acquire::https::Proxy "{proxy}";\n'
+        f'Acquire::https::CaInfo "{bundle}";\n'
+    )
+
+
+def render(pairs: Sequence[tuple[str, str]], fmt: Format) -> str:
+    """The lines for the chosen format."""
+    match fmt:
+        case Format.SH:
+            return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in pairs)
+        case Format.GITHUB:
+            for k, v in pairs:
+                if "\n" in v:
+                    raise ValueError(f"{k}: a value with a newline cannot go into $GITHUB_ENV as NAME=value")
+            return "".join(f"{k}={v}\n" for k, v in pairs)
+        case _:
+            assert_never(fmt)
+
+
+def write_files(confdir: Path, ca: Path, proxy: str) -> tuple[Path, Path]:
+    """The CA bundle (system store + fwdproxy CA) and the apt.conf, in the confdir; their paths."""
+    system = trust.system_ca_bundle()
+    if system is None:
+        print(
+            "fwdproxy env: no system CA bundle found; the bundle holds only the fwdproxy CA", file=sys.stderr
+        )
+    bundle = trust.write_bundle([s for s in (system, str(ca)) if s], confdir / BUNDLE_NAME)
+    conf = confdir / APT_CONF_NAME
+    text = apt_conf(proxy, str(bundle))
+    if not conf.is_file() or conf.read_text(encoding="utf-8") != text:
+        conf.write_text(text, encoding="utf-8")
+    return bundle, conf
+
+
+def cmd_env(ns: argparse.Namespace) -> int:
+    from fwdproxy.cli import ca_path  # creates the CA on first use (needs mitmproxy's certs module)
+
+    proxy = ns.proxy.rstrip("/")
+    if not proxy.startswith(("http://", "https://")):
+        print(f"fwdproxy env: --proxy {ns.proxy!r} is not a URL; try e.g. {DEFAULT_PROXY}", file=sys.stderr)
+        return 2
+    confdir = Path(os.path.expanduser(ns.confdir))
+    try:
+        ca = ca_path(str(confdir))
+        bundle, conf = write_files(confdir, ca, proxy)
+        sys.stdout.write(
+            render(variables(proxy, ns.no_proxy, str(bundle), str(ca), str(conf)), Format(ns.format))
+        )
+    except (OSError, ValueError) as e:
+        print(f"fwdproxy env: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``env`` on the ``fwdproxy`` subparsers."""
+    p = sub.add_parser(
+        "env",
+        help="print the exports that point common clients at the proxy and its CA",
+        description='Print shell exports for pip, npm, node, curl, git, cargo, go and apt: eval "$(fwdproxy env)".',
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--proxy", default=DEFAULT_PROXY, help=f"the proxy's URL (default: {DEFAULT_PROXY})")
+    p.add_argument(
+        "--format", choices=[f.value for f in Format], default=Format.SH.value, help="sh (default) or github"
+    )
+    p.add_argument("--confdir", default="~/.mitmproxy", help="the proxy's confdir (default: ~/.mitmproxy)")
+    p.add_argument(
+        "--no-proxy", default=DEFAULT_NO_PROXY, help=f"hosts reached directly (default: {DEFAULT_NO_PROXY})"
+    )
+    p.set_defaults(func=cmd_env)
