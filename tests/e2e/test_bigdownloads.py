@@ -248,18 +248,26 @@ def test_leader_leaving_keeps_filling_for_followers(start_proxy, origin: Origin)
     while got < 1024**2:
         got += len(leader.recv(65536))
     results: list[bytes | Exception] = []
+    reading = [threading.Event() for _ in range(4)]
 
-    def follower() -> None:
+    def follower(started: threading.Event) -> None:
         try:
-            with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c:
-                results.append(c.get(url).content)
+            with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c, c.stream("GET", url) as r:
+                data = b""
+                for piece in r.iter_bytes():
+                    data += piece
+                    started.set()
+                results.append(data)
         except httpx.HTTPError as e:
             results.append(e)
+        finally:
+            started.set()
 
-    threads = [threading.Thread(target=follower) for _ in range(4)]
+    threads = [threading.Thread(target=follower, args=(e,)) for e in reading]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # the followers are reading along
+    for e in reading:
+        assert e.wait(30)  # every follower is reading along
     leader.close()  # the leader's client goes away mid-body
     for t in threads:
         t.join()
