@@ -15,6 +15,7 @@ import enum
 import errno
 import os
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,19 +165,24 @@ def page(cache: diskcache.Cache, after: int, limit: int) -> list[tuple[int, str,
     return [(r, k, f, bytes(v)) for r, k, f, v in rows if isinstance(k, str) and isinstance(v, bytes)]
 
 
-def evict(cache: diskcache.Cache, size_limit: int) -> int:
-    """Delete least-recently-used rows (and their files) until volume() is within size_limit; how many."""
+def evict(cache: diskcache.Cache, size_limit: int, evicted_key: Callable[[str], object] = str) -> int:
+    """Delete least-recently-used rows (and their files) until volume() is within size_limit; how many.
+
+    ``evicted_key`` is called with each evicted key once its row is gone.
+    """
     evicted = 0
     while (excess := cache.volume() - size_limit) > 0:
         doomed: list[int] = []
         files: list[str] = []
+        keys: list[object] = []
         with cache.transact(retry=False):
             rows = cache._sql(
-                "SELECT rowid, filename, size + length(value) FROM Cache ORDER BY access_time LIMIT 100"
+                "SELECT rowid, filename, size + length(value), key FROM Cache ORDER BY access_time LIMIT 100"
             ).fetchall()
-            for rowid, filename, size in rows:
+            for rowid, filename, size, key in rows:
                 doomed.append(rowid)
                 files.append(filename)
+                keys.append(key)
                 excess -= size or 0
                 if excess <= 0:
                     break
@@ -186,6 +192,9 @@ def evict(cache: diskcache.Cache, size_limit: int) -> int:
         for filename in files:  # after the commit, as diskcache does: no row ever lacks its file
             if filename:
                 cache.disk.remove(filename)
+        for key in keys:
+            if isinstance(key, str):
+                evicted_key(key)
         evicted += len(doomed)
     return evicted
 

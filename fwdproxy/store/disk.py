@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import backend, codec
+from fwdproxy.store.generations import Generations
 from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX
 from fwdproxy.store.record import (
@@ -68,6 +69,8 @@ class DiskStore:
         """Bodies up to this length are kept in their database row instead of a file."""
         self._opener = opener
         self.db.live()
+        self.generations = Generations(directory)
+        """Marks every change per primary key for all processes, so memory hits can skip the disk."""
 
     def check(self) -> bool:
         """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
@@ -216,8 +219,9 @@ class DiskStore:
             self.db.fault(e, f"storing {key}")
             return Outcome.DISK_ERROR
         self.db.stored()
+        self.generations.mark_key(key)
         try:
-            self.db.evictions += backend.evict(cache, self.db.size_limit)
+            self.db.evictions += backend.evict(cache, self.db.size_limit, self.generations.mark_key)
         except ERRORS as e:
             self.db.fault(e, "evicting old entries")
         return Outcome.STORED
@@ -241,6 +245,7 @@ class DiskStore:
         except ERRORS as e:
             self.db.fault(e, f"updating {key}")
             return None
+        self.generations.mark_key(key)
         return stamp
 
     def delete(self, key: str) -> bool:
@@ -248,10 +253,13 @@ class DiskStore:
         if (cache := self.db.live()) is None:
             return False
         try:
-            return bool(cache.delete(key, retry=False))
+            deleted = bool(cache.delete(key, retry=False))
         except ERRORS as e:
             self.db.fault(e, f"deleting {key}")
             return False
+        if deleted:
+            self.generations.mark_key(key)
+        return deleted
 
     def purge(self, primary: str) -> int:
         """Delete primary and all its variants (RFC 9111 §4.4 invalidation); how many went."""
@@ -270,4 +278,5 @@ class DiskStore:
         except ERRORS as e:
             self.db.fault(e, f"dropping {key}")
             return
+        self.generations.mark_key(key)
         log.warning("dropped cached %s: %s", key, why)

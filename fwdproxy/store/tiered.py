@@ -7,18 +7,43 @@ indexed SQLite read with no body and no write, so a delete, overwrite or 304 upd
 process sharing the directory is never answered from a stale copy. The price: memory hits do not
 refresh the disk row's LRU position, so a body hot only in memory may be evicted from disk and
 fetched once more.
+
+That check, and the variant listing (a range query and a JSON decode per variant), are remembered per
+primary key while its generation mark (generations.py) stays unchanged: every write by any process
+marks the key's slot after its commit, so a purge, overwrite or 304 elsewhere is seen by the very next
+lookup here, and a memory hit of an unchanged key touches neither SQLite nor the file system. A
+database file removed or replaced behind our back (not by a fwdproxy, which marks it) is noticed
+within FOLLOW_INTERVAL.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store.disk import DISK_SIZE, DiskStore
-from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, MemoryStore
+from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
+from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
 from fwdproxy.store.record import Entry, Outcome, StoreStats, Verification
 from fwdproxy.store.writer import DiskWriter
+
+FOLLOW_INTERVAL = 1.0
+"""Seconds between checks (one stat) that the database file is still the one we opened, on memory hits."""
+KNOWN_MAX = 8192
+"""Primary keys whose listing and checked copies are remembered (oldest forgotten first): a few MiB."""
+
+
+@dataclass(slots=True)
+class _Known:
+    """What was read for one primary key while its marks were ``marks``."""
+
+    marks: tuple[int, int]
+    listing: list[tuple[str, StoredResponse]] | None = None
+    checked: dict[str, Cached] = field(default_factory=dict)
+    """Memory copies whose stamp matched the disk row under these marks."""
 
 
 class TieredWriter:
@@ -86,6 +111,8 @@ class TieredStore:
         self.disk = disk
         self.coherent = coherent
         self._generation = disk.db.generation
+        self._known: dict[str, _Known] = {}
+        self._followed = time.monotonic()
 
     @classmethod
     def open(
@@ -105,16 +132,44 @@ class TieredStore:
     def _follow_disk(self) -> None:
         # A reopened (emptied) database voids every copy taken from the old one; live() notices a
         # removed or replaced database file with one stat().
+        self._followed = time.monotonic()
         self.disk.db.live()
         if self.disk.db.generation != self._generation:
             self.memory.clear()
+            self._known.clear()
+            if self._generation:  # not our first database: other processes' copies are void too
+                self.disk.generations.mark(GLOBAL)
             self._generation = self.disk.db.generation
+
+    def _marks(self, primary: str) -> tuple[int, int]:
+        gens = self.disk.generations
+        return gens.read(slot_of(primary)), gens.read(GLOBAL)
+
+    def _known_for(self, primary: str, marks: tuple[int, int]) -> _Known:
+        known = self._known.get(primary)
+        if known is None or known.marks != marks:
+            if known is None and len(self._known) >= KNOWN_MAX:
+                self._known.pop(next(iter(self._known)), None)  # the oldest: a dict keeps insertion order
+            known = self._known[primary] = _Known(marks)
+        return known
 
     def get(self, key: str) -> Entry | None:
         """The entry from memory if current, else from disk (promoting a small body); None on a miss."""
+        primary = primary_of(key)
+        marks = self._marks(primary)  # before anything is read: a later write changes them
+        if (cached := self.memory.get(key)) is not None:
+            known = self._known.get(primary)
+            if (
+                known is not None
+                and known.marks == marks
+                and known.checked.get(key) is cached
+                and time.monotonic() - self._followed < FOLLOW_INTERVAL
+            ):
+                return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)
         self._follow_disk()
         if (cached := self.memory.get(key)) is not None:
             if not self.coherent or self.disk.stamp(key) == cached.stamp:
+                self._known_for(primary, marks).checked[key] = cached
                 return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)
             self.memory.delete(key)
         entry = self.disk.get(key)
@@ -151,8 +206,24 @@ class TieredStore:
         return sum(self.delete(key) for key, _ in self.disk.variants(primary))
 
     def variants(self, primary: str) -> list[tuple[str, StoredResponse]]:
-        """(key, metadata) of primary and every variant_key(primary, …) stored (§4.1), bodies unread."""
-        return self.disk.variants(primary)
+        """(key, metadata) of primary and every variant_key(primary, …) stored (§4.1), bodies unread.
+
+        Remembered while the primary key's marks stay unchanged (see the module doc), so a repeated
+        lookup returns the very same metadata objects (callers may memoise on them).
+        """
+        marks = self._marks(primary)
+        known = self._known.get(primary)
+        if (
+            known is not None
+            and known.marks == marks
+            and known.listing is not None
+            and time.monotonic() - self._followed < FOLLOW_INTERVAL
+        ):
+            return list(known.listing)
+        self._follow_disk()
+        listing = self.disk.variants(primary)
+        self._known_for(primary, marks).listing = listing
+        return list(listing)
 
     def iterate(self) -> Iterator[tuple[str, StoredResponse]]:
         """(key, metadata) of every entry, bodies unread."""
