@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from fwdproxy.cache.config import CacheConfig
 from fwdproxy.cache.directives import CacheControl, header_date, parse_age, parse_cache_control
+from fwdproxy.cache.memo import PerObject
 from fwdproxy.cache.rules import Rule, match_rule
 from fwdproxy.http_model import Headers, StoredResponse
 
@@ -130,16 +131,42 @@ def apply_rule(base: Lifetime, rule: Rule) -> Lifetime:
     return base
 
 
+def _no_lifetimes(_: StoredResponse) -> list[tuple[CacheConfig, Lifetime]]:
+    return []
+
+
+_lifetimes = PerObject(_no_lifetimes)
+
+
 def freshness_lifetime(stored: StoredResponse, config: CacheConfig) -> Lifetime:
-    """§4.2.1: the freshness lifetime of a stored response."""
-    return lifetime_of(stored.status, stored.headers, stored.url, stored.response_time, config)
+    """§4.2.1: the freshness lifetime of a stored response (remembered per response and config)."""
+    known = _lifetimes(stored)
+    if known and known[0][0] is config:
+        return known[0][1]
+    lifetime = lifetime_of(stored.status, stored.headers, stored.url, stored.response_time, config)
+    known[:] = [(config, lifetime)]
+    return lifetime
 
 
-def current_age(stored: StoredResponse, now: float) -> float:
-    """§4.2.3: corrected initial age (Age, Date, request and response times) plus time resident here."""
+def _cache_control(stored: StoredResponse) -> CacheControl:
+    return parse_cache_control(stored.headers)
+
+
+cache_control_of = PerObject(_cache_control)
+"""§5.2: the stored response's Cache-Control directives, parsed once per stored response."""
+
+
+def _corrected_initial_age(stored: StoredResponse) -> float:
     age_value = parse_age(stored.headers) or 0
     date = header_date(stored.headers, "date", now=stored.response_time)
     apparent_age = max(0.0, stored.response_time - (stored.response_time if date is None else date))
     response_delay = max(0.0, stored.response_time - stored.request_time)
-    corrected_initial_age = max(apparent_age, age_value + response_delay)
-    return corrected_initial_age + max(0.0, now - stored.response_time)
+    return max(apparent_age, age_value + response_delay)
+
+
+_initial_ages = PerObject(_corrected_initial_age)
+
+
+def current_age(stored: StoredResponse, now: float) -> float:
+    """§4.2.3: corrected initial age (Age, Date, request and response times) plus time resident here."""
+    return _initial_ages(stored) + max(0.0, now - stored.response_time)

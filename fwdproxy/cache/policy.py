@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fwdproxy.cache.config import DEFAULT_CONFIG, CacheConfig
-from fwdproxy.cache.directives import CacheControl, parse_cache_control, request_cache_control
-from fwdproxy.cache.freshness import Lifetime, current_age, freshness_lifetime
+from fwdproxy.cache.directives import CacheControl, request_cache_control
+from fwdproxy.cache.freshness import Lifetime, cache_control_of, current_age, freshness_lifetime
 from fwdproxy.cache.key import select_variant
 from fwdproxy.cache.status import CacheStatus, Fwd
 from fwdproxy.http_model import Request, StoredResponse
@@ -100,7 +100,7 @@ def lookup(
     lifetime = freshness_lifetime(stored, config)
     age = current_age(stored, now)
     ttl = lifetime.seconds - age
-    cc = parse_cache_control(stored.headers)
+    cc = cache_control_of(stored)
     forbid = stale_forbidden(cc, lifetime)
 
     def decide(verdict: Verdict, fwd: Fwd | None, detail: str) -> LookupDecision:
@@ -196,7 +196,7 @@ def stale_on_error(
     if status is not None and status not in ORIGIN_ERRORS:
         return StaleOnError(False, "not-an-error")
     lifetime = freshness_lifetime(stored, config)
-    cc = parse_cache_control(stored.headers)
+    cc = cache_control_of(stored)
     rcc = request_cache_control(request.headers)
     if "no-cache" in rcc and lifetime.detail != "rule-immutable":
         return StaleOnError(False, "request-no-cache")
