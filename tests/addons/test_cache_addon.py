@@ -9,7 +9,8 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.cache import STATE, Cache
+from addons._cacheflow import STATE
+from addons.cache import Cache
 from tests.support import REPO
 
 
@@ -121,9 +122,9 @@ def test_script_loads_alone(tmp_path: Path) -> None:
 
 
 def test_our_cache_status_is_never_stored() -> None:
-    from addons.cache import _without_our_status
+    from addons._cacheflow import without_our_status
     from fwdproxy.http_model import Headers
 
     h = Headers.of([("Cache-Status", "upstream-cdn; hit, fwdproxy; fwd=uri-miss; stored"), ("ETag", '"x"')])
-    assert _without_our_status(h).get_all("cache-status") == ["upstream-cdn; hit"]
-    assert "cache-status" not in _without_our_status(Headers.of([("Cache-Status", "fwdproxy; fwd=miss")]))
+    assert without_our_status(h).get_all("cache-status") == ["upstream-cdn; hit"]
+    assert "cache-status" not in without_our_status(Headers.of([("Cache-Status", "fwdproxy; fwd=miss")]))
