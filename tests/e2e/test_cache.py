@@ -229,3 +229,35 @@ def test_lru_eviction_within_disk_limit(start_proxy, origin: Origin, tmp_path: P
     stats = s.stats()
     s.close()
     assert stats.disk.bytes <= 600 * 1024 * 1.1
+
+
+def test_set_cookie_stored_only_under_explicit_freshness(start_proxy, origin: Origin) -> None:
+    explicit = origin.route("/cookie-explicit", cached(b"c\n", **{"Set-Cookie": "a=1"}))
+    heuristic = origin.route(
+        "/cookie-heuristic",
+        Reply(200, {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT", "Set-Cookie": "session=alice"}, b"h\n"),
+    )
+    plain = origin.route("/heuristic", Reply(200, {"Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}, b"p\n"))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        for url in (explicit, heuristic, plain):
+            c.get(url)
+        hit = c.get(explicit)
+        other_user = c.get(heuristic)
+        heur = c.get(plain)
+    assert hit.headers["Cache-Status"].startswith("fwdproxy; hit") and hit.headers["Set-Cookie"] == "a=1"
+    assert "hit" not in other_user.headers["Cache-Status"].split("; ")  # never hand alice's session to others
+    assert heur.headers["Cache-Status"].startswith("fwdproxy; hit")  # 10% of the Last-Modified age
+    assert origin.hits["/cookie-heuristic"] == 2
+
+
+def test_connection_named_headers_not_stored(start_proxy, origin: Origin) -> None:
+    url = origin.route(
+        "/conn", cached(b"x\n", Connection="X-Secret", **{"X-Secret": "per-hop", "X-Kept": "yes"})
+    )
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(url)
+        hit = c.get(url)
+    assert hit.headers["Cache-Status"].startswith("fwdproxy; hit")
+    assert "X-Secret" not in hit.headers and hit.headers["X-Kept"] == "yes"
