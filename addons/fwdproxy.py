@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons.access import Access
+from addons.accesslog import AccessLog
+from addons.admin import Admin
 from addons.anonymize import Anonymize
 from addons.cache import Cache
 from addons.egress import Egress
@@ -15,7 +17,20 @@ from addons.tunnel import Tunnel
 def chain() -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
     anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
-    return [Lifecycle(), Access(), Tunnel(), anonymize, Cache(), Egress(), OriginErrors(), anonymize.last]
+    # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
+    # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
+    return [
+        Lifecycle(),
+        Access(),
+        Tunnel(),
+        anonymize,
+        Cache(),
+        Egress(),
+        OriginErrors(),
+        Admin(),
+        AccessLog(),
+        anonymize.last,
+    ]
 
 
 addons = chain()

@@ -91,6 +91,16 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("offline", Kind.BOOL, "answer only from the cache (504 on a miss); never contact an origin"),
     Option(
+        "allow_purge",
+        Kind.STR_LIST,
+        "client network whose PURGE requests remove entries, as CIDR (repeatable)",
+    ),
+    Option(
+        "admin_port", Kind.INT, "port of the status page, /stats.json and /metrics on the listen host; 0: off"
+    ),
+    Option("access_log", Kind.OPT_STR, "write one line per request to this file (- for stderr)"),
+    Option("log_format", Kind.STR, "access log format: squid or json", choices=("squid", "json")),
+    Option(
         "anonymize",
         Kind.STR,
         "off, standard (drop client addresses and proxy-chain headers) or strict (also one User-Agent)",
@@ -142,6 +152,13 @@ class Settings:
     range_fetch_whole_below: int = 0
     serve_stale_on_error: float = 0.0
     offline: bool = False
+    allow_purge: tuple[str, ...] = access.LOOPBACK
+    """PURGE empties entries for everyone, so like Squid only the local machine may send it by default."""
+    admin_port: int = 8081
+    """Next to the usual 8080; bound to the listen host, so loopback-only unless the proxy is exposed."""
+    access_log: str | None = None
+    log_format: str = "squid"
+    """Squid's native format, so existing log tools (calamaris, goaccess --log-format=SQUID) read it."""
     anonymize: str = "standard"
     """A forward proxy that tells every origin its clients' addresses is not doing its job (issue 5)."""
     sections: Mapping[str, Any] = field(default_factory=dict)
@@ -259,6 +276,9 @@ def from_file_and_flags(
 def check(s: Settings) -> None:
     """Cross-field checks that no single value shows."""
     access.parse_networks(s.allow)
+    access.parse_networks(s.allow_purge)
+    if s.admin_port > 65535:
+        raise ValueError(f"--admin-port {s.admin_port} is not a port; use 1-65535, or 0 to turn it off")
     if s.auth:
         access.Credentials.parse(s.auth)
     access.check_exposure(s.listen_host, "allow" in s.explicit, bool(s.auth))

@@ -33,6 +33,10 @@ def _pct(ratio: float) -> str:
     return f"{ratio * 100:.1f}%"
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
@@ -107,9 +111,11 @@ def _tier_row(name: str, tier: Mapping[str, Any] | None) -> str:
     return (
         f'<tr id="tier-{name}" data-bytes="{used}" data-limit="{limit}" data-entries="{tier["entries"]}">'
         f"<td>{name}</td>"
-        f'<td><span class="bar"><span style="width:{frac * 100:.1f}%"></span></span></td>'
+        # A sliver for any use at all, so "in use, but tiny" differs from empty.
+        f'<td><span class="bar"><span style="width:{max(frac * 100, 1.0 if used else 0.0):.1f}%"></span></span></td>'
         f'<td class="n">{_e(format_size(used))} of {_e(format_size(limit))} ({_pct(frac)})</td>'
-        f'<td class="n">{tier["entries"]} entries</td><td class="n">{tier["evictions"]} evicted</td></tr>'
+        f'<td class="n">{_count(tier["entries"], "entry", "entries")}</td>'
+        f'<td class="n">{tier["evictions"]} evicted</td></tr>'
     )
 
 

@@ -62,7 +62,8 @@ def start_proxy(tmp_path: Path, confdir: Path, origin_ca_file: Path) -> Iterator
     started: list[Proxy] = []
 
     def start(*args: str, cache_dir: Path | None = None, upstream_ca: bool = True) -> Proxy:
-        argv = ["run", "--listen-port", "0", "--confdir", str(confdir)]
+        # --admin-port 0: no status page unless a test asks for one (a fixed port would clash between workers).
+        argv = ["run", "--listen-port", "0", "--admin-port", "0", "--confdir", str(confdir)]
         argv += ["--cache-dir", str(cache_dir or tmp_path / "cache")]
         if upstream_ca:
             argv += ["--upstream-ca", str(origin_ca_file)]

@@ -1,0 +1,125 @@
+"""Facts about a finished flow that the metrics (admin.py) and the access log share (not an addon).
+
+Both addons sit after the cache in the chain, so in their ``response`` hooks the Cache-Status field is final.
+"""
+
+import time
+from collections.abc import Iterable
+
+from mitmproxy import http
+from mitmproxy.net.http import http1
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy.accesslog import TunnelMode
+from fwdproxy.metrics import Outcome, classify
+
+LOCAL = "fwd_local"
+"""flow.metadata: the response existed before the request left the proxy (403, cache hit, PURGE, …)."""
+SENT = "fwd_sent_bytes"
+"""flow.metadata: body bytes of a streamed response, counted as they pass."""
+ADMIN = "fwd_admin"
+"""flow.metadata: answered by the Admin addon (PURGE, http://fwdproxy.local/); not a proxied request."""
+
+
+def note_local(flow: http.HTTPFlow) -> None:
+    """Call in the ``request`` hook of an addon placed after the cache: a response now was made here."""
+    if flow.response is not None:
+        flow.metadata[LOCAL] = True
+
+
+def count_streamed(flow: http.HTTPFlow) -> None:
+    """Call in ``responseheaders`` after the cache's: count the bytes of a streamed body (once per flow)."""
+    resp = flow.response
+    if resp is None or not resp.stream or SENT in flow.metadata:
+        return
+    flow.metadata[SENT] = 0
+    inner = resp.stream
+
+    def counting(chunk: bytes) -> bytes | Iterable[bytes]:
+        flow.metadata[SENT] += len(chunk)
+        return inner(chunk) if callable(inner) else chunk
+
+    resp.stream = counting
+
+
+def body_bytes(flow: http.HTTPFlow) -> int:
+    """Body bytes sent to the client (streamed ones as counted, else the held body)."""
+    if SENT in flow.metadata:
+        return int(flow.metadata[SENT])
+    if flow.response is None or flow.request.method == "HEAD":
+        return 0
+    raw = flow.response.raw_content
+    if raw is not None:
+        return len(raw)
+    try:
+        return int(flow.response.headers.get("content-length", "0"))
+    except ValueError:
+        return 0
+
+
+def sent_bytes(flow: http.HTTPFlow) -> int:
+    """Head plus body, as Squid counts a reply (HTTP/1 framing; close enough for HTTP/2)."""
+    if flow.response is None:
+        return 0
+    try:
+        head = len(http1.assemble_response_head(flow.response))
+    except ValueError:
+        head = 0
+    return head + body_bytes(flow)
+
+
+def outcome(flow: http.HTTPFlow) -> Outcome:
+    """What the cache did, from the Cache-Status it set."""
+    return classify(flow.response.headers.get("cache-status") if flow.response else None)
+
+
+def is_local(flow: http.HTTPFlow, result: Outcome) -> bool:
+    """Answered by the proxy itself, neither from the cache nor by an origin."""
+    return result is Outcome.NONE and bool(flow.metadata.get(LOCAL) or flow.metadata.get("fwd_error"))
+
+
+def ttfb(flow: http.HTTPFlow, result: Outcome) -> float | None:
+    """Seconds from the end of the request to the origin's first response byte; None when none was asked."""
+    if result in (Outcome.HIT, Outcome.STALE, Outcome.COLLAPSED) or is_local(flow, result):
+        return None
+    resp = flow.response
+    start = flow.request.timestamp_end or flow.request.timestamp_start
+    if resp is None or not resp.timestamp_start or not start:
+        return None
+    return max(0.0, resp.timestamp_start - start)
+
+
+def upstream(flow: http.HTTPFlow) -> str:
+    """host:port of the upstream proxy this flow went through, "" when direct."""
+    via = flow.server_conn.via
+    if via is None:
+        return ""
+    host, port = via[1]
+    return f"{host}:{port}"
+
+
+def server(flow: http.HTTPFlow) -> str:
+    """The origin address the flow's connection reached ("" when none)."""
+    peer = flow.server_conn.peername
+    return str(peer[0]) if peer else ""
+
+
+def client_ip(flow: http.HTTPFlow) -> str:
+    peer = flow.client_conn.peername
+    return str(peer[0]) if peer else ""
+
+
+def tunnel_mode(flow: http.HTTPFlow) -> TunnelMode:
+    """Intercepted when the request came through a CONNECT tunnel whose TLS we terminated."""
+    if flow.request.scheme == "https" and flow.client_conn.tls_established:
+        return TunnelMode.INTERCEPTED
+    return TunnelMode.NONE
+
+
+def started(flow: http.HTTPFlow) -> float:
+    return flow.request.timestamp_start or time.time()
+
+
+def elapsed(flow: http.HTTPFlow) -> float:
+    end = (flow.response.timestamp_end if flow.response else None) or time.time()
+    return max(0.0, end - started(flow))
