@@ -28,6 +28,8 @@ class Kind(enum.Enum):
     DURATION = "duration"
     STR_LIST = "list of str"
     INT_LIST = "list of int"
+    WORKERS = "workers"
+    """A positive integer, or ``auto`` for one per core."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ SECTIONS = ("cache", "anonymize", "upstreams", "routes")
 OPTIONS: tuple[Option, ...] = (
     Option("listen_host", Kind.STR, "address to listen on"),
     Option("listen_port", Kind.INT, "port to listen on; 0 picks a free port"),
+    Option("workers", Kind.WORKERS, "proxy processes sharing the port and the cache; auto: one per core"),
     Option("cache_dir", Kind.STR, "where the disk cache lives (created if missing)"),
     Option("confdir", Kind.STR, "mitmproxy's confdir, where the CA lives (shared with mitmdump)"),
     Option("config", Kind.OPT_STR, "TOML config file; flags override its values", flag_only=True),
@@ -122,6 +125,8 @@ class Settings:
 
     listen_host: str = "127.0.0.1"
     listen_port: int = 8080
+    workers: int = 1
+    """One process unless asked: the memory tier and collapsing are per process (see fwdproxy.workers)."""
     cache_dir: str = field(default_factory=_default_cache_dir)
     confdir: str = "~/.mitmproxy"
     config: str | None = None
@@ -215,6 +220,13 @@ def _convert(opt: Option, value: Any, where: str) -> Any:
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
                 raise fail("a list of strings")
             return tuple(items)
+        case Kind.WORKERS:
+            from fwdproxy.workers import worker_count
+
+            try:
+                return worker_count(value, os.cpu_count())
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
         case Kind.INT_LIST:
             items = [value] if isinstance(value, int | str) else value
             if not isinstance(items, list | tuple):

@@ -1,0 +1,160 @@
+"""``fwdproxy run --workers N``: several processes on one port and one cache, stopped together."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO, Origin, Proxy, Reply, fwdproxy_argv, run_cli
+
+pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
+
+
+def workers_of(proxy: Proxy) -> list[int]:
+    pid = proxy.proc.pid
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def connections_per_worker(proxy: Proxy) -> dict[int, int]:
+    """Established client connections on the proxy port held by each worker (from /proc/net/tcp)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == proxy.port and fields[3] == "01":  # ESTABLISHED
+                inodes.add(fields[9])
+    counts = {}
+    for pid in workers_of(proxy):
+        fds = Path(f"/proc/{pid}/fd")
+        targets = {os.readlink(fd) for fd in fds.iterdir() if fd.name.isdigit()}
+        counts[pid] = sum(f"socket:[{i}]" in targets for i in inodes)
+    return counts
+
+
+def get(sock: socket.socket, url: str) -> tuple[int, dict[str, str], bytes]:
+    """One absolute-form GET on a keep-alive connection; status, headers, body."""
+    sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    reader = sock.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = reader.read(int(headers["content-length"]))
+    return status, headers, body
+
+
+def test_two_workers_share_the_port_the_load_and_the_cache(start_proxy, origin: Origin) -> None:
+    url = origin.route("/shared", Reply(200, {"Cache-Control": "max-age=600"}, b"stored once"))
+    proxy = start_proxy("--workers", "2")
+    pids = workers_of(proxy)
+    assert len(pids) == 2
+    socks = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(24)]
+    try:
+        answers = [get(s, url) for s in socks]
+        assert all(status == 200 and body == b"stored once" for status, _, body in answers)
+        counts = connections_per_worker(proxy)
+        assert sorted(counts) == sorted(pids) and all(n > 0 for n in counts.values()), counts
+        assert sum(counts.values()) == 24
+        # One origin request: after the first commit every worker answers from the shared disk tier
+        # (a worker that started its fetch before it could be seen would add one; none does here since
+        # the requests ran one after another).
+        assert origin.hits["/shared"] == 1
+        assert sum("hit" in h["cache-status"].split(";")[1] for _, h, _ in answers) == 23
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_sigterm_stops_every_worker_and_exits_zero(start_proxy) -> None:
+    proxy = start_proxy("--workers", "2")
+    pids = workers_of(proxy)
+    assert proxy.stop() == 0
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)
+    assert "Traceback" not in proxy.stderr_path.read_text()
+
+
+def test_a_dead_worker_is_replaced(start_proxy, origin: Origin) -> None:
+    url = origin.route("/after", Reply(200, {}, b"still here"))
+    proxy = start_proxy("--workers", "2")
+    victim = workers_of(proxy)[0]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        now = workers_of(proxy)
+        if len(now) == 2 and victim not in now and "starting a new one" in proxy.log():
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"no replacement worker: {workers_of(proxy)}\n{proxy.log()}")
+    assert f"pid {victim}) exited with status -9" in proxy.log()
+    time.sleep(1)  # the replacement prints its listening line to the supervisor once it listens
+    for _ in range(6):  # fresh connections, so both workers (the new one too) are asked
+        with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+            assert get(s, url)[2] == b"still here"
+    assert proxy.stop() == 0
+
+
+def test_killing_the_supervisor_leaves_no_worker_behind(start_proxy) -> None:
+    proxy = start_proxy("--workers", "2")
+    pids = workers_of(proxy)
+    proxy.stop(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in pids)  # Linux PR_SET_PDEATHSIG: they got SIGTERM
+
+
+def test_stdout_is_one_line_with_the_real_port(tmp_path: Path, confdir: Path) -> None:
+    argv = fwdproxy_argv(
+        "run", "--workers", "2", "--listen-port", "0", "--admin-port", "0",
+        "--cache-dir", str(tmp_path / "cache"), "--confdir", str(confdir),
+    )  # fmt: skip
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO, text=True)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert re.fullmatch(r"fwdproxy listening at 127\.0\.0\.1:[1-9][0-9]*\n", first), first
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C, to the supervisor alone
+        rest, _ = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert rest == "" and proc.returncode == 0
+
+
+def test_busy_port_with_workers_exits_nonzero(start_proxy, tmp_path: Path, confdir: Path) -> None:
+    first = start_proxy()
+    out = run_cli(
+        "run", "--workers", "2", "--listen-port", str(first.port), "--admin-port", "0",
+        "--cache-dir", str(tmp_path / "c2"), "--confdir", str(confdir),
+    )  # fmt: skip
+    assert out.returncode == 1
+    assert "could not listen" in out.stderr and "listening at" not in out.stdout
+
+
+def test_bad_worker_count_is_one_clear_line(tmp_path: Path) -> None:
+    out = run_cli("run", "--listen-port", "0", "--cache-dir", str(tmp_path), "--workers", "many")
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "fwdproxy: --workers: 'many' is not a number of workers; try e.g. 2, or auto for one per core"
+    )
