@@ -276,3 +276,28 @@ def test_status_page_renders_in_headless_chromium(start_proxy, origin: Origin, t
     assert re.search(r'id="hit-ratio" data-value="0\.750000">75\.0%<', dom), dom[:2000]
     assert re.search(r'id="bytes-saved" data-value="15000">14\.6 KiB<', dom)
     assert "<svg" in dom and 'class="req"' in dom
+
+
+def test_cache_warm_fills_the_cache_through_the_proxy(
+    start_proxy, origin: Origin, tls_origin: Origin, confdir: Path, tmp_path: Path
+) -> None:
+    plain = origin.route("/w1", cacheable(b"one" * 50))
+    tls = tls_origin.route("/w2", cacheable(b"two" * 50)).replace("127.0.0.1", "localhost")
+    missing = origin.url("/absent")
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"# warm these\n{plain}\n{tls}\n\n{missing}\n")
+    proxy = start_proxy("--connect-port", str(tls_origin.port))
+    argv = ("cache", "warm", str(listing), "--proxy", proxy.url, "--confdir", str(confdir), "--json")
+    first = run_cli(*argv)
+    assert first.returncode == 1  # one URL failed
+    summary = json.loads(first.stdout)
+    assert (summary["urls"], summary["stored"], summary["failed"], summary["bytes"]) == (
+        3,
+        2,
+        1,
+        300 + len(b"no such route\n"),
+    )
+    assert summary["failures"] == [{"url": missing, "status": 404, "error": None}]
+    again = json.loads(run_cli(*argv).stdout)
+    assert again["cached"] == 2
+    assert origin.hits["/w1"] == 1 and tls_origin.hits["/w2"] == 1
