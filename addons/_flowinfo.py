@@ -19,6 +19,24 @@ SENT = "fwd_sent_bytes"
 """flow.metadata: body bytes of a streamed response, counted as they pass."""
 ADMIN = "fwd_admin"
 """flow.metadata: answered by the Admin addon (PURGE, http://fwdproxy.local/); not a proxied request."""
+ASKED = "fwd_asked"
+"""flow.metadata: (URL, host) as the client asked, before the cache may re-point a big hit at its sidecar."""
+
+
+def note_request(flow: http.HTTPFlow) -> None:
+    """Call in ``requestheaders`` (which runs before every ``request`` hook): remember what was asked."""
+    flow.metadata.setdefault(ASKED, (flow.request.pretty_url, flow.request.pretty_host.lower()))
+
+
+def asked_url(flow: http.HTTPFlow) -> str:
+    """The URL the client asked for (not the sidecar's, for a big hit)."""
+    asked = flow.metadata.get(ASKED)
+    return str(asked[0]) if asked else flow.request.pretty_url
+
+
+def asked_host(flow: http.HTTPFlow) -> str:
+    asked = flow.metadata.get(ASKED)
+    return str(asked[1]) if asked else flow.request.pretty_host.lower()
 
 
 def note_local(flow: http.HTTPFlow) -> None:

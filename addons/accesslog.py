@@ -103,6 +103,9 @@ class AccessLog:
 
     # -- hooks ----------------------------------------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        _flowinfo.note_request(flow)
+
     def request(self, flow: http.HTTPFlow) -> None:
         _flowinfo.note_local(flow)
 
@@ -125,7 +128,7 @@ class AccessLog:
             elapsed=_flowinfo.elapsed(flow),
             client=_flowinfo.client_ip(flow),
             method=flow.request.method,
-            url=flow.request.pretty_url,
+            url=_flowinfo.asked_url(flow),
             status=0 if aborted or resp is None else resp.status_code,
             bytes=0 if aborted else _flowinfo.sent_bytes(flow),
             outcome=result,

@@ -94,6 +94,7 @@ class Admin:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # requestheaders runs in every addon before any request hook, so an answer here precedes the cache.
+        _flowinfo.note_request(flow)
         if flow.response is not None or flow.is_replay:
             return
         if flow.request.method.upper() == "PURGE":
@@ -149,19 +150,16 @@ class Admin:
         if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN):
             return  # our own background revalidations and admin answers are not client traffic
         result = _flowinfo.outcome(flow)
-        served = metrics.Served(
-            result, flow.request.pretty_host.lower(), _flowinfo.body_bytes(flow), _flowinfo.ttfb(flow, result)
-        )
+        host = _flowinfo.asked_host(flow)  # a big hit's request was re-pointed at the cache's sidecar
+        served = metrics.Served(result, host, _flowinfo.body_bytes(flow), _flowinfo.ttfb(flow, result))
         self.stats.record(served, time.time())
         if result in metrics.FROM_CACHE and flow.request.method in ("GET", "HEAD"):
-            self.hit_deltas[cache.primary_key("GET", flow.request.url)] += 1
+            self.hit_deltas[cache.primary_key("GET", _flowinfo.asked_url(flow))] += 1
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN) or flow.response is not None:
             return
-        self.stats.record(
-            metrics.Served(metrics.Outcome.NONE, flow.request.pretty_host.lower(), 0), time.time()
-        )
+        self.stats.record(metrics.Served(metrics.Outcome.NONE, _flowinfo.asked_host(flow), 0), time.time())
 
     def client_connected(self, client) -> None:  # type: ignore[no-untyped-def]
         self.stats.open_connections += 1

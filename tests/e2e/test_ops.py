@@ -301,3 +301,24 @@ def test_cache_warm_fills_the_cache_through_the_proxy(
     again = json.loads(run_cli(*argv).stdout)
     assert again["cached"] == 2
     assert origin.hits["/w1"] == 1 and tls_origin.hits["/w2"] == 1
+
+
+def test_big_hits_through_the_sidecar_are_logged_and_counted_as_asked(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    body = os.urandom(3 * 2**20)  # above --stream-threshold and --memory-object-max: served by the sidecar
+    url = origin.route("/big.bin", cacheable(body)).replace("127.0.0.1", "localhost")
+    admin, log = free_port(), tmp_path / "access.jsonl"
+    proxy = start_proxy("--admin-port", str(admin), "--access-log", str(log), "--log-format", "json")
+    with client(proxy) as c:
+        assert c.get(url).content == body
+        second = c.get(url)
+        assert second.content == body and second.headers["Cache-Status"].startswith("fwdproxy; hit")
+    stats = admin_get(admin, "/stats.json").json()
+    assert stats["top_hosts"] == [{"host": "localhost", "bytes_saved": len(body), "requests": 1}]
+    assert stats["bytes"] == {"from_cache": len(body), "from_origin": len(body)}
+    proxy.stop()
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(r["url"], r["outcome"]) for r in records] == [(url, "miss"), (url, "hit")]
+    assert all(r["bytes"] > len(body) for r in records)
+    assert records[1]["server"] is None  # not the sidecar's address
