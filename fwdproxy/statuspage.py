@@ -21,7 +21,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:15px;margin:24px 0 8px;color:#445
 .card .v{font-size:26px;font-weight:600} .card .l{color:#667;font-size:12px;text-transform:uppercase}
 .panel{background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 16px;max-width:760px}
 table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eef}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .bar{background:#e8ebf0;border-radius:4px;height:10px;width:260px;display:inline-block;vertical-align:middle}
 .bar span{display:block;height:10px;border-radius:4px;background:#3b82f6}
 .up{color:#15803d;font-weight:600} .down{color:#b91c1c;font-weight:600} .muted{color:#667}
