@@ -10,6 +10,7 @@ from addons.anonymize import Anonymize
 from addons.cache import Cache
 from addons.egress import Egress
 from addons.errors import OriginErrors
+from addons.guard import Guard
 from addons.lifecycle import Lifecycle
 from addons.tunnel import Tunnel
 
@@ -22,6 +23,7 @@ def chain() -> list[object]:
     return [
         Lifecycle(),
         Access(),
+        Guard(),
         Tunnel(),
         anonymize,
         Cache(),

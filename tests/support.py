@@ -283,3 +283,47 @@ def slow_chunks(body: bytes, chunk: int = 256 * 1024, delay: float = 0.01) -> Ca
             yield body[i : i + chunk]
 
     return gen
+
+
+class RawOrigin:
+    """A TCP origin whose ``handler(head, sock)`` writes whatever bytes it likes (framing no real server would
+    send, resets, silence); counts requests per path. ``stop()`` closes everything still open."""
+
+    def __init__(self, handler: Callable[[bytes, socket.socket], None]) -> None:
+        self.handler = handler
+        self.hits: Counter[str] = Counter()
+        self.open: list[socket.socket] = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.open.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        head = b""
+        with contextlib.suppress(OSError):
+            while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
+                head += chunk
+            if head:
+                path = head.split(b" ", 2)[1].decode(errors="replace")
+                self.hits[path.split("?")[0]] += 1
+                self.handler(head, conn)
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.srv.close()
+        for conn in self.open:
+            with contextlib.suppress(OSError):
+                conn.close()

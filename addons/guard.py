@@ -1,0 +1,80 @@
+"""Hostile or broken input stopped at the door: oversized heads, too many fields, a Host that disagrees with
+the target, requests addressed to the proxy itself, and responses with bytes past their end."""
+
+from __future__ import annotations
+
+import logging
+
+from mitmproxy import ctx, http
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _http1, _respond
+from fwdproxy import guard
+
+log = logging.getLogger("fwdproxy.guard")
+
+EXCESS = "fwd_excess"
+"""Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
+
+
+class Guard:
+    """Answers 431/400/508 before the cache or the origin see a request that should not go further."""
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
+
+    def _own_addresses(self) -> list[tuple[str, int]]:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        return [(a[0], a[1]) for a in proxyserver.listen_addrs()] if proxyserver else []
+
+    def _loops(self, flow: http.HTTPFlow) -> bool:
+        reached = flow.client_conn.sockname
+        reached_at = (reached[0], reached[1]) if reached else None
+        if not guard.targets_self(flow.request.host, flow.request.port, self._own_addresses(), reached_at):
+            return False
+        message = guard.loop_message(flow.request.host, flow.request.port)
+        log.warning("%s %s from %s: %s", flow.request.method, flow.request.pretty_url, _peer(flow), message)
+        flow.response = _respond.text(508, message)
+        return True
+
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            self._loops(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None or flow.is_replay:
+            return
+        request = flow.request
+        verdict = guard.check_fields(name.decode("latin-1") for name, _ in request.headers.fields)
+        if verdict is not None:
+            log.warning("%s %s from %s: %s", request.method, request.url, _peer(flow), verdict.message)
+            flow.response = _respond.text(verdict.status, verdict.message, {"Connection": "close"})
+            return
+        if self._loops(flow):
+            return
+        # RFC 9112 §3.2.2: a proxy given an absolute URL ignores the Host field and sends the URL's authority.
+        # Forwarding the client's Host would let it store one site's page under another site's URL.
+        host_field = request.headers.get("host")
+        if host_field is not None and not guard.host_agrees(
+            host_field, request.scheme, request.host, request.port
+        ):
+            request.headers["Host"] = guard.authority(request.scheme, request.host, request.port)
+            log.info(
+                "%s %s: Host %r replaced by the URL's authority", request.method, request.url, host_field
+            )
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None and flow.response in _http1.EXCESS:
+            flow.metadata[EXCESS] = True
+            log.warning(
+                "%s %s: the origin sent more bytes than its framing announced; served as framed, not cached",
+                flow.request.method,
+                flow.request.pretty_url,
+            )
+
+
+def _peer(flow: http.HTTPFlow) -> str:
+    return flow.client_conn.peername[0] if flow.client_conn.peername else "?"
+
+
+addons = [Guard()]
