@@ -12,12 +12,12 @@ def test_stale_while_revalidate_answers_at_once_and_refreshes(start_proxy, origi
     versions = iter([b"v1\n", b"v2\n", b"v3\n"])
     url = origin.route(
         "/swr",
-        lambda r: Reply(200, {"Cache-Control": "max-age=1, stale-while-revalidate=60"}, next(versions)),
+        lambda r: Reply(200, {"Cache-Control": "max-age=3, stale-while-revalidate=60"}, next(versions)),
     )
     proxy = start_proxy()
     with client(proxy) as c:
         assert c.get(url).content == b"v1\n"
-        time.sleep(1.2)
+        time.sleep(3.2)  # stale now (Date has whole seconds, so max-age must leave room for rounding)
         stale = c.get(url)
         assert stale.content == b"v1\n"
         assert stale.headers[
