@@ -16,7 +16,14 @@ from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import TieredStore, variant_key
 
 NOW = time.time()
-"""The commands read the clock, so entries are stored relative to it (ages of seconds to minutes)."""
+"""The commands read the clock, so entries are stored relative to it (ages of seconds to minutes); the
+autouse fixture below resets it per test, since a busy parallel run may start a test long after import."""
+
+
+@pytest.fixture(autouse=True)
+def _now() -> None:
+    global NOW
+    NOW = time.time()
 
 
 def stored(
