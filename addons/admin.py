@@ -219,7 +219,7 @@ class Admin:
         try:
             self.server = await asyncio.start_server(self._handle, host, self.port, reuse_address=True)
         except OSError as e:
-            log.error(
+            log.warning(
                 "admin endpoint: cannot listen on %s:%s (%s); the status page is off (see --admin-port)",
                 host or "*",
                 self.port,
