@@ -12,6 +12,7 @@ from addons.egress import Egress
 from addons.errors import OriginErrors
 from addons.guard import Guard
 from addons.lifecycle import Lifecycle
+from addons.readtimeout import ReadTimeout
 from addons.tunnel import Tunnel
 
 
@@ -29,6 +30,7 @@ def chain() -> list[object]:
         Cache(),
         Egress(),
         OriginErrors(),
+        ReadTimeout(),
         Admin(),
         AccessLog(),
         anonymize.last,

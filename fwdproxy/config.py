@@ -79,6 +79,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("quiet", Kind.BOOL, "log only warnings and errors", short="-q"),
     Option("verbose", Kind.BOOL, "log every tunnel decision and more", short="-v"),
     Option("connect_timeout", Kind.DURATION, "how long an origin may take to accept a connection (then 504)"),
+    Option(
+        "read_timeout",
+        Kind.DURATION,
+        "how long an origin may send nothing: 504 before its response, the transfer cut mid-body; 0: off",
+    ),
     Option("memory_cache_size", Kind.SIZE, "bytes the memory tier may hold"),
     Option("disk_cache_size", Kind.SIZE, "bytes the disk tier may hold"),
     Option("max_object_size", Kind.SIZE, "bigger responses pass through unstored"),
@@ -145,6 +150,9 @@ class Settings:
     quiet: bool = False
     verbose: bool = False
     connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    """Squid's read_timeout default is 15 minutes, nginx's proxy_read_timeout 60 s: a minute of silence is
+    already far past any healthy origin, yet long enough for slow generated pages and big uploads."""
     memory_cache_size: int = 256 * 1024**2
     disk_cache_size: int = 10 * 1024**3
     max_object_size: int = 1024**3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import errno
 import socket
 
@@ -26,3 +27,28 @@ def describe_connect_error(host: str, port: int, exc: BaseException, timeout: fl
 def describe_tls_error(host: str, message: str) -> str:
     """A message for a failed TLS handshake with the origin."""
     return f"TLS handshake with {host} failed: {message}"
+
+
+class Stall(enum.Enum):
+    """How a request waiting on its origin is doing, judged by the read timeout."""
+
+    NONE = "none"
+    """Bytes arrived within the timeout (or the timeout is off)."""
+    NO_RESPONSE = "no-response"
+    """No response head within the timeout: answer 504 (RFC 9110 §15.6.5)."""
+    MID_BODY = "mid-body"
+    """The body stopped arriving: cut the transfer so the client sees it end early (never a short success)."""
+
+
+def read_stall(*, idle: float, timeout: float, response_started: bool) -> Stall:
+    """Judge a request whose origin sent nothing for ``idle`` seconds; a timeout of 0 is off."""
+    if timeout <= 0 or idle < timeout:
+        return Stall.NONE
+    return Stall.MID_BODY if response_started else Stall.NO_RESPONSE
+
+
+def describe_read_timeout(host: str, port: int, timeout: float, stall: Stall) -> str:
+    """A message naming the origin and the read timeout that ran out."""
+    if stall is Stall.MID_BODY:
+        return f"{host}:{port} stopped sending the body for {timeout:g} s (read timeout); transfer cut"
+    return f"{host}:{port} sent no response within {timeout:g} s (read timeout)"

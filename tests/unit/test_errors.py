@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from fwdproxy.errors import describe_connect_error
+from fwdproxy.errors import Stall, describe_connect_error, describe_read_timeout, read_stall
 
 
 @pytest.mark.parametrize(
@@ -32,3 +32,25 @@ def test_describe_connect_error(exc: BaseException, status: int, text: str) -> N
     got_status, message = describe_connect_error("h.example", 443, exc, 10.0)
     assert got_status == status
     assert message.startswith(text)
+
+
+@pytest.mark.parametrize(
+    "idle, timeout, started, expected",
+    [
+        pytest.param(59.9, 60, False, Stall.NONE, id="within the read timeout"),
+        pytest.param(60, 60, False, Stall.NO_RESPONSE, id="9110 15.6.5 no response head: 504"),
+        pytest.param(61, 60, True, Stall.MID_BODY, id="body stopped: cut the transfer"),
+        pytest.param(10**6, 0, False, Stall.NONE, id="0 turns the read timeout off"),
+    ],
+)
+def test_read_stall(idle: float, timeout: float, started: bool, expected: Stall) -> None:
+    assert read_stall(idle=idle, timeout=timeout, response_started=started) is expected
+
+
+def test_read_timeout_messages_name_the_origin() -> None:
+    assert describe_read_timeout("h.example", 80, 60, Stall.NO_RESPONSE) == (
+        "h.example:80 sent no response within 60 s (read timeout)"
+    )
+    assert "h.example:80 stopped sending the body for 1.5 s" in describe_read_timeout(
+        "h.example", 80, 1.5, Stall.MID_BODY
+    )
