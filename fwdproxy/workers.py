@@ -7,8 +7,8 @@ proxy whose listener joins the same SO_REUSEPORT group (engine.SharedPort); the 
 connections over the listening sockets by a hash of the client's address and port. Only the
 supervisor prints ``fwdproxy listening at HOST:PORT``, once every worker listens.
 
-SIGINT/SIGTERM stop every worker (SIGTERM, then SIGKILL after STOP_GRACE) and exit 0. A worker that
-dies is logged and replaced; one that fails while starting, or RESTART_LIMIT deaths within
+SIGINT/SIGTERM stop every worker (SIGTERM, then SIGKILL after STOP_GRACE) and exit 0; a second signal
+makes them exit at once. A worker that dies is logged and replaced; one that fails while starting, or RESTART_LIMIT deaths within
 RESTART_WINDOW, stop them all with exit status 1. Workers also get SIGTERM if the supervisor itself is
 killed (Linux PR_SET_PDEATHSIG), so none is left behind.
 
@@ -113,6 +113,15 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.deaths: list[float] = []
 
+    def stop_signal(self) -> None:
+        """The first SIGINT/SIGTERM stops the workers gracefully; another one makes them exit at once."""
+        if self.stopping.is_set():
+            for worker in self.workers.values():  # a worker exits at once on its second signal
+                if worker.proc.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        worker.proc.send_signal(signal.SIGTERM)
+        self.stopping.set()
+
     def worker_settings(self, index: int, port: int) -> Settings:
         """The settings of worker ``index`` (1-based): this port, one process, one status page."""
         s = dataclasses.replace(self.settings, listen_port=port, workers=1)
@@ -131,6 +140,9 @@ class Supervisor:
             str(os.getpid()),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
+            # Its own session: a terminal's Ctrl-C reaches the supervisor alone, which passes on exactly
+            # one SIGTERM (a second signal would cut the worker's graceful stop short).
+            start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.write(pickle.dumps(self.worker_settings(index, port)))
@@ -235,7 +247,7 @@ async def supervise(s: Settings, count: int) -> int:
     supervisor = Supervisor(s, count)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, supervisor.stopping.set)
+        loop.add_signal_handler(sig, supervisor.stop_signal)
     try:
         port = reserved.getsockname()[1]
         address = await supervisor.start_all(port)
@@ -275,7 +287,6 @@ def main(argv: list[str]) -> int:
         handler.setFormatter(
             logging.Formatter(f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s", "%H:%M:%S")
         )
-    # Ctrl-C reaches the whole process group: the worker stops on it as on the supervisor's SIGTERM.
     return asyncio.run(engine.serve(settings, shared_port=True))
 
 
