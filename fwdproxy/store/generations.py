@@ -42,8 +42,9 @@ class Generations:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
-                if os.fstat(fd).st_size < SLOTS * _MARK.size:
-                    os.ftruncate(fd, SLOTS * _MARK.size)  # zero-filled: a fresh file marks nothing
+                # Zero-filled (a fresh file marks nothing) and every block allocated now: a store into a page
+                # of a sparse file needs a block, and on a full disk that is a SIGBUS that kills the process.
+                os.posix_fallocate(fd, 0, SLOTS * _MARK.size)
                 self._map = mmap.mmap(fd, SLOTS * _MARK.size, mmap.MAP_SHARED)
             finally:
                 os.close(fd)

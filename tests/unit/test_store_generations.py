@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import TieredStore, variant_key
 from fwdproxy.store import tiered as tiered_module
-from fwdproxy.store.generations import GLOBAL, SLOTS, Generations, primary_of, slot_of
+from fwdproxy.store.generations import FILENAME, GLOBAL, SLOTS, Generations, primary_of, slot_of
 
 PRIMARY = "GET http://a/"
 KEY = variant_key(PRIMARY, "")
@@ -122,3 +123,14 @@ def test_a_replaced_database_voids_other_processes_copies(tmp_path: Path) -> Non
     reads = DiskReads(b)
     b.get(KEY)
     assert reads.count >= 1  # checked against the disk again, not answered blindly from memory
+
+
+def test_the_marks_file_is_allocated_not_sparse(tmp_path: Path) -> None:
+    """A store into a hole of a mapped sparse file needs a new block; on a full disk that is a SIGBUS that
+    kills the proxy (found filling an 8 MiB tmpfs). Every block is allocated when the file is opened."""
+    path = tmp_path / FILENAME
+    path.write_bytes(b"")
+    os.truncate(path, SLOTS * 8)  # a sparse file, as an older version left it
+    Generations(tmp_path)
+    assert path.stat().st_size == SLOTS * 8
+    assert path.stat().st_blocks * 512 >= SLOTS * 8
