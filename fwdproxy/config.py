@@ -66,6 +66,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("intercept", Kind.STR_LIST, "when given, only these host globs are decrypted (repeatable)"),
     Option("connect_port", Kind.INT_LIST, "a port CONNECT may reach; others get 403 (repeatable)"),
     Option("upstream_ca", Kind.OPT_STR, "extra CA bundle (PEM) trusted for origin certificates"),
+    Option(
+        "upstream_insecure",
+        Kind.BOOL,
+        "do NOT verify origin TLS certificates (anyone on the path can then feed the cache); warned on start",
+    ),
     Option("upstream", Kind.STR_LIST, "upstream proxy URL[,WEIGHT] to leave through (repeatable)"),
     Option(
         "balance",
@@ -83,6 +88,11 @@ OPTIONS: tuple[Option, ...] = (
         "read_timeout",
         Kind.DURATION,
         "how long an origin may send nothing: 504 before its response, the transfer cut mid-body; 0: off",
+    ),
+    Option(
+        "shutdown_grace",
+        Kind.DURATION,
+        "on SIGTERM/SIGINT, how long requests in flight may take to finish (no new connections meanwhile)",
     ),
     Option("memory_cache_size", Kind.SIZE, "bytes the memory tier may hold"),
     Option("disk_cache_size", Kind.SIZE, "bytes the disk tier may hold"),
@@ -151,6 +161,10 @@ class Settings:
     verbose: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    shutdown_grace: float = 10.0
+    """Long enough for most downloads in flight to end, short enough for a service manager's stop timeout
+    (systemd's default is 90 s; Kubernetes' terminationGracePeriodSeconds is 30 s)."""
+    upstream_insecure: bool = False
     """Squid's read_timeout default is 15 minutes, nginx's proxy_read_timeout 60 s: a minute of silence is
     already far past any healthy origin, yet long enough for slow generated pages and big uploads."""
     memory_cache_size: int = 256 * 1024**2

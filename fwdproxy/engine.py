@@ -129,6 +129,8 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_upstream_ca": s.upstream_ca or "",
         "fwd_connect_timeout": f"{s.connect_timeout:g}s",
         "fwd_read_timeout": f"{s.read_timeout:g}s",
+        "fwd_shutdown_grace": f"{s.shutdown_grace:g}s",
+        "fwd_upstream_insecure": s.upstream_insecure,
         "fwd_anonymize": s.anonymize,
         "fwd_anonymize_config": s.config or "",  # the addon reads the file's [anonymize] table itself
         "fwd_cache_dir": s.cache_dir,

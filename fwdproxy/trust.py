@@ -58,3 +58,29 @@ def origin_trust(extra_ca: str | None, workdir: Path) -> str | None:
     if not os.path.isfile(extra):
         raise ValueError(f"--upstream-ca {extra_ca}: no such file")
     return str(write_bundle([s for s in (system, extra) if s], workdir / "fwdproxy-origin-trust.pem"))
+
+
+CA_KEY_FILES = ("mitmproxy-ca.pem", "mitmproxy-ca.p12")
+"""The files in mitmproxy's confdir that hold the CA's private key (the ``-cert`` files are public)."""
+
+
+def secure_ca_keys(confdir: Path) -> list[Path]:
+    """Make the CA key files readable and writable by their owner only; the files that were more open.
+
+    Whoever reads the key can impersonate every site to every client that trusts the CA. mitmproxy creates
+    these files with mode 0600, but a confdir copied or unpacked by hand often is not.
+
+    Raises:
+        OSError: a key file is too open and cannot be changed (e.g. owned by another user).
+    """
+    fixed = []
+    for name in CA_KEY_FILES:
+        path = confdir / name
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            path.chmod(0o600)
+            fixed.append(path)
+    return fixed

@@ -12,11 +12,10 @@ makes them exit at once. A worker that dies is logged and replaced; one that fai
 RESTART_WINDOW, stop them all with exit status 1. Workers also get SIGTERM if the supervisor itself is
 killed (Linux PR_SET_PDEATHSIG), so none is left behind.
 
-What is per process: the memory tier, request collapsing, the sidecar, statistics. The disk tier and
-its generation marks are shared, so an entry committed by one worker is a hit in every other, and a
-purge anywhere takes effect everywhere at the next lookup. A request for an object another worker is
-fetching right now is not collapsed with it: it goes to the origin itself (at most one origin request
-per worker per cold object).
+What is per process: the memory tier, the sidecar, statistics. The disk tier and its generation marks
+are shared, so an entry committed by one worker is a hit in every other, and a purge anywhere takes
+effect everywhere at the next lookup. Collapsing crosses processes through the cache's per-key lock
+files (inflight.KeyLocks): a follower in another worker waits for the commit, then reads the entry.
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from fwdproxy.config import Settings
 log = logging.getLogger("fwdproxy")
 
 STOP_GRACE = 10.0
-"""Seconds a worker has to finish after SIGTERM before it is killed."""
+"""Seconds a worker has, beyond --shutdown-grace, to exit after SIGTERM before it is killed."""
 START_TIMEOUT = 60.0
 """Seconds a worker may take to start listening (imports, CA, opening the cache) before it counts as failed."""
 RESTART_LIMIT = 5
@@ -221,17 +220,19 @@ class Supervisor:
         return len(self.deaths) > RESTART_LIMIT
 
     async def stop_all(self) -> None:
-        """SIGTERM every worker, SIGKILL those still running after STOP_GRACE, and reap them all."""
+        """SIGTERM every worker, SIGKILL those still running after --shutdown-grace plus STOP_GRACE, and reap
+        them all (each worker lets its requests in flight finish for --shutdown-grace, see addons/lifecycle.py)."""
         running = [w.proc for w in self.workers.values() if w.proc.returncode is None]
         for proc in running:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+        limit = self.settings.shutdown_grace + STOP_GRACE
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), STOP_GRACE)
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), limit)
         except TimeoutError:
             for proc in running:
                 if proc.returncode is None:
-                    log.warning("worker pid %d did not stop within %gs; killing it", proc.pid, STOP_GRACE)
+                    log.warning("worker pid %d did not stop within %gs; killing it", proc.pid, limit)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
             await asyncio.gather(*(p.wait() for p in running))

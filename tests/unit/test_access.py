@@ -69,3 +69,30 @@ def test_bad_cidr_and_credentials() -> None:
         access.parse_networks(["nope"])
     with pytest.raises(ValueError, match="not USER:PASS"):
         access.Credentials.parse("user")
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        pytest.param("ci:s3cret", id="right"),
+        pytest.param("ci:s3creX", id="wrong last byte of the password"),
+        pytest.param("xx:s3cret", id="wrong user"),
+        pytest.param("ci:s", id="a prefix of the password"),
+        pytest.param("c", id="a prefix of the user"),
+    ],
+)
+def test_credentials_are_compared_in_constant_time(given: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timing must not tell a wrong user from a wrong password, nor how long a matching prefix is: every
+    well-formed attempt is one hmac.compare_digest over the whole ``user:pass``, never ``==`` or a short cut."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = access.hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(access.hmac, "compare_digest", spy)
+    creds = access.Credentials.parse("ci:s3cret")
+    ok = creds.check("Basic " + base64.b64encode(given.encode()).decode())
+    assert ok is (given == "ci:s3cret")
+    assert calls == [(given.encode(), b"ci:s3cret")]
