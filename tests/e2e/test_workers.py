@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,38 @@ def test_bad_worker_count_is_one_clear_line(tmp_path: Path) -> None:
     assert out.stderr.strip() == (
         "fwdproxy: --workers: 'many' is not a number of workers; try e.g. 2, or auto for one per core"
     )
+
+
+def test_a_crowd_across_workers_makes_one_origin_request(start_proxy, origin: Origin) -> None:
+    block = b"z" * 65536
+
+    def slow() -> Iterator[bytes]:
+        for _ in range(32):  # 2 MiB over about a second: above --stream-threshold, so it streams
+            time.sleep(0.03)
+            yield block
+
+    url = origin.route("/crowd", Reply(200, {"Cache-Control": "max-age=600"}, chunks=slow, length=32 * 65536))
+    proxy = start_proxy("--workers", "2")
+    socks = [socket.create_connection(("127.0.0.1", proxy.port)) for _ in range(12)]
+    try:
+        for s in socks:
+            s.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.3)
+        counts = connections_per_worker(proxy)
+        assert all(n > 0 for n in counts.values()), counts  # the crowd reached both workers
+        bodies = [get_response(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert all(status == 200 and len(body) == 32 * 65536 for status, body in bodies)
+    assert origin.hits["/crowd"] == 1
+
+
+def get_response(sock: socket.socket) -> tuple[int, bytes]:
+    reader = sock.makefile("rb")
+    status = int(reader.readline().split()[1])
+    headers = {}
+    while (line := reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode().partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, reader.read(int(headers["content-length"]))
