@@ -50,7 +50,7 @@ def test_silent_origin_is_504_after_the_read_timeout(start_proxy, raw_origins: l
     assert r.status_code == 504
     assert r.headers["Content-Type"].startswith("text/plain")
     assert r.text == f"fwdproxy: 127.0.0.1:{raw.port} sent no response within 1 s (read timeout)\n"
-    assert 1 <= waited < 3, waited
+    assert waited >= 1 and waited < 3, waited
     assert "read timeout" in proxy.log()
 
 
