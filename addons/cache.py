@@ -81,7 +81,7 @@ class Cache(CacheCore):
             self.fetch_whole_below = parse_size(ctx.options.fwd_range_fetch_whole_below)
             if updated & sizes or self.store is None:
                 directory = os.path.expanduser(ctx.options.fwd_cache_dir)
-                os.makedirs(directory, exist_ok=True)
+                os.makedirs(directory, mode=0o700, exist_ok=True)  # it holds decrypted HTTPS responses
                 if self.store is not None:
                     self.store.close()
                 self.locks = KeyLocks(directory)

@@ -134,6 +134,13 @@ class Lifecycle:
                 )
         except OSError as e:
             log.error("the CA key in %s is readable by others and cannot be made private: %s", confdir, e)
+        cache_dir = getattr(ctx.options, "fwd_cache_dir", None)
+        if cache_dir and trust.open_to_others(Path(os.path.expanduser(cache_dir))):
+            log.warning(
+                "the cache directory %s is readable by other users, and it holds the responses of intercepted "
+                "HTTPS in the clear: chmod 700 it unless that is meant",
+                cache_dir,
+            )
         if ctx.options.ssl_insecure:
             # Loud on every start: an unverified origin can be impersonated by anyone on the path, and what the
             # impostor sends is cached and served to every client of this proxy.

@@ -52,7 +52,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
         return 2
     _setup_logging(settings.quiet, settings.verbose)
     try:
-        Path(os.path.expanduser(settings.cache_dir)).mkdir(parents=True, exist_ok=True)
+        Path(os.path.expanduser(settings.cache_dir)).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
         print(f"fwdproxy: --cache-dir {settings.cache_dir}: cannot create it: {e.strerror}", file=sys.stderr)
         return 2

@@ -84,3 +84,15 @@ def secure_ca_keys(confdir: Path) -> list[Path]:
             path.chmod(0o600)
             fixed.append(path)
     return fixed
+
+
+def open_to_others(directory: Path) -> bool:
+    """Whether users other than the owner may list or read `directory` (False when it does not exist).
+
+    The cache directory holds decrypted HTTPS responses; fwdproxy creates it with mode 0700, but one made by
+    hand, or shared on purpose with a group, is left as it is and warned about at start.
+    """
+    try:
+        return bool(directory.stat().st_mode & 0o077)
+    except OSError:
+        return False

@@ -117,6 +117,20 @@ def test_ca_key_is_private_to_its_owner(start_proxy, tmp_path: Path, origin: Ori
     assert f"{key} (the CA's private key) was readable by others; made it private" in proxy.log()
 
 
+def test_cache_dir_is_created_private_and_an_open_one_is_warned_about(start_proxy, tmp_path: Path) -> None:
+    made = tmp_path / "made" / "cache"
+    proxy = start_proxy(cache_dir=made)
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700  # it holds decrypted HTTPS responses
+    assert "readable by other users" not in proxy.log()
+    proxy.stop()
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    proxy = start_proxy(cache_dir=shared)
+    assert f"the cache directory {shared} is readable by other users" in proxy.log()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # left as the operator made it
+
+
 def test_origin_tls_is_verified_unless_upstream_insecure_which_warns(
     start_proxy, tls_origin: Origin, proxy_ca_file: Path
 ) -> None:
