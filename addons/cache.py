@@ -6,7 +6,8 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
@@ -121,10 +122,16 @@ class Cache(CacheCore):
 
     # -- request side ---------------------------------------------------------------------------------
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response is not None or self.store is None or RESUME in flow.metadata:
-            return
+            return None
         flight = self._lookup(flow, collapse=True)
+        if flight is None:
+            return None  # answered, or on its way to the origin: no coroutine for the common case (a hit)
+        return self._wait_for(flow, flight)
+
+    async def _wait_for(self, flow: http.HTTPFlow, flight: Flight | object) -> None:
+        """The request found another in flight for its key: follow it, or wait and look again."""
         if flight is REMOTE:
             # Another process fetches this key (--workers, or a second proxy on the cache dir): wait for its
             # lock, then look again in the shared store.

@@ -4,6 +4,7 @@ the target, requests addressed to the proxy itself, and responses with bytes pas
 from __future__ import annotations
 
 import logging
+import time
 
 from mitmproxy import ctx, http
 
@@ -23,14 +24,32 @@ class Guard:
     def load(self, loader):  # type: ignore[no-untyped-def]
         _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
 
-    def _own_addresses(self) -> list[tuple[str, int]]:
-        proxyserver = ctx.master.addons.get("proxyserver")
-        return [(a[0], a[1]) for a in proxyserver.listen_addrs()] if proxyserver else []
+    def __init__(self) -> None:
+        self.seen: dict[tuple[str, int, tuple[str, int] | None, tuple[tuple[str, int], ...]], bool] = {}
+        """(host, port, where the client reached us, where we listen) -> whether that target is this proxy."""
+        self.addresses: tuple[tuple[str, int], ...] = ()
+        self.addresses_until = 0.0
+
+    def _own_addresses(self) -> tuple[tuple[str, int], ...]:
+        # listen_addrs() asks the kernel (getsockname) for every listener: look again once a second at most.
+        now = time.monotonic()
+        if now >= self.addresses_until:
+            proxyserver = ctx.master.addons.get("proxyserver")
+            self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
+            self.addresses_until = now + 1.0 if self.addresses else now
+        return self.addresses
 
     def _loops(self, flow: http.HTTPFlow) -> bool:
         reached = flow.client_conn.sockname
         reached_at = (reached[0], reached[1]) if reached else None
-        if not guard.targets_self(flow.request.host, flow.request.port, self._own_addresses(), reached_at):
+        request = flow.request
+        key = (request.host, request.port, reached_at, self._own_addresses())
+        looping = self.seen.get(key)
+        if looping is None:  # comparing addresses parses them: once per target, not once per request
+            if len(self.seen) >= 4096:
+                self.seen.clear()
+            looping = self.seen[key] = guard.targets_self(key[0], key[1], key[3], reached_at)
+        if not looping:
             return False
         message = guard.loop_message(flow.request.host, flow.request.port)
         log.warning("%s %s from %s: %s", flow.request.method, flow.request.pretty_url, _peer(flow), message)
@@ -45,7 +64,8 @@ class Guard:
         if flow.response is not None or flow.is_replay:
             return
         request = flow.request
-        verdict = guard.check_fields(name.decode("latin-1") for name, _ in request.headers.fields)
+        fields = request.headers.fields
+        verdict = guard.check_counts(len(fields), sum(name.lower() == b"host" for name, _ in fields))
         if verdict is not None:
             log.warning("%s %s from %s: %s", request.method, request.url, _peer(flow), verdict.message)
             flow.response = _respond.text(verdict.status, verdict.message, {"Connection": "close"})

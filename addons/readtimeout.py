@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,10 +33,11 @@ def _track_reads() -> None:
         return
     original = handler.server_event
 
-    async def server_event(self: server.ConnectionHandler, event: events.Event) -> None:
+    def server_event(self: server.ConnectionHandler, event: events.Event) -> Coroutine[Any, Any, None]:
+        # A plain function handing back the original coroutine: no extra coroutine frame per event.
         if type(event) is events.DataReceived:
             setattr(event.connection, LAST_READ, time.monotonic())
-        await original(self, event)
+        return original(self, event)
 
     server_event._fwd_patched = True  # type: ignore[attr-defined]
     handler.server_event = server_event  # type: ignore[method-assign]

@@ -67,8 +67,10 @@ class HookTable(addonmanager.AddonManager):
         self._hooks.clear()
 
     async def trigger_event(self, event: hooks.Hook) -> None:
-        args = event.args()
-        for func in self.hooks_for(event.name):
+        await self._call(self.hooks_for(event.name), event.args())
+
+    async def _call(self, funcs: tuple[Callable[..., Any], ...], args: list[Any]) -> None:
+        for func in funcs:
             try:
                 result = func(*args)
                 if result is not None and inspect.isawaitable(result):
@@ -81,10 +83,10 @@ class HookTable(addonmanager.AddonManager):
                 log.error("Addon error: %s", e, exc_info=sys.exc_info())
 
     async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        await self.trigger_event(event)
-        message = event.args()[0]
-        if isinstance(message, flow.Flow) and self.hooks_for("update"):
-            await self.trigger_event(hooks.UpdateHook([message]))
+        args = event.args()  # a dataclasses.fields() walk: once per event, not once per use
+        await self._call(self.hooks_for(event.name), args)
+        if isinstance(args[0], flow.Flow) and (update := self.hooks_for("update")):
+            await self._call(update, [[args[0]]])
 
 
 class SharedPort:

@@ -127,6 +127,11 @@ def check_fields(names: Iterable[str]) -> Verdict | None:
     for name in names:
         count += 1
         hosts += name.lower() == "host"
+    return check_counts(count, hosts)
+
+
+def check_counts(count: int, hosts: int) -> Verdict | None:
+    """A refusal for a request with ``count`` header fields of which ``hosts`` are Host fields, or None."""
     if count > MAX_FIELDS:
         return Verdict(
             Refusal.TOO_MANY_FIELDS,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from fwdproxy.cache.directives import header_date, parse_list, parse_vary
@@ -15,6 +16,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 _SET_LIKE = frozenset({"accept-language", "accept-encoding", "accept-charset"})
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of a string, asked on every request for the same URLs
 def normalize_url(url: str) -> str:
     """scheme://host[:port]/path?query with scheme and host lower-cased and the default port elided.
 

@@ -26,10 +26,16 @@ def respond(f: http.HTTPFlow, body: bytes = b"body", **headers: str) -> None:
 
 
 def request(cache: Cache, f: http.HTTPFlow) -> None:
-    """Run the async request hook to completion on the test master's loop."""
+    """Run the request hook (sync for a hit, a coroutine when it waits) to completion on the test master's loop,
+    as mitmproxy's addon manager does."""
     from mitmproxy import ctx
 
-    ctx.master.event_loop.run_until_complete(cache.request(f))
+    async def hook() -> None:
+        waiting = cache.request(f)
+        if waiting is not None:
+            await waiting
+
+    ctx.master.event_loop.run_until_complete(hook())
 
 
 def cycle(cache: Cache, f: http.HTTPFlow, body: bytes = b"body", **headers: str) -> None:
