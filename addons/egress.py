@@ -7,7 +7,8 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy import flow as mflow
@@ -166,22 +167,26 @@ class Egress:
 
     # -- flows -----------------------------------------------------------------------------------------
 
-    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         # A streamed request body leaves right after this hook, before `request` runs (mitmproxy-notes §3).
-        if flow.request.stream:
-            await self._route(flow)
+        return self._route(flow) if flow.request.stream else None
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        await self._route(flow)
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        return self._route(flow)
 
-    async def _route(self, flow: http.HTTPFlow) -> None:
+    def _route(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """A coroutine choosing the flow's upstream, or None when it leaves directly or is not leaving at all
+        (hooks are sync where they can be: a coroutine per hit costs more than the check)."""
         if flow.response is not None or flow.error is not None or STATE in flow.metadata:
-            return  # answered (a cache hit, a refusal), dead, or already routed: no upstream is touched
+            return None  # answered (a cache hit, a refusal), dead, or already routed: no upstream is touched
         if flow.metadata.get(SIDECAR):
-            return
+            return None
         balancer = self.egress.route(flow.request.host)
         if balancer is None:
-            return
+            return None
+        return self._route_through(flow, balancer)
+
+    async def _route_through(self, flow: http.HTTPFlow, balancer: balance.Balancer) -> None:
         key = primary_key(flow.request.method, flow.request.url)
         choice = await self._choose(balancer, flow.client_conn, key, flow.request.pretty_url)
         if isinstance(choice, balance.NoMember):

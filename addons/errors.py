@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
@@ -58,21 +60,25 @@ class OriginErrors:
             except ValueError as e:
                 raise exceptions.OptionsError(f"fwd_connect_timeout: {e}") from e
 
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """A coroutine probing the origin, or None when no probe is needed (sync for hits and known origins)."""
         if (
             flow.response is not None
             or flow.server_conn.via is not None
             or flow.server_conn.connected
             or flow.metadata.get("fwd_sidecar")
         ):
-            return
+            return None
         address = (flow.request.host, flow.request.port)
         now = time.monotonic()
         # A flow with a stale entry behind it (the cache set fwd_probe) is always probed: if the origin is down,
         # the cache can still answer from that entry (RFC 5861 stale-if-error), which mitmproxy's own
         # connection error would not let it do.
         if self.good_until.get(address, 0.0) > now and not flow.metadata.get("fwd_probe"):
-            return
+            return None
+        return self._probe(flow, address, now)
+
+    async def _probe(self, flow: http.HTTPFlow, address: tuple[str, int], now: float) -> None:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.timeout)
         except (OSError, TimeoutError) as e:

@@ -145,6 +145,26 @@ def row(cache: diskcache.Cache, key: str, length: int | None = None) -> Row | No
     return Row(found[0], found[1])
 
 
+def read(cache: diskcache.Cache, key: str) -> Row | None:
+    """A key's body file and record, as diskcache's get() would return them, without its write.
+
+    With the least-recently-used policy, diskcache's get() updates access_time in a write transaction on
+    every read: on a busy disk tier that is most of a hit's cost. Readers use this and record what they
+    read with touch() in batches instead.
+    """
+    found = cache._sql("SELECT mode, filename, value FROM Cache WHERE key = ? AND raw = 1", (key,)).fetchone()
+    if found is None or found[0] not in (MODE_RAW, MODE_BINARY) or not isinstance(found[2], bytes):
+        return None
+    return Row(found[1], found[2])
+
+
+def touch(cache: diskcache.Cache, used: dict[str, float]) -> None:
+    """Set each key's access_time (LRU position) to when it was last read, in one transaction."""
+    with cache.transact(retry=False):
+        for key, when in used.items():
+            cache._sql("UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1", (when, key))
+
+
 def prefix_rows(cache: diskcache.Cache, primary: str, separator: str) -> list[tuple[str, bytes]]:
     """(key, record) of the key equal to primary and of every key starting with primary + separator."""
     # Keys compare by memcmp of their UTF-8, so [primary, primary + next char after separator) holds

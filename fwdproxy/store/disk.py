@@ -19,7 +19,10 @@ import contextlib
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
+
+import diskcache
 
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import backend, codec
@@ -46,6 +49,12 @@ INLINE_MAX = 2**15
 """Bodies up to this size live in their database row: diskcache's own threshold, since many tiny files
 cost more to open and to evict than a row read."""
 TIMEOUT = 1.0
+TOUCH_EVERY = 1.0
+"""Seconds between writes of the LRU order of what was read (diskcache would write on every read)."""
+TOUCH_BATCH = 1024
+"""...or sooner, once this many keys were read."""
+VERIFIED_MAX = 4096
+"""Body files whose checksum is remembered as confirmed (forgotten all at once when full)."""
 """SQLite busy timeout: a write transaction lasts milliseconds, so a longer wait means trouble; miss."""
 
 
@@ -71,6 +80,12 @@ class DiskStore:
         self.db.live()
         self.generations = Generations(directory)
         """Marks every change per primary key for all processes, so memory hits can skip the disk."""
+        self._used: dict[str, float] = {}
+        """Keys read since the LRU order was last written, and when (see backend.read)."""
+        self._touched_at = time.time()
+        self.db.before_shed = self._touch
+        self._verified: dict[str, tuple[bytes, int, int, int]] = {}
+        """Key -> (stamp, inode, mtime, size) of the body file whose checksum this process last confirmed."""
 
     def check(self) -> bool:
         """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
@@ -78,6 +93,8 @@ class DiskStore:
 
     def close(self) -> None:
         """Close this thread's database connection (the next call reopens it)."""
+        if self._used and (cache := self.db.live()) is not None:
+            self._touch(cache)
         self.db.close()
 
     def verify(self, key: str) -> Verification:
@@ -91,13 +108,34 @@ class DiskStore:
         if (cache := self.db.live()) is None:
             return None
         try:
-            row = cache.get(key, default=None, retry=False)
+            row = backend.read(cache, key)
         except ERRORS as e:
             self.db.fault(e, f"reading {key}")
             return None
-        if not isinstance(row, backend.Row) or row is backend.FOREIGN:
+        if row is None:
             return None
-        return self._entry(key, row)
+        entry = self._entry(key, row)
+        if entry is not None:
+            self._used[key] = now = time.time()
+            if now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH:
+                self._touch(cache)
+        return entry
+
+    def _touch(self, cache: diskcache.Cache) -> None:
+        """Write the LRU positions of what was read since the last time (see backend.read)."""
+        used, self._used = self._used, {}
+        self._touched_at = time.time()
+        if not used:
+            return
+        try:
+            backend.touch(cache, used)
+        except ERRORS as e:
+            with contextlib.suppress(sqlite3.Error):
+                backend.end_transaction(cache)
+            if backend.classify(e) is backend.Fault.BUSY:  # another process is writing: try again later
+                self._used = used | self._used
+                return
+            self.db.fault(e, "recording which entries were read")  # the LRU order is a little less exact
 
     def _entry(self, key: str, row: backend.Row) -> Entry | None:
         decoded = codec.decode(row.record)
@@ -122,7 +160,8 @@ class DiskStore:
             self.db.fault(e, f"opening the body of {key}")
             return None
         try:
-            size = os.fstat(file.fileno()).st_size
+            stat = os.fstat(file.fileno())
+            size = stat.st_size
             if size != meta.body_length:
                 file.close()
                 self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
@@ -135,9 +174,19 @@ class DiskStore:
             file.close()
             self.db.fault(e, f"reading the body of {key}")
             return None
-        if len(body) != meta.body_length or codec.checksum(body) != decoded.checksum:
+        # The checksum is computed at this file's first read in this process, and again whenever the file is
+        # not the very same one (another inode, size or modification time): a body rewritten or damaged
+        # through the file system is caught, and a hot entry is not hashed on every hit.
+        seen = (decoded.stamp, stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if len(body) != meta.body_length or (
+            self._verified.get(key) != seen and codec.checksum(body) != decoded.checksum
+        ):
+            self._verified.pop(key, None)
             self.drop(key, "its body does not match its checksum", decoded.stamp)
             return None
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[key] = seen
         return Entry(meta=meta, body=body, stamp=decoded.stamp)
 
     def stamp(self, key: str) -> bytes | None:
@@ -207,6 +256,8 @@ class DiskStore:
         """Commit a record, adopting the (temp path, store filename, size) body file; used by DiskWriter."""
         if (cache := self.db.live()) is None:
             return Outcome.DISK_ERROR
+        if self._used:
+            self._touch(cache)  # what was read lately is not what eviction (or a full disk) takes first
         value = backend.Adopt(record) if adopt is None else backend.Adopt(record, *adopt)
         try:
             cache.set(key, value, retry=False)

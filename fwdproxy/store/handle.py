@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 
 import diskcache
 
@@ -65,6 +66,8 @@ class Database:
         self._cache: diskcache.Cache | None = None
         self._ident: tuple[int, int] | None = None
         self._retry_at = 0.0
+        self.before_shed: Callable[[diskcache.Cache], None] | None = None
+        """Called before bodies are shed for a full disk: the owner writes the LRU order it holds back."""
 
     def live(self) -> diskcache.Cache | None:
         """The open database, reopened if its file was deleted or replaced; None while unavailable."""
@@ -206,6 +209,8 @@ class Database:
         # them, and evict() settles the accounting once there is room.
         if (cache := self._cache) is None:
             return 0
+        if self.before_shed is not None:
+            self.before_shed(cache)
         try:
             return backend.shed(cache, SHED_FRACTION)
         except ERRORS as e:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mitmproxy import connection, ctx, exceptions, http, tls
@@ -51,8 +52,14 @@ def flow(url: str = "http://example.com/x", client: str = "10.0.0.7", **headers:
     return f
 
 
+def run_hook(result: Coroutine[Any, Any, None] | None) -> None:
+    """Finish a hook as mitmproxy's addon manager does: sync when it returned None, else await its coroutine."""
+    if result is not None:
+        ctx.master.event_loop.run_until_complete(result)
+
+
 def request(egress: Egress, f: http.HTTPFlow) -> http.HTTPFlow:
-    ctx.master.event_loop.run_until_complete(egress.request(f))
+    run_hook(egress.request(f))
     return f
 
 
@@ -299,7 +306,7 @@ def test_streamed_request_is_routed_in_requestheaders(tctx_egress, listeners: li
     tctx.configure(egress, fwd_upstreams=[f"http://127.0.0.1:{listeners[0]}"])
     f = flow()
     f.request.stream = True
-    ctx.master.event_loop.run_until_complete(egress.requestheaders(f))
+    run_hook(egress.requestheaders(f))
     assert f.server_conn.via == ("http", ("127.0.0.1", listeners[0]))
     request(egress, f)  # the request hook does not choose twice
     assert egress.stats()[0].requests == 1

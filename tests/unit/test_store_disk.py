@@ -223,6 +223,57 @@ def test_eviction_is_least_recently_used_not_least_recently_stored(tmp_path: Pat
     assert store.get("k1") is None
 
 
+def test_reads_write_no_lru_position_each_time_but_eviction_still_honours_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # diskcache's get() writes access_time in a transaction on every read; ours reads only, and writes
+    # the positions of what was read in one batch (every TOUCH_EVERY s, or before a write).
+    store = DiskStore(tmp_path, size_limit=2 * 2**20)
+    for i in range(4):
+        stream(store, f"k{i}", body(256 * KIB, seed=i))
+    before = dict(database(store)._sql("SELECT key, access_time FROM Cache").fetchall())
+    for _ in range(20):
+        assert store.get("k0") is not None
+    assert dict(database(store)._sql("SELECT key, access_time FROM Cache").fetchall()) == before
+    writes: list[dict[str, float]] = []
+    real = backend.touch
+    monkeypatch.setattr(
+        backend, "touch", lambda cache, used: (writes.append(dict(used)), real(cache, used))[1]
+    )
+    for i in range(4, 9):
+        stream(store, f"k{i}", body(256 * KIB, seed=i))
+    assert [list(w) for w in writes] == [["k0"]]  # the twenty reads, written once, before the first store
+    assert store.get("k0") is not None and store.get("k1") is None
+
+
+def test_lru_positions_are_written_every_touch_every(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = DiskStore(tmp_path)
+    store.put("k", meta(1), b"k")
+    (stored,) = database(store)._sql("SELECT access_time FROM Cache WHERE key = 'k'").fetchone()
+    monkeypatch.setattr("fwdproxy.store.disk.TOUCH_EVERY", 0.0)
+    assert store.get("k") is not None
+    (read,) = database(store)._sql("SELECT access_time FROM Cache WHERE key = 'k'").fetchone()
+    assert read > stored
+
+
+def test_a_body_file_is_hashed_once_until_it_changes(
+    store: DiskStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream(store, "k", body(100 * KIB))
+    hashed = []
+    real = codec.checksum
+    monkeypatch.setattr(codec, "checksum", lambda data: (hashed.append(len(data)), real(data))[1])
+    for _ in range(5):
+        entry = store.get("k")
+        assert entry is not None and entry.body == body(100 * KIB)
+    assert hashed == [100 * KIB]  # verified at its first read in this process
+    (stored,) = files(tmp_path / "store", ".val")
+    flip_byte(stored, 5000)  # damaged in place: same inode and size, a new mtime
+    os.utime(stored, ns=(stored.stat().st_atime_ns, stored.stat().st_mtime_ns + 1))  # coarse clocks
+    assert store.get("k") is None and not stored.exists()
+    assert len(hashed) == 2
+
+
 def test_one_big_body_evicts_as_many_entries_as_it_needs(tmp_path: Path) -> None:
     store = DiskStore(tmp_path, size_limit=2 * 2**20)
     for i in range(30):
