@@ -53,6 +53,10 @@ TOUCH_EVERY = 1.0
 """Seconds between writes of the LRU order of what was read (diskcache would write on every read)."""
 TOUCH_BATCH = 1024
 """...or sooner, once this many keys were read."""
+DECODED_MAX = 4096
+"""Decoded records remembered (oldest forgotten first)..."""
+DECODED_RECORD_MAX = 16 * 1024
+"""...each at most this long: a few tens of MiB at worst, usually a few MiB."""
 VERIFIED_MAX = 4096
 """Body files whose checksum is remembered as confirmed (forgotten all at once when full)."""
 """SQLite busy timeout: a write transaction lasts milliseconds, so a longer wait means trouble; miss."""
@@ -84,6 +88,8 @@ class DiskStore:
         """Keys read since the LRU order was last written, and when (see backend.read)."""
         self._touched_at = time.time()
         self.db.before_shed = self._touch
+        self._decoded: dict[bytes, codec.Decoded] = {}
+        """Record -> its decoding, for records of bodies kept in files (see _decode)."""
         self._verified: dict[str, tuple[bytes, int, int, int]] = {}
         """Key -> (stamp, inode, mtime, size) of the body file whose checksum this process last confirmed."""
 
@@ -121,6 +127,19 @@ class DiskStore:
                 self._touch(cache)
         return entry
 
+    def _decode(self, record: bytes) -> codec.Decoded | codec.Undecodable:
+        """codec.decode, remembered for records without an inline body: the same record decodes to the very
+        same objects, so the cache policy's per-object memos (freshness, Cache-Control) hold for disk hits."""
+        found = self._decoded.get(record)
+        if found is not None:
+            return found
+        decoded = codec.decode(record)
+        if isinstance(decoded, codec.Decoded) and not decoded.inline and len(record) <= DECODED_RECORD_MAX:
+            if len(self._decoded) >= DECODED_MAX:
+                self._decoded.pop(next(iter(self._decoded)))
+            self._decoded[record] = decoded
+        return decoded
+
     def _touch(self, cache: diskcache.Cache) -> None:
         """Write the LRU positions of what was read since the last time (see backend.read)."""
         used, self._used = self._used, {}
@@ -138,7 +157,7 @@ class DiskStore:
             self.db.fault(e, "recording which entries were read")  # the LRU order is a little less exact
 
     def _entry(self, key: str, row: backend.Row) -> Entry | None:
-        decoded = codec.decode(row.record)
+        decoded = self._decode(row.record)
         if decoded is codec.Undecodable.OTHER_VERSION:
             return None
         if decoded is codec.Undecodable.CORRUPT:
@@ -152,7 +171,7 @@ class DiskStore:
             return Entry(meta=meta, body=decoded.inline, stamp=decoded.stamp)
         path = os.path.join(self.db.store_dir, row.filename)
         try:
-            file = open(path, "rb")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # a raw descriptor: no buffered file for a read
         except FileNotFoundError:
             self.drop(key, "its body file is gone", decoded.stamp)
             return None
@@ -160,19 +179,18 @@ class DiskStore:
             self.db.fault(e, f"opening the body of {key}")
             return None
         try:
-            stat = os.fstat(file.fileno())
+            stat = os.fstat(fd)
             size = stat.st_size
-            if size != meta.body_length:
-                file.close()
-                self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
-                return None
-            if size > self.read_whole_max:
-                return Entry(meta=meta, body=BodyFile(path, size, file), stamp=decoded.stamp)
-            with file:
-                body = file.read()
+            if size == meta.body_length and size > self.read_whole_max:  # streamed by the caller
+                return Entry(meta=meta, body=BodyFile(path, size, open(fd, "rb")), stamp=decoded.stamp)
+            body = _read_whole(fd, size) if size == meta.body_length else b""
         except OSError as e:
-            file.close()
+            os.close(fd)
             self.db.fault(e, f"reading the body of {key}")
+            return None
+        os.close(fd)
+        if size != meta.body_length:
+            self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
             return None
         # The checksum is computed at this file's first read in this process, and again whenever the file is
         # not the very same one (another inode, size or modification time): a body rewritten or damaged
@@ -209,7 +227,7 @@ class DiskStore:
         except ERRORS as e:
             self.db.fault(e, f"listing the variants of {primary}")
             return []
-        decoded = ((k, codec.decode(record)) for k, record in rows)
+        decoded = ((k, self._decode(record)) for k, record in rows)
         return [(k, d.meta) for k, d in decoded if isinstance(d, codec.Decoded)]
 
     def iterate(self) -> Iterator[tuple[str, StoredResponse]]:
@@ -331,3 +349,16 @@ class DiskStore:
             return
         self.generations.mark_key(key)
         log.warning("dropped cached %s: %s", key, why)
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of ``fd`` (fewer only if the file is shorter)."""
+    body = os.read(fd, size)
+    if len(body) == size or not body:
+        return body
+    parts = [body]
+    got = len(body)
+    while got < size and (more := os.read(fd, size - got)):
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)

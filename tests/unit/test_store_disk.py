@@ -274,6 +274,17 @@ def test_a_body_file_is_hashed_once_until_it_changes(
     assert len(hashed) == 2
 
 
+def test_an_unchanged_record_decodes_to_the_same_objects(store: DiskStore) -> None:
+    # The cache policy remembers facts per stored-response object; disk hits keep them by getting the same one.
+    stream(store, "k", body(100 * KIB))
+    first, second = store.get("k"), store.get("k")
+    assert first is not None and second is not None and first.meta is second.meta
+    assert store.variants("k")[0][1] is first.meta
+    store.update("k", meta(100 * KIB, etag='"2"'))
+    third = store.get("k")
+    assert third is not None and third.meta is not first.meta and third.meta.headers.get("etag") == '"2"'
+
+
 def test_one_big_body_evicts_as_many_entries_as_it_needs(tmp_path: Path) -> None:
     store = DiskStore(tmp_path, size_limit=2 * 2**20)
     for i in range(30):
