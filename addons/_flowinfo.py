@@ -23,20 +23,26 @@ ASKED = "fwd_asked"
 """flow.metadata: (URL, host) as the client asked, before the cache may re-point a big hit at its sidecar."""
 
 
-def note_request(flow: http.HTTPFlow) -> None:
-    """Call in ``requestheaders`` (which runs before every ``request`` hook): remember what was asked."""
-    flow.metadata.setdefault(ASKED, (flow.request.pretty_url, flow.request.pretty_host.lower()))
+def note_request(flow: http.HTTPFlow) -> tuple[str, str]:
+    """Call in ``requestheaders`` (which runs before every ``request`` hook): remember what was asked; the
+    (URL, lower-case host). The URL's authority, not the Host field: a forward proxy goes where the target
+    says (RFC 9112 §3.2.2), and mitmproxy's pretty_* would re-parse Host on every call."""
+    asked = flow.metadata.get(ASKED)
+    if asked is None:
+        request = flow.request
+        asked = flow.metadata[ASKED] = (request.url, request.host.lower())
+    return asked
 
 
 def asked_url(flow: http.HTTPFlow) -> str:
     """The URL the client asked for (not the sidecar's, for a big hit)."""
     asked = flow.metadata.get(ASKED)
-    return str(asked[0]) if asked else flow.request.pretty_url
+    return str(asked[0]) if asked else flow.request.url
 
 
 def asked_host(flow: http.HTTPFlow) -> str:
     asked = flow.metadata.get(ASKED)
-    return str(asked[1]) if asked else flow.request.pretty_host.lower()
+    return str(asked[1]) if asked else flow.request.host.lower()
 
 
 def note_local(flow: http.HTTPFlow) -> None:

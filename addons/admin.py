@@ -94,12 +94,12 @@ class Admin:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         # requestheaders runs in every addon before any request hook, so an answer here precedes the cache.
-        _flowinfo.note_request(flow)
+        _, host = _flowinfo.note_request(flow)
         if flow.response is not None or flow.is_replay:
             return
         if flow.request.method.upper() == "PURGE":
             self._purge(flow)
-        elif flow.request.pretty_host.lower() == ADMIN_HOST:
+        elif host == ADMIN_HOST:
             status, content_type, body = self.page(flow.request.method, flow.request.path)
             self._answer(flow, status, content_type, body)
             if flow.request.method.upper() == "HEAD" and flow.response is not None:

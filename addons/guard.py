@@ -14,6 +14,8 @@ from fwdproxy import guard
 
 log = logging.getLogger("fwdproxy.guard")
 
+_UNSEEN = object()
+
 EXCESS = "fwd_excess"
 """Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
 
@@ -27,6 +29,8 @@ class Guard:
     def __init__(self) -> None:
         self.seen: dict[tuple[str, int, tuple[str, int] | None, tuple[tuple[str, int], ...]], bool] = {}
         """(host, port, where the client reached us, where we listen) -> whether that target is this proxy."""
+        self.host_fixes: dict[tuple[bytes, str, str, int], str | None] = {}
+        """(Host field, scheme, host, port) -> the Host to send instead, or None when the field agrees."""
         self.addresses: tuple[tuple[str, int], ...] = ()
         self.addresses_until = 0.0
 
@@ -65,7 +69,8 @@ class Guard:
             return
         request = flow.request
         fields = request.headers.fields
-        verdict = guard.check_counts(len(fields), sum(name.lower() == b"host" for name, _ in fields))
+        hosts = [value for name, value in fields if name.lower() == b"host"]
+        verdict = guard.check_counts(len(fields), len(hosts))
         if verdict is not None:
             log.warning("%s %s from %s: %s", request.method, request.url, _peer(flow), verdict.message)
             flow.response = _respond.text(verdict.status, verdict.message, {"Connection": "close"})
@@ -74,14 +79,26 @@ class Guard:
             return
         # RFC 9112 §3.2.2: a proxy given an absolute URL ignores the Host field and sends the URL's authority.
         # Forwarding the client's Host would let it store one site's page under another site's URL.
-        host_field = request.headers.get("host")
-        if host_field is not None and not guard.host_agrees(
-            host_field, request.scheme, request.host, request.port
-        ):
-            request.headers["Host"] = guard.authority(request.scheme, request.host, request.port)
-            log.info(
-                "%s %s: Host %r replaced by the URL's authority", request.method, request.url, host_field
+        if not hosts:
+            return
+        target = (hosts[0], request.scheme, request.host, request.port)
+        fix = self.host_fixes.get(target, _UNSEEN)
+        if (
+            fix is _UNSEEN
+        ):  # parsing and comparing the two authorities: once per (Host, target), not per request
+            if len(self.host_fixes) >= 4096:
+                self.host_fixes.clear()
+            field = hosts[0].decode("utf-8", "surrogateescape")
+            agrees = guard.host_agrees(field, target[1], target[2], target[3])
+            fix = self.host_fixes[target] = (
+                None if agrees else guard.authority(target[1], target[2], target[3])
             )
+        if fix is not None:
+            request.headers["Host"] = fix
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "%s %s: Host %r replaced by the URL's authority", request.method, request.url, hosts[0]
+                )
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response in _http1.EXCESS:
