@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Field = tuple[str, str]
 
@@ -13,16 +13,26 @@ class Headers:
     """An ordered, case-insensitive, multi-valued header list; immutable."""
 
     fields: tuple[Field, ...] = ()
+    _index: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
+    """Lower-case name -> values, built at the first lookup: a policy decision asks a dozen names."""
 
     @classmethod
     def of(cls, fields: Iterable[Field] | dict[str, str] = ()) -> Headers:
         items = fields.items() if isinstance(fields, dict) else fields
         return cls(tuple((str(k), str(v)) for k, v in items))
 
+    def _by_name(self) -> dict[str, list[str]]:
+        index = self._index
+        if index is None:
+            index = {}
+            for k, v in self.fields:
+                index.setdefault(k.lower(), []).append(v)
+            object.__setattr__(self, "_index", index)  # a cache of immutable data: still immutable outside
+        return index
+
     def get_all(self, name: str) -> list[str]:
         """Every field line with this name, in order."""
-        lname = name.lower()
-        return [v for k, v in self.fields if k.lower() == lname]
+        return list(self._by_name().get(name.lower(), ()))
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """All values of the field joined with ", " (RFC 9110 §5.3), or default when absent."""
@@ -32,8 +42,7 @@ class Headers:
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        lname = name.lower()
-        return any(k.lower() == lname for k, _ in self.fields)
+        return name.lower() in self._by_name()
 
     def __iter__(self) -> Iterator[Field]:
         return iter(self.fields)
@@ -49,6 +58,8 @@ class Headers:
     def with_(self, name: str, value: str) -> Headers:
         """A copy where the named field is replaced by one line with this value (kept in place if present)."""
         lname = name.lower()
+        if lname not in self._by_name():
+            return Headers((*self.fields, (name, value)))
         out: list[Field] = []
         done = False
         for k, v in self.fields:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -69,6 +70,9 @@ def cache_status_params(value: str | None, cache_name: str = CACHE_NAME) -> dict
     return found
 
 
+@functools.lru_cache(
+    maxsize=1024
+)  # a pure function of a header value that repeats (ttl= changes by the second)
 def classify(cache_status: str | None, cache_name: str = CACHE_NAME) -> Outcome:
     """The outcome a Cache-Status value describes (see Outcome); NONE when the cache did not answer."""
     params = cache_status_params(cache_status, cache_name)

@@ -24,7 +24,10 @@ class CacheControl:
     """(name, value) pairs; value None when the directive had no "=", raw text when it was malformed."""
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and any(n == name.lower() for n, _ in self.directives)
+        if not isinstance(name, str) or not self.directives:
+            return False
+        lname = name.lower()
+        return any(n == lname for n, _ in self.directives)
 
     def values(self, name: str) -> list[str | None]:
         """The value of every occurrence of the directive."""
