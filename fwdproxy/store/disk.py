@@ -111,14 +111,23 @@ class DiskStore:
 
     def get(self, key: str) -> Entry | None:
         """The entry, marked as recently used; None on a miss, a damaged entry, or a fault."""
+        row = self.row(key)
+        return None if row is None else self.entry(key, row)
+
+    def row(self, key: str) -> backend.Row | None:
+        """A key's database row (record and body file name); None on a miss or a fault."""
         if (cache := self.db.live()) is None:
             return None
         try:
-            row = backend.read(cache, key)
+            return backend.read(cache, key)
         except ERRORS as e:
             self.db.fault(e, f"reading {key}")
             return None
-        if row is None:
+
+    def entry(self, key: str, row: backend.Row) -> Entry | None:
+        """The entry a row (from row(), maybe remembered) stands for, its body checked and the key marked as
+        recently used; None when the body is damaged or gone (then the row is dropped) or on a fault."""
+        if (cache := self.db.live()) is None:
             return None
         entry = self._entry(key, row)
         if entry is not None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from fwdproxy.http_model import StoredResponse
+from fwdproxy.store.backend import Row
 from fwdproxy.store.disk import DISK_SIZE, DiskStore
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
@@ -34,6 +35,8 @@ FOLLOW_INTERVAL = 1.0
 """Seconds between checks (one stat) that the database file is still the one we opened, on memory hits."""
 KNOWN_MAX = 8192
 """Primary keys whose listing and checked copies are remembered (oldest forgotten first): a few MiB."""
+ROW_MAX = 16 * 1024
+"""Database rows longer than this are not remembered (a record holds the headers; bodies in files only)."""
 
 
 @dataclass(slots=True)
@@ -44,6 +47,8 @@ class _Known:
     listing: list[tuple[str, StoredResponse]] | None = None
     checked: dict[str, Cached] = field(default_factory=dict)
     """Memory copies whose stamp matched the disk row under these marks."""
+    rows: dict[str, Row] = field(default_factory=dict)
+    """Database rows read under these marks: a disk hit then reads the body file alone, no SQLite."""
 
 
 class TieredWriter:
@@ -172,7 +177,14 @@ class TieredStore:
                 self._known_for(primary, marks).checked[key] = cached
                 return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)
             self.memory.delete(key)
-        entry = self.disk.get(key)
+        known = self._known.get(primary)
+        row = known.rows.get(key) if known is not None and known.marks == marks else None
+        fresh = row is None
+        if fresh:
+            row = self.disk.row(key)
+        entry = None if row is None else self.disk.entry(key, row)
+        if entry is not None and fresh and row is not None and row.filename and len(row.record) <= ROW_MAX:
+            self._known_for(primary, marks).rows[key] = row
         if entry is not None and isinstance(entry.body, bytes) and self.memory.fits(len(entry.body)):
             self.memory.put(key, entry.meta, entry.body, entry.stamp)
         return entry

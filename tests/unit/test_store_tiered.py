@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
-from fwdproxy.store import BodyFile, Outcome, Store, TieredStore, Verification, variant_key
+from fwdproxy.store import BodyFile, Outcome, Store, TieredStore, Verification, backend, variant_key
 
 KIB = 1024
 
@@ -108,6 +108,27 @@ def test_another_process_overwrite_or_delete_is_never_answered_from_memory(tmp_p
     assert seen is not None and seen.meta.headers.get("ETag") == '"3"'
     a.delete("k")
     assert b.get("k") is None and b.memory.get("k") is None
+
+
+def test_a_disk_hit_reads_its_row_once_until_another_process_changes_the_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0)  # every hit from disk
+    other = TieredStore.open(tmp_path, memory_size=0)  # another process on the same directory
+    assert store.put("k", meta(100 * KIB), b"a" * 100 * KIB) is Outcome.STORED
+    reads: list[str] = []
+    real = backend.read
+    monkeypatch.setattr(backend, "read", lambda cache, key: (reads.append(key), real(cache, key))[1])
+    for _ in range(5):
+        entry = store.get("k")
+        assert entry is not None and entry.body == b"a" * 100 * KIB
+    assert reads == ["k"]  # the body file is read each time, the database row once
+    assert other.put("k", meta(100 * KIB, etag='"2"'), b"b" * 100 * KIB) is Outcome.STORED
+    entry = store.get("k")
+    assert entry is not None and entry.body == b"b" * 100 * KIB and entry.meta.headers.get("etag") == '"2"'
+    assert reads == ["k", "k"]
+    assert other.delete("k")
+    assert store.get("k") is None
 
 
 def test_without_coherence_memory_answers_alone(tmp_path: Path) -> None:
