@@ -51,14 +51,7 @@ def connections_per_worker(proxy: Proxy) -> dict[int, int]:
 def get(sock: socket.socket, url: str) -> tuple[int, dict[str, str], bytes]:
     """One absolute-form GET on a keep-alive connection; status, headers, body."""
     sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    reader = sock.makefile("rb")
-    status = int(reader.readline().split()[1])
-    headers = {}
-    while (line := reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = reader.read(int(headers["content-length"]))
-    return status, headers, body
+    return read_response(sock)
 
 
 def test_two_workers_share_the_port_the_load_and_the_cache(start_proxy, origin: Origin) -> None:
@@ -178,19 +171,20 @@ def test_a_crowd_across_workers_makes_one_origin_request(start_proxy, origin: Or
         time.sleep(0.3)
         counts = connections_per_worker(proxy)
         assert all(n > 0 for n in counts.values()), counts  # the crowd reached both workers
-        bodies = [get_response(s) for s in socks]
+        bodies = [read_response(s) for s in socks]
     finally:
         for s in socks:
             s.close()
-    assert all(status == 200 and len(body) == 32 * 65536 for status, body in bodies)
+    assert all(status == 200 and len(body) == 32 * 65536 for status, _, body in bodies)
     assert origin.hits["/crowd"] == 1
 
 
-def get_response(sock: socket.socket) -> tuple[int, bytes]:
+def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """The next response on a keep-alive connection: status, headers, body (Content-Length framed)."""
     reader = sock.makefile("rb")
     status = int(reader.readline().split()[1])
     headers = {}
     while (line := reader.readline()) not in (b"\r\n", b""):
         name, _, value = line.decode().partition(":")
         headers[name.strip().lower()] = value.strip()
-    return status, reader.read(int(headers["content-length"]))
+    return status, headers, reader.read(int(headers["content-length"]))
