@@ -23,8 +23,6 @@ class Access:
         self.ports: frozenset[int] = frozenset({443})
         self.authenticated: set[str] = set()
         """Client connections that passed authentication in their CONNECT (requests inside need none)."""
-        self.verdicts: dict[str, bool] = {}
-        """Client address -> allowed by --allow (reset when it changes)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -42,7 +40,6 @@ class Access:
         try:
             if "fwd_allow" in updated:
                 self.networks = access.parse_networks(ctx.options.fwd_allow)
-                self.verdicts.clear()
             if "fwd_auth" in updated:
                 self.credentials = (
                     access.Credentials.parse(ctx.options.fwd_auth) if ctx.options.fwd_auth else None
@@ -60,12 +57,7 @@ class Access:
     def _refuse(self, flow: http.HTTPFlow) -> bool:
         """Set a 403/407 on flows that may not pass; True when refused."""
         client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-        allowed = self.verdicts.get(client_ip)
-        if allowed is None:  # parsing the address costs more than the rest of this hook: once per address
-            if len(self.verdicts) >= 4096:
-                self.verdicts.clear()
-            allowed = self.verdicts[client_ip] = access.client_allowed(client_ip, self.networks)
-        if not allowed:
+        if not access.client_allowed(client_ip, self.networks):
             log.warning("refused client %s: not in --allow", client_ip)
             flow.response = _respond.text(403, f"{client_ip} is not allowed to use this proxy (see --allow)")
             return True

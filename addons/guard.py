@@ -14,8 +14,6 @@ from fwdproxy import guard
 
 log = logging.getLogger("fwdproxy.guard")
 
-_UNSEEN = object()
-
 EXCESS = "fwd_excess"
 """Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
 
@@ -27,10 +25,6 @@ class Guard:
         _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
 
     def __init__(self) -> None:
-        self.seen: dict[tuple[str, int, tuple[str, int] | None, tuple[tuple[str, int], ...]], bool] = {}
-        """(host, port, where the client reached us, where we listen) -> whether that target is this proxy."""
-        self.host_fixes: dict[tuple[bytes, str, str, int], str | None] = {}
-        """(Host field, scheme, host, port) -> the Host to send instead, or None when the field agrees."""
         self.addresses: tuple[tuple[str, int], ...] = ()
         self.addresses_until = 0.0
 
@@ -46,14 +40,7 @@ class Guard:
     def _loops(self, flow: http.HTTPFlow) -> bool:
         reached = flow.client_conn.sockname
         reached_at = (reached[0], reached[1]) if reached else None
-        request = flow.request
-        key = (request.host, request.port, reached_at, self._own_addresses())
-        looping = self.seen.get(key)
-        if looping is None:  # comparing addresses parses them: once per target, not once per request
-            if len(self.seen) >= 4096:
-                self.seen.clear()
-            looping = self.seen[key] = guard.targets_self(key[0], key[1], key[3], reached_at)
-        if not looping:
+        if not guard.targets_self(flow.request.host, flow.request.port, self._own_addresses(), reached_at):
             return False
         message = guard.loop_message(flow.request.host, flow.request.port)
         log.warning("%s %s from %s: %s", flow.request.method, flow.request.pretty_url, _peer(flow), message)
@@ -81,20 +68,9 @@ class Guard:
         # Forwarding the client's Host would let it store one site's page under another site's URL.
         if not hosts:
             return
-        target = (hosts[0], request.scheme, request.host, request.port)
-        fix = self.host_fixes.get(target, _UNSEEN)
-        if (
-            fix is _UNSEEN
-        ):  # parsing and comparing the two authorities: once per (Host, target), not per request
-            if len(self.host_fixes) >= 4096:
-                self.host_fixes.clear()
-            field = hosts[0].decode("utf-8", "surrogateescape")
-            agrees = guard.host_agrees(field, target[1], target[2], target[3])
-            fix = self.host_fixes[target] = (
-                None if agrees else guard.authority(target[1], target[2], target[3])
-            )
-        if fix is not None:
-            request.headers["Host"] = fix
+        scheme, host, port = request.scheme, request.host, request.port
+        if not guard.host_agrees(hosts[0].decode("utf-8", "surrogateescape"), scheme, host, port):
+            request.headers["Host"] = guard.authority(scheme, host, port)
             if log.isEnabledFor(logging.INFO):
                 log.info(
                     "%s %s: Host %r replaced by the URL's authority", request.method, request.url, hosts[0]

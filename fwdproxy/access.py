@@ -6,6 +6,7 @@ import base64
 import binascii
 import enum
 import fnmatch
+import functools
 import hmac
 import ipaddress
 from collections.abc import Iterable, Sequence
@@ -30,8 +31,9 @@ def parse_networks(specs: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=4096)  # asked per request with the same few addresses; parsing is the cost
 def client_allowed(address: str, networks: Sequence[IPNetwork]) -> bool:
-    """True when the client address lies in one of the allowed networks."""
+    """True when the client address lies in one of the allowed networks (``networks`` hashable, e.g. a tuple)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

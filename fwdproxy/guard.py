@@ -4,6 +4,7 @@ and a target that is not the proxy itself."""
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,6 +77,7 @@ def authority(scheme: str, host: str, port: int) -> str:
     return shown if port == default else f"{shown}:{port}"
 
 
+@functools.lru_cache(maxsize=4096)  # the same few (Host, target) pairs on every request
 def host_agrees(host_field: str, scheme: str, host: str, port: int) -> bool:
     """Whether a Host field names the same host and port as the request target (RFC 9110 §7.2)."""
     value = host_field.strip()
@@ -95,8 +97,9 @@ def host_agrees(host_field: str, scheme: str, host: str, port: int) -> bool:
     return _bare(name) == _bare(host) and field_port == port
 
 
+@functools.lru_cache(maxsize=4096)  # the same few targets on every request; parsing addresses is the cost
 def targets_self(
-    host: str, port: int, listening: Iterable[tuple[str, int]], reached_at: tuple[str, int] | None = None
+    host: str, port: int, listening: tuple[tuple[str, int], ...], reached_at: tuple[str, int] | None = None
 ) -> bool:
     """Whether ``host:port`` is this proxy: an address it listens on, the address the client reached it at,
     or a loopback address (or ``localhost``) for a port it listens on for all interfaces."""

@@ -49,8 +49,8 @@ def test_host_agrees(field: str, scheme: str, host: str, port: int, expected: bo
     assert host_agrees(field, scheme, host, port) is expected
 
 
-LOOPBACK_8080 = [("127.0.0.1", 8080)]
-EVERYWHERE_8080 = [("0.0.0.0", 8080), ("::", 8080)]
+LOOPBACK_8080 = (("127.0.0.1", 8080),)
+EVERYWHERE_8080 = (("0.0.0.0", 8080), ("::", 8080))
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ EVERYWHERE_8080 = [("0.0.0.0", 8080), ("::", 8080)]
 def test_targets_self(
     host: str,
     port: int,
-    listening: list[tuple[str, int]],
+    listening: tuple[tuple[str, int], ...],
     reached_at: tuple[str, int] | None,
     expected: bool,
 ) -> None:
