@@ -63,7 +63,9 @@ class CacheCore:
         content = ans.content if ans.file is None else read_body(ans.file)  # no sidecar (tests): read it
         if ans.parts is not None:
             content = b"".join(p if isinstance(p, bytes) else content[p.start : p.end + 1] for p in ans.parts)
-        flow.response = make_response(ans.status, ans.reason, ans.headers, content, status, now)
+        flow.response = make_response(
+            ans.status, ans.reason, ans.headers, content, status, now, stable=ans.stable and ans.parts is None
+        )
 
     def _repoint(self, flow: http.HTTPFlow, token: str) -> None:
         """Send the flow to the sidecar, which streams the body like an origin would (mitmproxy-notes §4)."""

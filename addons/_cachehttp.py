@@ -9,11 +9,13 @@ from mitmproxy import http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import cache, ranges, store
 from fwdproxy.cache import CacheStatus
+from fwdproxy.cache.memo import PerObject
 from fwdproxy.http_model import Headers, Request, Response, StoredResponse
 
 
-def to_request(req: http.Request) -> Request:
-    return Request(req.method.upper(), req.url, Headers(tuple(req.headers.items(multi=True))))
+def to_request(req: http.Request, url: str | None = None) -> Request:
+    """Our record of a request; ``url`` when the caller already has ``req.url`` (mitmproxy builds it per call)."""
+    return Request(req.method.upper(), url or req.url, Headers(tuple(req.headers.items(multi=True))))
 
 
 def to_response(resp: http.Response) -> Response:
@@ -52,12 +54,23 @@ def make_response(
     body: bytes,
     cache_status: CacheStatus,
     now: float | None = None,
+    *,
+    stable: bool = False,
 ) -> http.Response:
-    """A response from stored parts, built without re-encoding the body (mitmproxy-notes §1)."""
-    fields = [(k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers]
+    """A response from stored parts, built without re-encoding the body (mitmproxy-notes §1).
+
+    ``stable`` headers (see Answer) are encoded once and the encoding reused."""
+    fields = list(_encoded(headers) if stable else _encode(headers))
     fields.append((b"Cache-Status", cache.render(cache_status).encode()))
     now = time.time() if now is None else now
     return http.Response(b"HTTP/1.1", status, reason.encode(), http.Headers(fields), body, None, now, now)
+
+
+def _encode(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers)
+
+
+_encoded = PerObject(_encode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +86,8 @@ class Answer:
     """A big stored body still on disk: send ``parts`` of it through the sidecar."""
     parts: tuple[ranges.ByteRange | bytes, ...] | None = None
     """Parts of ``file`` (None: all of it)."""
+    stable: bool = False
+    """``headers`` is an object later hits of the same entry share (within a second of Age): encode it once."""
 
 
 def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile, now: float) -> Answer:
@@ -96,7 +111,7 @@ def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile,
         )
     if request.method == "HEAD":
         close(body)
-        return Answer(meta.status, meta.reason, headers.with_("Content-Length", str(length)))
+        return Answer(meta.status, meta.reason, cache.full_headers(meta, now=now), stable=True)
     match decision:
         case ranges.Partial():
             layout = ranges.partial_body(
@@ -116,7 +131,7 @@ def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile,
                 Headers(fields.fields + ranges.unsatisfiable_headers(length).fields),
             )
         case ranges.Full():
-            out = headers.with_("Content-Length", str(length))
+            out = cache.full_headers(meta, now=now)
             if isinstance(body, bytes):
-                return Answer(meta.status, meta.reason, out, body)
-            return Answer(meta.status, meta.reason, out, file=body)
+                return Answer(meta.status, meta.reason, out, body, stable=True)
+            return Answer(meta.status, meta.reason, out, file=body, stable=True)

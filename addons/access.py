@@ -23,6 +23,8 @@ class Access:
         self.ports: frozenset[int] = frozenset({443})
         self.authenticated: set[str] = set()
         """Client connections that passed authentication in their CONNECT (requests inside need none)."""
+        self.allowed: dict[str, bool] = {}
+        """Client connection id → its address is in --allow (asked once per connection, not per request)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -40,6 +42,7 @@ class Access:
         try:
             if "fwd_allow" in updated:
                 self.networks = access.parse_networks(ctx.options.fwd_allow)
+                self.allowed.clear()
             if "fwd_auth" in updated:
                 self.credentials = (
                     access.Credentials.parse(ctx.options.fwd_auth) if ctx.options.fwd_auth else None
@@ -56,8 +59,13 @@ class Access:
 
     def _refuse(self, flow: http.HTTPFlow) -> bool:
         """Set a 403/407 on flows that may not pass; True when refused."""
-        client_ip = flow.client_conn.peername[0] if flow.client_conn.peername else ""
-        if not access.client_allowed(client_ip, self.networks):
+        conn = flow.client_conn
+        allowed = self.allowed.get(conn.id)
+        if allowed is None:
+            client_ip = conn.peername[0] if conn.peername else ""
+            allowed = self.allowed[conn.id] = access.client_allowed(client_ip, self.networks)
+        if not allowed:
+            client_ip = conn.peername[0] if conn.peername else ""
             log.warning("refused client %s: not in --allow", client_ip)
             flow.response = _respond.text(403, f"{client_ip} is not allowed to use this proxy (see --allow)")
             return True
@@ -88,10 +96,13 @@ class Access:
         if flow.is_replay:
             return  # made inside the proxy (the cache's background revalidation), not by a client
         if flow.response is None and not self._refuse(flow):
-            flow.request.headers.pop("Proxy-Authorization", None)
+            headers = flow.request.headers
+            if any(name.lower() == b"proxy-authorization" for name, _ in headers.fields):  # rare: look first
+                headers.pop("Proxy-Authorization", None)
 
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
         self.authenticated.discard(client.id)
+        self.allowed.pop(client.id, None)
 
 
 addons = [Access()]

@@ -12,7 +12,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
+from addons import _flowinfo, _respond
 from addons._cachecore import CacheCore
 from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
 from addons._cachehttp import to_request
@@ -150,7 +150,7 @@ class Cache(CacheCore):
         """§4: answer from the store, or prepare the flow for the origin. Returns a flight to follow instead."""
         assert self.store is not None
         now = time.time()
-        req = to_request(flow.request)
+        req = to_request(flow.request, _flowinfo.note_request(flow)[0])  # the URL worked out once per flow
         if req.method not in ("GET", "HEAD"):
             state = CacheFlow(req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now)
             flow.metadata[STATE] = state

@@ -6,6 +6,7 @@ import math
 
 from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date, parse_list
 from fwdproxy.cache.freshness import current_age
+from fwdproxy.cache.memo import PerObjectLatest
 from fwdproxy.http_model import Headers, StoredResponse
 
 HOP_BY_HOP = frozenset(
@@ -46,5 +47,26 @@ def age_value(age: float) -> str:
 
 
 def served_headers(stored: StoredResponse, *, now: float) -> Headers:
-    """§5.1: the stored fields with Age set to the current age; Date and everything else untouched."""
-    return stored.headers.with_("Age", age_value(current_age(stored, now)))
+    """§5.1: the stored fields with Age set to the current age; Date and everything else untouched.
+
+    The same object for every call within one second of Age (a hot entry's hits share it)."""
+    return _served(stored, age_value(current_age(stored, now)))
+
+
+def full_headers(stored: StoredResponse, *, now: float) -> Headers:
+    """served_headers with Content-Length set to the stored body's length: a whole stored response.
+
+    The same object for every call within one second of Age, like served_headers."""
+    return _full(stored, age_value(current_age(stored, now)))
+
+
+def _with_age(stored: StoredResponse, age: str) -> Headers:
+    return stored.headers.with_("Age", age)
+
+
+def _with_age_and_length(stored: StoredResponse, age: str) -> Headers:
+    return _served(stored, age).with_("Content-Length", str(stored.body_length))
+
+
+_served: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age)
+_full: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age_and_length)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date
-from fwdproxy.cache.headers import HOP_BY_HOP, age_value, served_headers, storable_headers
+from fwdproxy.cache.headers import HOP_BY_HOP, age_value, full_headers, served_headers, storable_headers
 from fwdproxy.http_model import Headers, StoredResponse
 
 NOW = 1_700_000_000.0
@@ -76,3 +76,18 @@ def test_served_headers_set_age_and_keep_date() -> None:
         0,
     )
     assert served_headers(s, now=NOW).fields == (("Date", date), ("Age", "105"), ("X", "1"))
+
+
+def test_served_and_full_headers_are_shared_within_a_second_of_age() -> None:
+    """Hits on one entry within the same second of Age share one Headers object; a new second, a new Age."""
+    s = StoredResponse("http://a/", 200, "OK", Headers.of([("X", "1")]), NOW - 10, NOW - 10, 7)
+    first = served_headers(s, now=NOW)
+    assert served_headers(s, now=NOW + 0.5) is first
+    later = served_headers(s, now=NOW + 1)
+    assert later.get("age") == "11" and later is not first
+    full = full_headers(s, now=NOW + 1)
+    assert full.fields == (("X", "1"), ("Age", "11"), ("Content-Length", "7"))
+    assert full_headers(s, now=NOW + 1.9) is full
+    assert full_headers(s, now=NOW + 2).get("age") == "12"
+    other = StoredResponse("http://a/", 200, "OK", Headers.of([("X", "2")]), NOW - 10, NOW - 10, 3)
+    assert full_headers(other, now=NOW + 2).fields == (("X", "2"), ("Age", "12"), ("Content-Length", "3"))
