@@ -49,6 +49,7 @@ INLINE_MAX = 2**15
 """Bodies up to this size live in their database row: diskcache's own threshold, since many tiny files
 cost more to open and to evict than a row read."""
 TIMEOUT = 1.0
+"""SQLite busy timeout: a write transaction lasts milliseconds, so a longer wait means trouble; miss."""
 TOUCH_EVERY = 1.0
 """Seconds between writes of the LRU order of what was read (diskcache would write on every read)."""
 TOUCH_BATCH = 1024
@@ -56,10 +57,11 @@ TOUCH_BATCH = 1024
 DECODED_MAX = 4096
 """Decoded records remembered (oldest forgotten first)..."""
 DECODED_RECORD_MAX = 16 * 1024
-"""...each at most this long: a few tens of MiB at worst, usually a few MiB."""
+"""...each at most this long..."""
+DECODED_BYTES_MAX = 16 * 2**20
+"""...and all of them, with the small bodies decoded from them, at most this many bytes."""
 VERIFIED_MAX = 4096
 """Body files whose checksum is remembered as confirmed (forgotten all at once when full)."""
-"""SQLite busy timeout: a write transaction lasts milliseconds, so a longer wait means trouble; miss."""
 
 
 class DiskStore:
@@ -89,7 +91,9 @@ class DiskStore:
         self._touched_at = time.time()
         self.db.before_shed = self._touch
         self._decoded: dict[bytes, codec.Decoded] = {}
-        """Record -> its decoding, for records of bodies kept in files (see _decode)."""
+        """Record -> its decoding (see _decode)."""
+        self._decoded_bytes = 0
+        """Bytes held by _decoded: its records and the inline bodies decoded from them."""
         self._verified: dict[str, tuple[bytes, int, int, int]] = {}
         """Key -> (stamp, inode, mtime, size) of the body file whose checksum this process last confirmed."""
 
@@ -114,9 +118,11 @@ class DiskStore:
         row = self.row(key)
         return None if row is None else self.entry(key, row)
 
-    def row(self, key: str) -> backend.Row | None:
-        """A key's database row (record and body file name); None on a miss or a fault."""
-        if (cache := self.db.live()) is None:
+    def row(self, key: str, *, recheck: bool = True) -> backend.Row | None:
+        """A key's database row (record and body file name); None on a miss or a fault.
+
+        ``recheck``: as Database.live (False only right after a call to it)."""
+        if (cache := self.db.live(recheck=recheck)) is None:
             return None
         try:
             return backend.read(cache, key)
@@ -124,10 +130,12 @@ class DiskStore:
             self.db.fault(e, f"reading {key}")
             return None
 
-    def entry(self, key: str, row: backend.Row) -> Entry | None:
+    def entry(self, key: str, row: backend.Row, *, recheck: bool = True) -> Entry | None:
         """The entry a row (from row(), maybe remembered) stands for, its body checked and the key marked as
-        recently used; None when the body is damaged or gone (then the row is dropped) or on a fault."""
-        if (cache := self.db.live()) is None:
+        recently used; None when the body is damaged or gone (then the row is dropped) or on a fault.
+
+        ``recheck``: as Database.live (False only right after a call to it)."""
+        if (cache := self.db.live(recheck=recheck)) is None:
             return None
         entry = self._entry(key, row)
         if entry is not None:
@@ -137,16 +145,18 @@ class DiskStore:
         return entry
 
     def _decode(self, record: bytes) -> codec.Decoded | codec.Undecodable:
-        """codec.decode, remembered for records without an inline body: the same record decodes to the very
-        same objects, so the cache policy's per-object memos (freshness, Cache-Control) hold for disk hits."""
+        """codec.decode, remembered for small records: the same record decodes to the very same objects, so
+        the cache policy's per-object memos (freshness, Cache-Control, served headers) hold for disk hits."""
         found = self._decoded.get(record)
         if found is not None:
             return found
         decoded = codec.decode(record)
-        if isinstance(decoded, codec.Decoded) and not decoded.inline and len(record) <= DECODED_RECORD_MAX:
-            if len(self._decoded) >= DECODED_MAX:
-                self._decoded.pop(next(iter(self._decoded)))
+        if isinstance(decoded, codec.Decoded) and len(record) <= DECODED_RECORD_MAX:
+            self._decoded_bytes += _held(record, decoded)
             self._decoded[record] = decoded
+            while len(self._decoded) > DECODED_MAX or self._decoded_bytes > DECODED_BYTES_MAX:
+                oldest = next(iter(self._decoded))  # a dict keeps insertion order
+                self._decoded_bytes -= _held(oldest, self._decoded.pop(oldest))
         return decoded
 
     def _touch(self, cache: diskcache.Cache) -> None:
@@ -358,6 +368,10 @@ class DiskStore:
             return
         self.generations.mark_key(key)
         log.warning("dropped cached %s: %s", key, why)
+
+
+def _held(record: bytes, decoded: codec.Decoded) -> int:
+    return len(record) + len(decoded.inline)
 
 
 def _read_whole(fd: int, size: int) -> bytes:

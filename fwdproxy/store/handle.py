@@ -69,10 +69,13 @@ class Database:
         self.before_shed: Callable[[diskcache.Cache], None] | None = None
         """Called before bodies are shed for a full disk: the owner writes the LRU order it holds back."""
 
-    def live(self) -> diskcache.Cache | None:
-        """The open database, reopened if its file was deleted or replaced; None while unavailable."""
+    def live(self, *, recheck: bool = True) -> diskcache.Cache | None:
+        """The open database, reopened if its file was deleted or replaced; None while unavailable.
+
+        ``recheck=False`` skips the stat() that notices a replaced file: for a caller that has just called
+        live() in the same step (a disk hit would otherwise stat the file twice)."""
         with self._lock:
-            if self._cache is not None and _ident(self.db_path) != self._ident:  # one stat(): cheap
+            if recheck and self._cache is not None and _ident(self.db_path) != self._ident:  # one stat()
                 log.warning("cache database %s was removed or replaced; reopening it", self.db_path)
                 self._close()
             if self._cache is None and time.monotonic() >= self._retry_at:

@@ -76,8 +76,8 @@ class MemoryStore:
         self._lock = threading.Lock()
 
     def fits(self, length: int) -> bool:
-        """Whether a body of this length may enter memory at all."""
-        return length <= self.max_object
+        """Whether a body of this length may enter memory at all (never when the tier is sized 0)."""
+        return length <= self.max_object and length < self.max_bytes
 
     def get(self, key: str) -> Cached | None:
         """The entry, marked as most recently used, or None."""

@@ -180,9 +180,10 @@ class TieredStore:
         known = self._known.get(primary)
         row = known.rows.get(key) if known is not None and known.marks == marks else None
         fresh = row is None
+        # _follow_disk() above has just checked the database file: no second stat() for this read.
         if fresh:
-            row = self.disk.row(key)
-        entry = None if row is None else self.disk.entry(key, row)
+            row = self.disk.row(key, recheck=False)
+        entry = None if row is None else self.disk.entry(key, row, recheck=False)
         if entry is not None and fresh and row is not None and row.filename and len(row.record) <= ROW_MAX:
             self._known_for(primary, marks).rows[key] = row
         if entry is not None and isinstance(entry.body, bytes) and self.memory.fits(len(entry.body)):

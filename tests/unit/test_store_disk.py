@@ -449,3 +449,25 @@ def test_eviction_removes_only_what_is_needed(tmp_path: Path) -> None:
     assert kept == list(range(12 - len(kept), 12)) and len(kept) >= 10
     stats = store.stats().disk
     assert stats.evictions == 12 - len(kept) and stats.bytes <= 4 * 2**20
+
+
+def test_hits_share_decoded_metadata_within_a_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record decodes to the very same objects on every hit, small inline bodies included (the policy's
+    per-object memos then hold for disk hits); the remembered decodings stay within their byte budget."""
+    from fwdproxy.store import disk
+
+    store = DiskStore(tmp_path)
+    assert store.put("small", meta(KIB), b"s" * KIB) is Outcome.STORED  # inline in its row
+    assert store.put("file", meta(100 * KIB), b"f" * 100 * KIB) is Outcome.STORED
+    for key in ("small", "file"):
+        first, second = store.get(key), store.get(key)
+        assert first is not None and second is not None and first.meta is second.meta
+    monkeypatch.setattr(disk, "DECODED_BYTES_MAX", 8 * KIB)
+    for i in range(10):
+        assert store.put(f"k{i}", meta(KIB), bytes([i]) * KIB) is Outcome.STORED
+        entry = store.get(f"k{i}")
+        assert entry is not None and entry.body == bytes([i]) * KIB
+    assert store._decoded_bytes == sum(len(r) + len(d.inline) for r, d in store._decoded.items()) <= 8 * KIB
+    assert 2 <= len(store._decoded) < 10

@@ -131,6 +131,25 @@ def test_a_disk_hit_reads_its_row_once_until_another_process_changes_the_key(
     assert store.get("k") is None
 
 
+def test_a_disk_hit_stats_the_database_once_and_a_zero_memory_tier_keeps_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fwdproxy.store import handle
+
+    store = TieredStore.open(tmp_path, memory_size=0)
+    assert store.put("k", meta(KIB), b"a" * KIB) is Outcome.STORED
+    assert not store.memory.fits(KIB) and not store.memory.fits(0)
+    kept: list[str] = []
+    monkeypatch.setattr(store.memory, "put", lambda key, *_: kept.append(key))
+    stats: list[str] = []
+    real = handle._ident
+    monkeypatch.setattr(handle, "_ident", lambda path: (stats.append(path), real(path))[1])
+    for _ in range(3):
+        entry = store.get("k")
+        assert entry is not None and entry.body == b"a" * KIB
+    assert len(stats) == 3 and kept == []  # one stat() per hit (it notices a replaced file); no memory put
+
+
 def test_without_coherence_memory_answers_alone(tmp_path: Path) -> None:
     a, b = open_store(tmp_path), open_store(tmp_path, coherent=False)
     a.put("k", meta(2), b"v1")
