@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from fwdproxy import bodysource
 from fwdproxy.bodysource import FileBody, GrowingBody, Progress, Slice
 from fwdproxy.http_model import Headers
 from fwdproxy.ranges import ByteRange, Partial, assemble, parse_range, partial_body
@@ -212,6 +214,134 @@ def test_client_disconnect_is_quiet_and_closes_the_file(
     with caplog.at_level(logging.DEBUG):
         run(main())
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.fixture
+def sends(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int | None, float]]:
+    """Every blocking sendfile on a sender thread: (thread name, bytes asked, bytes sent or None, seconds)."""
+    calls: list[tuple[str, int, int | None, float]] = []
+    real = bodysource._send_blocking
+
+    def recording(fd: int, in_fd: int, offset: int, count: int) -> int | None:
+        started = time.perf_counter()
+        sent = real(fd, in_fd, offset, count)
+        calls.append((threading.current_thread().name, count, sent, time.perf_counter() - started))
+        return sent
+
+    monkeypatch.setattr(bodysource, "_send_blocking", recording)
+    return calls
+
+
+def _pattern_file(path: Path, size: int) -> bytes:
+    data = (DATA * (size // len(DATA) + 1))[:size]
+    path.write_bytes(data)
+    return data
+
+
+def test_complete_files_go_out_in_chunks_on_sender_threads(
+    data_file: Path, sends: list[tuple[str, int, int | None, float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bodysource, "SEND_CHUNK", 64 * 1024)
+
+    async def main() -> None:
+        async with sidecar() as sc:
+            token = sc.offer(
+                head(200_007), FileBody(str(data_file), [ByteRange(7, 200_006), b"--", Slice(0, 5)])
+            )
+            reply = await fetch(sc.port, token)
+            assert reply.complete and reply.body == DATA[7:200_007] + b"--" + DATA[:5]
+
+    run(main())
+    assert len(sends) >= 4 and all(count <= 64 * 1024 for _, count, _, _ in sends)
+    assert {name.startswith("fwdproxy-sendfile") for name, _, _, _ in sends} == {True}
+    assert sum(sent or 0 for _, _, sent, _ in sends) == 200_000 + 5
+
+
+def test_a_client_that_takes_nothing_is_waited_for_on_the_loop(
+    tmp_path: Path, sends: list[tuple[str, int, int | None, float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender thread gives up after SEND_TIMEOUT; the loop waits, then the threads take over again."""
+    monkeypatch.setattr(bodysource, "SEND_TIMEOUT", 0.2)
+    size = 32 * MiB
+    data = _pattern_file(tmp_path / "body", size)
+
+    async def main() -> None:
+        async with sidecar() as sc:
+            token = sc.offer(head(size), FileBody(str(tmp_path / "body")))
+            reader, writer = await asyncio.open_connection("127.0.0.1", sc.port, limit=64 * 1024)
+            writer.write(f"GET /{token} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            first = await reader.readexactly(1024)
+            lag = 0.0
+            for _ in range(40):  # 2 s of not reading; the loop (ours and the sidecar's) stays free
+                started = time.perf_counter()
+                await asyncio.sleep(0.05)
+                lag = max(lag, time.perf_counter() - started - 0.05)
+            assert lag < 0.2
+            rest = await reader.readexactly(size - 1024)
+            assert first + rest == data
+            writer.close()
+            await until(lambda: sc.stats.transfers_done == 1)
+
+    run(main())
+    print(f"\nsendfile calls (bytes sent, seconds): {[(sent, round(t, 2)) for _, _, sent, t in sends]}")
+    assert max(t for _, _, _, t in sends) < 1.5  # a thread was never held for the whole 2 s stall
+    assert sends[-1][2] is not None  # and the threads carried on after it
+
+
+def test_with_every_sender_busy_a_transfer_goes_on_on_the_loop(
+    tmp_path: Path, sends: list[tuple[str, int, int | None, float]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slow clients may hold every sender thread for a chunk: others must not queue behind them."""
+    data = _pattern_file(tmp_path / "body", 32 * MiB)  # more than the socket buffers take: the sender blocks
+    monkeypatch.setattr(bodysource, "SEND_TIMEOUT", 30.0)
+
+    async def main() -> None:
+        async with sidecar() as sc:
+            monkeypatch.setattr(bodysource, "SENDERS", 1)
+            slow = sc.offer(head(len(data)), FileBody(str(tmp_path / "body")))
+            reader, writer = await asyncio.open_connection("127.0.0.1", sc.port, limit=64 * 1024)
+            writer.write(f"GET /{slow} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            await until(lambda: bodysource._senders.busy == 1)  # the slow client holds the only sender
+            reply = await asyncio.wait_for(
+                fetch(sc.port, sc.offer(head(len(data)), FileBody(str(tmp_path / "body")))), 5
+            )
+            assert reply.complete and reply.body == data
+            assert len(sends) == 0  # the only sender is still blocked on the slow client
+            assert await reader.readexactly(len(data)) == data
+            writer.close()
+            await until(lambda: sc.stats.transfers_done == 2)
+
+    run(main())
+    assert bodysource._senders.busy == 0 and len(sends) >= 1
+
+
+def test_close_unblocks_a_sender_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() must not wait out a blocked sendfile, nor let the loop close a socket a thread still uses."""
+    monkeypatch.setattr(bodysource, "SEND_TIMEOUT", 30.0)
+    size = 64 * MiB
+    path = tmp_path / "sparse"
+    with open(path, "wb") as f:
+        f.truncate(size)
+
+    async def main() -> None:
+        sc = Sidecar()
+        await sc.start()
+        f = open(path, "rb")
+        token = sc.offer(head(size), FileBody(f))
+        reader, writer = await asyncio.open_connection("127.0.0.1", sc.port, limit=64 * 1024)
+        writer.write(f"GET /{token} HTTP/1.1\r\n\r\n".encode())
+        await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.5)  # the socket buffers fill; the sender thread blocks in sendfile
+        assert sc.stats.transfers_active == 1
+        started = time.perf_counter()
+        await asyncio.wait_for(sc.close(), 10)
+        assert time.perf_counter() - started < 5
+        assert f.closed and sc.stats.transfers_active == 0
+        writer.close()
+
+    run(main())
 
 
 # --- tokens ---------------------------------------------------------------------------------------------
