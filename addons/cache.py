@@ -12,7 +12,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo, _respond
+from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
 from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
 from addons._cachehttp import to_request
@@ -111,11 +111,13 @@ class Cache(CacheCore):
     async def running(self) -> None:
         self.sidecar = Sidecar()
         await self.sidecar.start()
+        _wideread.widen(("127.0.0.1", self.sidecar.port))  # our own loopback server: read it in wide gulps
 
     async def done(self) -> None:
         for task in list(self.tasks):
             task.cancel()
         if self.sidecar is not None:
+            _wideread.narrow(("127.0.0.1", self.sidecar.port))
             await self.sidecar.close()
         if self.store is not None:
             self.store.close()
