@@ -4,9 +4,9 @@ mitmproxy reads every connection at most 65535 bytes at a time (``ConnectionHand
 and each read walks the whole layer stack once: the HTTP/1 parser, the response stream, the client's
 write. A big hit comes from our own sidecar on loopback as fast as the client takes it, so that walk per
 64 KiB is what limits its speed. For server connections to an address the cache marks (:func:`widen`:
-its sidecar's), a read takes all
-the bytes asyncio has buffered instead, up to :data:`WIDE_READ` (asyncio itself stops reading the socket
-at a few hundred KiB), so the same bytes need a fraction of the walks. Other connections are untouched.
+its sidecar's), a read takes all the bytes asyncio has buffered instead, up to :data:`WIDE_READ`
+(asyncio itself stops reading the socket at a few hundred KiB), so the same bytes need a fraction of the
+walks. Other connections are untouched.
 
 ``ConnectionHandler.__init__`` is wrapped to give each handler a ``transports`` mapping that swaps the
 class of the ``asyncio.StreamReader`` of a connection to a marked address for :class:`WideReader` when

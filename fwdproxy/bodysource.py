@@ -11,8 +11,9 @@ asyncio's `loop.sendfile` wakes the event loop (a selector change, a callback) e
 buffer fills. On loopback at 500 MiB/s that bookkeeping sat on the proxy's own core and cost about a
 tenth of a big hit's speed. A client that takes nothing for `SEND_TIMEOUT` seconds is handed back to
 `loop.sendfile`, which waits for it without holding a thread, and while every sender is busy (slow
-clients hold theirs for a chunk) a transfer goes on with `loop.sendfile` rather than queue for one. Growing files, sockets without sendfile
-and a socket with bytes still buffered use `loop.sendfile` (or asyncio's read/write fallback) throughout.
+clients hold theirs for a chunk) a transfer goes on with `loop.sendfile` rather than queue for one.
+Growing files, sockets without sendfile and a socket with bytes still buffered use `loop.sendfile` (or
+asyncio's read/write fallback) throughout.
 """
 
 from __future__ import annotations
