@@ -15,11 +15,23 @@ from fwdproxy.http_model import Headers, Request, Response, StoredResponse
 
 def to_request(req: http.Request, url: str | None = None) -> Request:
     """Our record of a request; ``url`` when the caller already has ``req.url`` (mitmproxy builds it per call)."""
-    return Request(req.method.upper(), url or req.url, Headers(tuple(req.headers.items(multi=True))))
+    return Request(req.method.upper(), url or req.url, _headers(req.headers))
 
 
 def to_response(resp: http.Response) -> Response:
-    return Response(resp.status_code, Headers(tuple(resp.headers.items(multi=True))), resp.reason)
+    return Response(resp.status_code, _headers(resp.headers), resp.reason)
+
+
+def _headers(headers: http.Headers) -> Headers:
+    """The fields decoded as mitmproxy's ``items(multi=True)`` does (UTF-8, surrogateescape), in one pass."""
+    return Headers(
+        tuple(
+            [
+                (k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in headers.fields
+            ]
+        )
+    )
 
 
 def content_length(resp: http.Response) -> int | None:
@@ -61,7 +73,7 @@ def make_response(
 
     ``stable`` headers (see Answer) are encoded once and the encoding reused."""
     fields = list(_encoded(headers) if stable else _encode(headers))
-    fields.append((b"Cache-Status", cache.render(cache_status).encode()))
+    fields.append((b"Cache-Status", cache.render_bytes(cache_status)))
     now = time.time() if now is None else now
     return http.Response(b"HTTP/1.1", status, reason.encode(), http.Headers(fields), body, None, now, now)
 
@@ -97,10 +109,12 @@ def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile,
     if cache.client_conditional_matches(request, meta):
         close(body)
         return Answer(304, "Not Modified", cache.not_modified_response(meta, now=now).headers)
-    headers = cache.served_headers(meta, now=now)
+    if request.method == "HEAD":
+        close(body)
+        return Answer(meta.status, meta.reason, cache.full_headers(meta, now=now), stable=True)
     length = meta.body_length
     decision: ranges.RangeDecision = ranges.Full()
-    if meta.status == 200:
+    if meta.status == 200 and "range" in request.headers:  # no Range: the whole response (RFC 9110 §14.2)
         decision = ranges.range_decision(
             request.method,
             request.headers,
@@ -109,11 +123,9 @@ def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile,
             last_modified=meta.headers.get("last-modified"),
             date=meta.headers.get("date"),
         )
-    if request.method == "HEAD":
-        close(body)
-        return Answer(meta.status, meta.reason, cache.full_headers(meta, now=now), stable=True)
     match decision:
         case ranges.Partial():
+            headers = cache.served_headers(meta, now=now)
             layout = ranges.partial_body(
                 decision, length, meta.headers.get("content-type"), secrets.token_hex(16)
             )
@@ -124,7 +136,7 @@ def answer(request: Request, meta: StoredResponse, body: bytes | store.BodyFile,
             return Answer(206, "Partial Content", out, file=body, parts=layout.parts)
         case ranges.Unsatisfiable():
             close(body)
-            fields = headers.without("content-length", "content-range")
+            fields = cache.served_headers(meta, now=now).without("content-length", "content-range")
             return Answer(
                 416,
                 "Range Not Satisfiable",

@@ -136,7 +136,7 @@ def explain(meta: StoredResponse, config: CacheConfig, now: float) -> list[str]:
         lines.append(f"fresh for {ttl:.0f}s more: served without asking the origin")
     else:
         lines.append(f"stale by {-ttl:.0f}s")
-    forbid = stale_forbidden(cc, lifetime)
+    forbid = stale_forbidden(meta, lifetime)
     if forbid:
         lines.append(f"{forbid}: never served stale without revalidation (§4.2.4)")
     request = Request("GET", meta.url, meta.vary_request)

@@ -8,7 +8,7 @@ from fwdproxy.cache.invalidation import invalidated_keys
 from fwdproxy.cache.key import primary_key, secondary_key, select_variant, vary_request_headers
 from fwdproxy.cache.policy import LookupDecision, StaleOnError, Verdict, lookup, stale_on_error
 from fwdproxy.cache.rules import PRESET_CI, PRESETS, Rule, match_rule, parse_rules
-from fwdproxy.cache.status import CacheStatus, Fwd, render
+from fwdproxy.cache.status import CacheStatus, Fwd, render, render_bytes
 from fwdproxy.cache.storability import StoreDecision, is_storable
 from fwdproxy.cache.validation import (
     After304,
@@ -55,6 +55,7 @@ __all__ = [
     "parse_rules",
     "primary_key",
     "render",
+    "render_bytes",
     "request_cache_control",
     "secondary_key",
     "select_for_update",

@@ -10,6 +10,7 @@ from fwdproxy.cache.config import DEFAULT_CONFIG, CacheConfig
 from fwdproxy.cache.directives import CacheControl, request_cache_control
 from fwdproxy.cache.freshness import Lifetime, cache_control_of, current_age, freshness_lifetime
 from fwdproxy.cache.key import select_variant
+from fwdproxy.cache.memo import PerObject
 from fwdproxy.cache.status import CacheStatus, Fwd
 from fwdproxy.http_model import Request, StoredResponse
 
@@ -62,14 +63,24 @@ class LookupDecision:
         )
 
 
-def stale_forbidden(cc: CacheControl, lifetime: Lifetime) -> str:
+def stale_forbidden(stored: StoredResponse, lifetime: Lifetime) -> str:
     """§4.2.4: the response directive that forbids serving it stale, or ""."""
-    for directive in ("must-revalidate", "proxy-revalidate", "s-maxage"):  # §5.2.2.2, .8, .10
-        if directive in cc:
-            return directive
-    if "no-cache" in cc and lifetime.detail != "rule-immutable":  # §5.2.2.4
+    revalidate, no_cache = _forbidding(stored)
+    if revalidate:
+        return revalidate
+    if no_cache and lifetime.detail != "rule-immutable":  # §5.2.2.4
         return "no-cache"
     return ""
+
+
+def _forbidding_directives(stored: StoredResponse) -> tuple[str, bool]:
+    """The first of must-revalidate, proxy-revalidate, s-maxage (§5.2.2.2, .8, .10) or "", and no-cache."""
+    cc = cache_control_of(stored)
+    first = next((d for d in ("must-revalidate", "proxy-revalidate", "s-maxage") if d in cc), "")
+    return first, "no-cache" in cc
+
+
+_forbidding = PerObject(_forbidding_directives)
 
 
 def shared_with_credentials(cc: CacheControl) -> bool:
@@ -101,7 +112,7 @@ def lookup(
     age = current_age(stored, now)
     ttl = lifetime.seconds - age
     cc = cache_control_of(stored)
-    forbid = stale_forbidden(cc, lifetime)
+    forbid = stale_forbidden(stored, lifetime)
 
     def decide(verdict: Verdict, fwd: Fwd | None, detail: str) -> LookupDecision:
         if verdict is Verdict.REVALIDATE and blocked:
@@ -145,6 +156,8 @@ def lookup(
 
 def _request_refuses(rcc: CacheControl, cc: CacheControl, lifetime: Lifetime, age: float, ttl: float) -> str:
     """§5.2.1.1, §5.2.1.3: the request directive that rules out the stored response, or ""."""
+    if not rcc.directives:
+        return ""
     if lifetime.detail == "rule-immutable":
         return ""  # the operator declared this URL's content fixed: a reload cannot change it
     max_age = rcc.seconds("max-age", invalid=0)  # an invalid value counts as max-age=0
@@ -202,7 +215,7 @@ def stale_on_error(
         return StaleOnError(False, "request-no-cache")
     if "authorization" in request.headers and not shared_with_credentials(cc):
         return StaleOnError(False, "authorization")  # as in lookup()
-    if forbid := stale_forbidden(cc, lifetime):
+    if forbid := stale_forbidden(stored, lifetime):
         return StaleOnError(False, forbid)
     staleness = current_age(stored, now) - lifetime.seconds
     if staleness < 0:

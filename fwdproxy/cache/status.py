@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -73,6 +74,38 @@ def render(status: CacheStatus, cache_name: str = CACHE_NAME) -> str:
     if status.detail:
         params.append(f"detail={sf_item(status.detail)}")
     return "; ".join([sf_item(cache_name), *params])
+
+
+def render_bytes(status: CacheStatus) -> bytes:
+    """``render(status)`` as the bytes of a field value, remembered: members that render alike (the hits of
+    one entry within a second of ttl) cost one dict lookup."""
+    ttl = status.ttl
+    if ttl is not None and math.isfinite(ttl):
+        ttl = _sf_integer(ttl)  # what render shows, so that equal renderings share one key
+    return _rendered(
+        status.hit,
+        status.fwd,
+        status.fwd_status,
+        ttl,
+        status.stored,
+        status.collapsed,
+        status.key,
+        status.detail,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _rendered(
+    hit: bool,
+    fwd: Fwd | None,
+    fwd_status: int | None,
+    ttl: float | None,
+    stored: bool,
+    collapsed: bool,
+    key: str,
+    detail: str,
+) -> bytes:
+    return render(CacheStatus(hit, fwd, fwd_status, ttl, stored, collapsed, key, detail)).encode()
 
 
 def _sf_integer(value: float) -> int:

@@ -12,10 +12,10 @@ from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
 from addons import _flowinfo
-from addons._cachehttp import make_response
+from addons._cachehttp import make_response, to_request, to_response
 from addons.access import Access
 from addons.cache import Cache
-from fwdproxy.cache import CacheStatus
+from fwdproxy.cache import CacheStatus, Fwd, render, render_bytes
 from fwdproxy.http_model import Headers
 from tests.addons.test_cache_addon import cycle, flow, request
 
@@ -27,6 +27,45 @@ values = st.binary(max_size=12).filter(lambda v: b"\r" not in v and b"\n" not in
 def test_field_reads_like_mitmproxys_get(fields: list[tuple[bytes, bytes]]) -> None:
     headers = http.Headers(fields)
     assert _flowinfo.field(headers, b"cache-status") == headers.get("cache-status")
+
+
+raw = st.binary(min_size=1, max_size=8).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@given(st.lists(st.tuples(raw, st.binary(max_size=12)), max_size=6))
+def test_records_decode_fields_like_mitmproxys_items(fields: list[tuple[bytes, bytes]]) -> None:
+    headers = http.Headers(fields)
+    expected = tuple(headers.items(multi=True))
+    req = tutils.treq()
+    req.headers = headers
+    assert to_request(req, "http://example.com/").headers.fields == expected
+    resp = tutils.tresp()
+    resp.headers = headers
+    assert to_response(resp).headers.fields == expected
+
+
+statuses = st.builds(
+    CacheStatus,
+    hit=st.booleans(),
+    fwd=st.none() | st.sampled_from(Fwd),
+    fwd_status=st.none() | st.integers(100, 599),
+    ttl=st.none() | st.floats(allow_nan=False) | st.integers(-(10**20), 10**20),
+    stored=st.booleans(),
+    collapsed=st.booleans(),
+    key=st.sampled_from(["", "GET http://a/"]),
+    detail=st.sampled_from(["", "rule-immutable", "max stale"]),
+)
+
+
+@given(statuses)
+def test_cache_status_bytes_are_the_rendering(status: CacheStatus) -> None:
+    assert render_bytes(status) == render(status).encode()
+
+
+def test_cache_status_bytes_are_shared_within_a_second_of_ttl() -> None:
+    first = render_bytes(CacheStatus(hit=True, ttl=299.9))
+    assert render_bytes(CacheStatus(hit=True, ttl=299.1)) is first
+    assert render_bytes(CacheStatus(hit=True, ttl=298.9)) == b"fwdproxy; hit; ttl=298"
 
 
 def test_stable_headers_encode_like_the_plain_path() -> None:
