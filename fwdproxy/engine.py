@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import signal
@@ -22,6 +23,23 @@ log = logging.getLogger("fwdproxy")
 BUILTIN_ADDONS = (core.Core, proxyserver.Proxyserver, next_layer.NextLayer, tlsconfig.TlsConfig)
 """mitmproxy's own addons that fwdproxy needs. The other ~27 default addons would each be called on every hook
 of every flow; leaving them out roughly doubles throughput (mitmproxy-notes §12)."""
+
+
+GC_THRESHOLDS = (5000, 10, 10)
+"""gc.set_threshold for the proxy process. mitmproxy's flows and layers are reference cycles, so every request
+leaves some 80 objects that only the collector frees, and Python's default first threshold (2000) makes it
+run every 20 or so cache hits. Measured on memory hits (1 KiB, 16 connections): collections cost about
+28 µs of each hit's 450 µs at the defaults; a first threshold of 5000 and a frozen start-up heap (tune_gc)
+took about 3 % off the CPU per hit, while 10000 and more were no better (the young generation outgrows the
+CPU caches). The garbage waiting between collections stays a few MiB at most."""
+
+
+def tune_gc() -> None:
+    """Collect the start-up garbage, then move everything alive into the permanent generation (gc.freeze):
+    modules, options and addons live as long as the process, and full collections no longer walk them."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class HookTable(addonmanager.AddonManager):
@@ -193,5 +211,6 @@ async def serve(s: Settings, *, shared_port: bool = False) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
+    tune_gc()
     await master.run()
     return 0 if lifecycle.listening else 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
@@ -124,3 +125,28 @@ def test_hook_table_follows_chain_changes_and_child_addons() -> None:
         return calls
 
     assert asyncio.run(run()) == ["first", "parent", "child"]
+
+
+def test_serve_freezes_the_start_up_heap_and_raises_the_gc_threshold(monkeypatch, tmp_path) -> None:
+    seen: dict[str, object] = {}
+
+    class Running:
+        async def run(self) -> None:  # what the proxy runs with
+            seen["thresholds"] = gc.get_threshold()
+            seen["frozen"] = gc.get_freeze_count()
+
+        def shutdown(self) -> None:
+            pass
+
+    class Listening:
+        listening = True
+
+    monkeypatch.setattr(engine, "build", lambda s, shared_port=False: (Running(), Listening()))
+    before = gc.get_threshold()
+    try:
+        assert asyncio.run(engine.serve(Settings(listen_port=0, cache_dir=str(tmp_path)))) == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+    assert seen["thresholds"] == engine.GC_THRESHOLDS != before
+    assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
