@@ -13,11 +13,13 @@ from mitmproxy import ctx, exceptions, http, tls
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
-from fwdproxy import accesslog
+from fwdproxy import accesslog, logs
 from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode
 from fwdproxy.metrics import Outcome
 
 log = logging.getLogger("fwdproxy.accesslog")
+requests_log = logging.getLogger(logs.REQUESTS)
+"""-v: one line per request on stderr, whether or not an access log file is kept."""
 
 FLUSH_EVERY = 1.0
 """Seconds between flushes: `tail -f` stays live while a busy proxy makes one write per second, not per line."""
@@ -115,10 +117,14 @@ class AccessLog:
     def response(self, flow: http.HTTPFlow) -> None:
         if self.out is not None and not flow.is_replay:
             self._write(self._record(flow))
+        if requests_log.isEnabledFor(logging.INFO):
+            _log_request(flow)
 
     def error(self, flow: http.HTTPFlow) -> None:
         if self.out is not None and not flow.is_replay and flow.request.method != "CONNECT":
             self._write(self._record(flow, aborted=True))
+        if requests_log.isEnabledFor(logging.INFO):
+            _log_request(flow, flow.error.msg if flow.error else "failed")
 
     def _record(self, flow: http.HTTPFlow, aborted: bool = False) -> LogRecord:
         result = _flowinfo.outcome(flow)
@@ -177,6 +183,21 @@ class AccessLog:
             tunnel=mode,
             local=status >= 400,
         )
+
+
+def _log_request(flow: http.HTTPFlow, failed: str = "") -> None:
+    resp = flow.response
+    status = str(resp.status_code) if resp is not None and not failed else "---"
+    cache_status = resp.headers.get("cache-status", "-") if resp is not None else "-"
+    requests_log.info(
+        "%s %s %s %s %.0fms%s",
+        flow.request.method,
+        _flowinfo.asked_url(flow),
+        status,
+        cache_status,
+        _flowinfo.elapsed(flow) * 1000,
+        f" ({failed})" if failed else "",
+    )
 
 
 addons = [AccessLog()]

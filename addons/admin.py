@@ -17,7 +17,7 @@ from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
-from fwdproxy import __version__, access, cache, exposition, hits, metrics, statuspage
+from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage
 
 log = logging.getLogger("fwdproxy.admin")
 
@@ -80,6 +80,9 @@ class Admin:
             self.hits_path = hits.path_for(ctx.options.fwd_cache_dir)
 
     async def running(self) -> None:
+        proxyserver = ctx.master.addons.get("proxyserver")
+        if proxyserver is not None and not proxyserver.listen_addrs():
+            return  # the proxy could not listen and is stopping (Lifecycle said why): no status page
         self.master = ctx.master
         await self._start()
         self.flusher = asyncio.get_running_loop().create_task(self._flush_hits_periodically())
@@ -100,7 +103,8 @@ class Admin:
         if flow.request.method.upper() == "PURGE":
             self._purge(flow)
         elif host == ADMIN_HOST:
-            status, content_type, body = self.page(flow.request.method, flow.request.path)
+            reached = flow.client_conn.sockname[0] if flow.client_conn.sockname else ""
+            status, content_type, body = self.page(flow.request.method, flow.request.path, reached)
             self._answer(flow, status, content_type, body)
             if flow.request.method.upper() == "HEAD" and flow.response is not None:
                 flow.response.raw_content = b""  # Content-Length stays that of the GET (RFC 9110 §9.3.2)
@@ -194,8 +198,11 @@ class Admin:
                 self.upstream_error_logged = True
             return None
 
-    def page(self, method: str, target: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for an admin request (HEAD too: the caller drops the body)."""
+    def page(self, method: str, target: str, reached: str = "") -> tuple[int, str, bytes]:
+        """(status, content type, body) for an admin request (HEAD too: the caller drops the body).
+
+        ``reached`` is the local address the request came in at, for /proxy.pac when the proxy listens on
+        every interface (the client can reach the proxy at that address)."""
         if method.upper() not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"fwdproxy admin: only GET and HEAD\n"
         path = urlsplit(target).path or "/"
@@ -206,9 +213,27 @@ class Admin:
             result = (200, "application/json", json.dumps(self.snapshot(), indent=1).encode())
         elif path == "/metrics":
             result = (200, exposition.CONTENT_TYPE, exposition.render(self.registry))
+        elif path == "/proxy.pac":
+            result = (200, pac.CONTENT_TYPE, self._pac(reached).encode())
         else:
-            result = (404, "text/plain; charset=utf-8", b"fwdproxy admin: try /, /stats.json or /metrics\n")
+            result = (
+                404,
+                "text/plain; charset=utf-8",
+                b"fwdproxy admin: try /, /stats.json, /metrics or /proxy.pac\n",
+            )
         return result
+
+    def _pac(self, reached: str) -> str:
+        """The PAC file for the proxy's own listening address (the one reached, for a wildcard listener)."""
+        master = self.master or ctx.master
+        proxyserver = master.addons.get("proxyserver")
+        addrs = proxyserver.listen_addrs() if proxyserver else []
+        host, port = (
+            (addrs[0][0], addrs[0][1]) if addrs else (ctx.options.listen_host, ctx.options.listen_port)
+        )
+        if host in ("", "0.0.0.0", "::"):
+            host = reached or "127.0.0.1"
+        return pac.render(host, port)
 
     # -- the admin port -------------------------------------------------------------------------------
 
@@ -252,7 +277,8 @@ class Admin:
                     b"fwdproxy admin: not allowed\n",
                 )
             else:
-                status, content_type, body = self.page(method, target)
+                local = writer.get_extra_info("sockname")
+                status, content_type, body = self.page(method, target, local[0] if local else "")
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()

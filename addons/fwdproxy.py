@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
+from mitmproxy import exceptions
+
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons.access import Access
 from addons.accesslog import AccessLog
@@ -36,5 +40,22 @@ def chain() -> list[object]:
         anonymize.last,
     ]
 
+
+class _OptionErrorInOneLine(logging.Filter):
+    """Under ``mitmdump -s``, a ``--set fwd_…`` value our ``configure`` rejects reaches mitmproxy's script
+    loader (mitmproxy/addons/script.py ``script_error_handler``), which logs "error in script" with a whole
+    traceback before mitmdump exits with status 1. The message of our OptionsError already names the option
+    and what it expects: show that one line instead. Any other error keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, exceptions.OptionsError):
+            record.msg, record.args, record.exc_info, record.exc_text = f"fwdproxy: {exc}", (), None, None
+        return True
+
+
+_script_log = logging.getLogger("mitmproxy.addons.script")
+if not any(isinstance(f, _OptionErrorInOneLine) for f in _script_log.filters):
+    _script_log.addFilter(_OptionErrorInOneLine())
 
 addons = chain()

@@ -16,7 +16,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from fwdproxy import trust
+from fwdproxy import __version__, runtime, trust
 from fwdproxy.units import parse_duration
 
 log = logging.getLogger("fwdproxy")
@@ -39,6 +39,8 @@ class Lifecycle:
         self.master: Any = None
         self.stopping: asyncio.Task[None] | None = None
         self.checker: asyncio.Task[None] | None = None
+        self.runtime: runtime.Running | None = None
+        """What this process wrote to its runtime file (``fwd_role=run``), removed at a clean stop."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -58,6 +60,14 @@ class Lifecycle:
             str,
             "10s",
             "On SIGTERM/SIGINT, how long requests in flight may take to finish before the proxy exits.",
+        )
+        loader.add_option(
+            "fwd_role",
+            str,
+            "script",
+            "script (under mitmdump), run (`fwdproxy run`: writes the runtime file) or worker (of --workers: "
+            "no banner; the supervisor prints it once).",
+            choices=["script", "run", "worker"],
         )
         loader.add_option(
             "fwd_store_check_every",
@@ -97,22 +107,25 @@ class Lifecycle:
         proxyserver = ctx.master.addons.get("proxyserver")
         addrs = proxyserver.listen_addrs() if proxyserver else []
         if not addrs:
-            log.error(
-                "could not listen on %s:%s (is the port in use?)",
-                ctx.options.listen_host,
-                ctx.options.listen_port,
-            )
+            message = runtime.listen_failure(ctx.options.listen_host, ctx.options.listen_port)
+            if ctx.options.fwd_role == "script":
+                log.error("%s", message)
+            else:  # fwdproxy run: one plain line (mitmproxy's own, with its --mode hint, is filtered out)
+                print(f"fwdproxy: {message}", file=sys.stderr, flush=True)
             ctx.master.shutdown()
             return
         host, port = addrs[0][:2]
         self.listening = (host, port)
         self._check_startup_safety()  # before the listening line, so whoever waits for it sees the warnings
+        role = ctx.options.fwd_role
+        me = describe_running(host, port, os.getpid())
+        if role == "run":  # before the listening line: whoever waits for it may run `fwdproxy env` at once
+            self.runtime = me
+            runtime.write(me)
         print(f"fwdproxy listening at {host}:{port}", file=sys.stdout, flush=True)
-        ca = Path(os.path.expanduser(ctx.options.confdir)) / "mitmproxy-ca-cert.pem"
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        log.info("CA certificate (trust it to cache HTTPS): %s", ca)
-        log.info("try: curl -x http://%s:%s --cacert %s https://example.org/", shown, port, ca)
-        log.info("or:  export HTTP_PROXY=http://%s:%s HTTPS_PROXY=http://%s:%s", shown, port, shown, port)
+        if role != "worker":  # with --workers the supervisor announces the proxy once, not each worker
+            for line in runtime.banner(me):
+                log.info("%s", line)
         self.master = ctx.master
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -124,6 +137,9 @@ class Lifecycle:
     async def done(self) -> None:
         if self.checker is not None:
             self.checker.cancel()
+        if self.runtime is not None:
+            runtime.remove(self.runtime)
+            self.runtime = None
 
     def _check_startup_safety(self) -> None:
         confdir = Path(os.path.expanduser(ctx.options.confdir))
@@ -135,12 +151,20 @@ class Lifecycle:
         except OSError as e:
             log.error("the CA key in %s is readable by others and cannot be made private: %s", confdir, e)
         cache_dir = getattr(ctx.options, "fwd_cache_dir", None)
-        if cache_dir and trust.open_to_others(Path(os.path.expanduser(cache_dir))):
-            log.warning(
-                "the cache directory %s is readable by other users, and it holds the responses of intercepted "
-                "HTTPS in the clear: chmod 700 it unless that is meant",
-                cache_dir,
-            )
+        directory = Path(os.path.expanduser(cache_dir)) if cache_dir else None
+        if directory is not None and trust.open_to_others(directory):
+            if trust.tighten_if_world_readable(directory):
+                # Made with a usual umask (0755, 0775): ours to tighten, said once, no warning.
+                log.info(
+                    "made the cache directory %s private (mode 0700): it holds intercepted HTTPS responses",
+                    cache_dir,
+                )
+            else:  # shared with a group on purpose, or not ours to change
+                log.warning(
+                    "the cache directory %s is readable by other users, and it holds the responses of "
+                    "intercepted HTTPS in the clear: chmod 700 it unless that is meant",
+                    cache_dir,
+                )
         if ctx.options.ssl_insecure:
             # Loud on every start: an unverified origin can be impersonated by anyone on the path, and what the
             # impostor sends is cached and served to every client of this proxy.
@@ -213,6 +237,22 @@ class Lifecycle:
                 "stopping: %d request(s) still in flight after %g s are cut", len(self.in_flight), self.grace
             )
         self.master.shutdown()
+
+
+def describe_running(host: str, port: int, pid: int) -> runtime.Running:
+    """This proxy as its runtime file and banner describe it (options as currently set)."""
+    confdir = os.path.expanduser(ctx.options.confdir)
+    return runtime.Running(
+        host=runtime.client_host(host),
+        port=port,
+        admin_port=int(getattr(ctx.options, "fwd_admin_port", 0) or 0),
+        confdir=confdir,
+        ca=str(Path(confdir) / "mitmproxy-ca-cert.pem"),
+        cache_dir=os.path.expanduser(getattr(ctx.options, "fwd_cache_dir", "") or ""),
+        pid=pid,
+        version=__version__,
+        started=time.time(),
+    )
 
 
 addons = [Lifecycle()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fwdproxy import cache, cacheview, config, hits, metrics
+from fwdproxy import cache, cacheview, config, hits, metrics, runtime
 from fwdproxy.cache import CacheConfig
 from fwdproxy.store import TieredStore, Verification, backend
 from fwdproxy.store.handle import ERRORS
@@ -35,9 +36,14 @@ def _settings(ns: argparse.Namespace) -> config.Settings:
         if getattr(ns, name, None):
             flags[name] = ns.preset if name == "preset" else getattr(ns, name)
     try:
-        return config.from_file_and_flags(flags)
+        settings = config.from_file_and_flags(flags)
     except ValueError as e:
         raise CommandError(str(e)) from None
+    if "cache_dir" not in settings.explicit and (found := runtime.find()):
+        # No directory named: the running proxy's (the newest, when several run), not the default.
+        print(f"fwdproxy cache: {found[0].cache_dir} (the cache of {found[0].proxy_url})", file=sys.stderr)
+        settings = dataclasses.replace(settings, cache_dir=found[0].cache_dir)
+    return settings
 
 
 def cache_config(settings: config.Settings) -> CacheConfig:
@@ -307,7 +313,10 @@ def add_parser(sub: Any) -> None:
     """Register ``cache`` and its subcommands on the ``fwdproxy`` subparsers."""
     common = argparse.ArgumentParser(add_help=False)
     default_dir = config.Settings().cache_dir
-    common.add_argument("--cache-dir", help=f"the proxy's cache directory (default: {default_dir})")
+    common.add_argument(
+        "--cache-dir",
+        help=f"the proxy's cache directory (default: the running fwdproxy's, else {default_dir})",
+    )
     common.add_argument("--config", help="fwdproxy TOML file: its cache_dir, sizes and [[cache.rule]] apply")
     common.add_argument("--preset", action="append", help="cache rule preset the proxy runs with, e.g. ci")
     as_json = argparse.ArgumentParser(add_help=False)

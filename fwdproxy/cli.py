@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
-from fwdproxy import __version__, cachecmd, config, envcmd
+from fwdproxy import __version__, cachecmd, config, envcmd, logs
 
 CA_HELP = """\
 How to trust the CA (replace PATH with what `fwdproxy ca` prints):
@@ -23,16 +22,6 @@ How to trust the CA (replace PATH with what `fwdproxy ca` prints):
   macOS:    sudo security add-trusted-cert -d -r trustRoot -k /Library/Keychains/System.keychain PATH
   Windows:  certutil -addstore root PATH
 """
-
-
-def _setup_logging(quiet: bool, verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    # mitmproxy logs every client and server connection at INFO: too chatty unless asked for.
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING if quiet or not verbose else logging.INFO)
 
 
 def ca_path(confdir: str) -> Path:
@@ -50,7 +39,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"fwdproxy: {e}", file=sys.stderr)
         return 2
-    _setup_logging(settings.quiet, settings.verbose)
+    logs.setup(settings.quiet, settings.verbose)
     try:
         Path(os.path.expanduser(settings.cache_dir)).mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:

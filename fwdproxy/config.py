@@ -14,7 +14,7 @@ from typing import Any
 
 from fwdproxy import access, anonymize
 from fwdproxy.balance import Algorithm, parse_cli_upstreams, parse_upstreams
-from fwdproxy.units import parse_duration, parse_size
+from fwdproxy.units import duration_text, parse_duration, parse_size, size_text
 
 
 class Kind(enum.Enum):
@@ -28,6 +28,8 @@ class Kind(enum.Enum):
     DURATION = "duration"
     STR_LIST = "list of str"
     INT_LIST = "list of int"
+    COUNT = "count"
+    """A flag that may be repeated (-vv); in TOML a number or true/false."""
     WORKERS = "workers"
     """A positive integer, or ``auto`` for one per core."""
 
@@ -82,7 +84,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("auth", Kind.OPT_STR, "require proxy authentication USER:PASS (Basic)"),
     Option("set", Kind.STR_LIST, "any mitmproxy option NAME=VALUE (repeatable)"),
     Option("quiet", Kind.BOOL, "log only warnings and errors", short="-q"),
-    Option("verbose", Kind.BOOL, "log every tunnel decision and more", short="-v"),
+    Option(
+        "verbose",
+        Kind.COUNT,
+        "-v: a line per request and per tunnel decision; -vv: also connections and HTTP/2 frames",
+        short="-v",
+    ),
     Option("connect_timeout", Kind.DURATION, "how long an origin may take to accept a connection (then 504)"),
     Option(
         "read_timeout",
@@ -158,7 +165,7 @@ class Settings:
     auth: str | None = None
     set: tuple[str, ...] = ()
     quiet: bool = False
-    verbose: bool = False
+    verbose: int = 0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     shutdown_grace: float = 10.0
@@ -237,6 +244,12 @@ def _convert(opt: Option, value: Any, where: str) -> Any:
                 return parse_duration(value)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
+        case Kind.COUNT:
+            if isinstance(value, bool):
+                return int(value)
+            if isinstance(value, int) and value >= 0:
+                return value
+            raise fail("true, false or a number of -v")
         case Kind.STR_LIST:
             items = [value] if isinstance(value, str) else value
             if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
@@ -344,17 +357,33 @@ def check(s: Settings) -> None:
             raise ValueError(f"{s.config}: {e}") from None
 
 
+def default_text(opt: Option, defaults: Settings) -> str:
+    """An option's default as a user writes it (``256MiB``, ``10s``, ``127.0.0.1/32, ::1/128``); "" for none."""
+    value = getattr(defaults, opt.name)
+    if value is None or value is False or value == () or value == "":
+        return ""
+    match opt.kind:
+        case Kind.SIZE:
+            return size_text(value)
+        case Kind.DURATION:
+            return duration_text(value)
+        case Kind.BOOL | Kind.COUNT:
+            return "" if not value else str(value)
+        case _:
+            return ", ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare one flag per option; defaults are left out so we can tell what was given."""
     defaults = Settings()
     for opt in OPTIONS:
         names = ["--" + opt.name.replace("_", "-")] + ([opt.short] if opt.short else [])
-        default = getattr(defaults, opt.name)
-        shown = ", ".join(map(str, default)) if isinstance(default, tuple) else default
-        help_text = f"{opt.help} (default: {shown})" if shown not in (None, (), "", False) else opt.help
+        help_text = f"{opt.help} (default: {shown})" if (shown := default_text(opt, defaults)) else opt.help
         kwargs: dict[str, Any] = {"dest": opt.name, "default": argparse.SUPPRESS, "help": help_text}
         if opt.kind is Kind.BOOL:
             parser.add_argument(*names, action="store_true", **kwargs)
+        elif opt.kind is Kind.COUNT:
+            parser.add_argument(*names, action="count", **kwargs)
         elif opt.kind in (Kind.STR_LIST, Kind.INT_LIST):
             parser.add_argument(*names, action="append", metavar=opt.name.upper(), **kwargs)
         else:

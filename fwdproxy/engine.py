@@ -187,7 +187,7 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
     master.addons.add(*(cls() for cls in BUILTIN_ADDONS), *ours)
     if shared_port:
         master.fwd_shared_port = SharedPort(master.addons.get("proxyserver").servers)  # type: ignore[attr-defined]
-    master.options.update(**mitm_options(s))
+    master.options.update(**mitm_options(s), fwd_role="worker" if shared_port else "run")
     if s.set:
         master.options.set(*s.set)
     return master, ours[0]

@@ -36,15 +36,17 @@ import enum
 import os
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, assert_never
 
-from fwdproxy import trust
+from fwdproxy import runtime, trust
 
 BUNDLE_NAME = "fwdproxy-ca-bundle.pem"
 APT_CONF_NAME = "fwdproxy-apt.conf"
 DEFAULT_PROXY = "http://127.0.0.1:8080"
+CA_NAME = "mitmproxy-ca-cert.pem"
 DEFAULT_NO_PROXY = "localhost,127.0.0.1,::1"
 """Loopback services (databases, local registries in CI) should be reached directly, not through the proxy."""
 
@@ -121,16 +123,62 @@ def write_files(confdir: Path, ca: Path, proxy: str) -> tuple[Path, Path]:
     return bundle, conf
 
 
-def cmd_env(ns: argparse.Namespace) -> int:
-    from fwdproxy.cli import ca_path  # creates the CA on first use (needs mitmproxy's certs module)
+def _same_proxy(url: str, running: runtime.Running) -> bool:
+    given = url.rstrip("/").lower()
+    return given == running.proxy_url.lower() or (
+        running.host in ("127.0.0.1", "::1") and given == f"http://localhost:{running.port}"
+    )
 
-    proxy = ns.proxy.rstrip("/")
-    if not proxy.startswith(("http://", "https://")):
+
+def choose(
+    proxy: str | None, confdir: str | None, found: Sequence[runtime.Running]
+) -> tuple[runtime.Running | None, str]:
+    """The running proxy that fits what was given (either may be None), or None and why not."""
+    fits = [
+        r
+        for r in found
+        if (proxy is None or _same_proxy(proxy, r))
+        and (confdir is None or os.path.expanduser(confdir) == os.path.expanduser(r.confdir))
+    ]
+    if fits:
+        return fits[0], ""
+    if not found:
+        return None, "no running fwdproxy found"
+    named = " and ".join(
+        f"{flag} {value}" for flag, value in (("--proxy", proxy), ("--confdir", confdir)) if value
+    )
+    return None, f"no running fwdproxy matches {named} (running: {', '.join(r.proxy_url for r in found)})"
+
+
+def cmd_env(ns: argparse.Namespace) -> int:
+    if ns.proxy is not None and not ns.proxy.startswith(("http://", "https://")):
         print(f"fwdproxy env: --proxy {ns.proxy!r} is not a URL; try e.g. {DEFAULT_PROXY}", file=sys.stderr)
         return 2
-    confdir = Path(os.path.expanduser(ns.confdir))
+    running, why = choose(ns.proxy, ns.confdir, runtime.find())
+    if running is not None:
+        print(f"fwdproxy env: using {runtime.describe(running, time.time())}", file=sys.stderr)
+        proxy, confdir, ca = ns.proxy or running.proxy_url, Path(running.confdir), Path(running.ca)
+    elif ns.proxy is not None and ns.confdir is not None:
+        # Both named: a proxy this user did not start here (another machine, a container). Its CA must
+        # already be in the confdir: never make one, or every client would trust a CA the proxy does not use.
+        proxy, confdir = ns.proxy, Path(os.path.expanduser(ns.confdir))
+        ca = confdir / CA_NAME
+    else:
+        print(
+            f"fwdproxy env: {why} (looked in {runtime.user_dir()}); start one with `fwdproxy run` "
+            "in another terminal and run this again, or name it: fwdproxy env --proxy URL --confdir DIR",
+            file=sys.stderr,
+        )
+        return 1
+    proxy = proxy.rstrip("/")
+    if not ca.is_file():
+        print(
+            f"fwdproxy env: {ca} does not exist: --confdir {confdir} is not the proxy's confdir "
+            "(fwdproxy makes its CA there at first start)",
+            file=sys.stderr,
+        )
+        return 1
     try:
-        ca = ca_path(str(confdir))
         bundle, conf = write_files(confdir, ca, proxy)
         sys.stdout.write(
             render(variables(proxy, ns.no_proxy, str(bundle), str(ca), str(conf)), Format(ns.format))
@@ -146,15 +194,18 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "env",
         help="print the exports that point common clients at the proxy and its CA",
-        description='Print shell exports for pip, npm, node, curl, git, cargo, go and apt: eval "$(fwdproxy env)".',
+        description='Print shell exports for pip, npm, node, curl, git, cargo, go and apt: eval "$(fwdproxy env)". '
+        "With no --proxy/--confdir it uses the running fwdproxy (found by its runtime file); it never makes a CA.",
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--proxy", default=DEFAULT_PROXY, help=f"the proxy's URL (default: {DEFAULT_PROXY})")
+    p.add_argument(
+        "--proxy", help="the proxy's URL (default: the running fwdproxy's, e.g. http://127.0.0.1:8080)"
+    )
     p.add_argument(
         "--format", choices=[f.value for f in Format], default=Format.SH.value, help="sh (default) or github"
     )
-    p.add_argument("--confdir", default="~/.mitmproxy", help="the proxy's confdir (default: ~/.mitmproxy)")
+    p.add_argument("--confdir", help="the proxy's confdir, where its CA is (default: the running fwdproxy's)")
     p.add_argument(
         "--no-proxy", default=DEFAULT_NO_PROXY, help=f"hosts reached directly (default: {DEFAULT_NO_PROXY})"
     )

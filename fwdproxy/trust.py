@@ -89,10 +89,24 @@ def secure_ca_keys(confdir: Path) -> list[Path]:
 def open_to_others(directory: Path) -> bool:
     """Whether users other than the owner may list or read `directory` (False when it does not exist).
 
-    The cache directory holds decrypted HTTPS responses; fwdproxy creates it with mode 0700, but one made by
-    hand, or shared on purpose with a group, is left as it is and warned about at start.
+    The cache directory holds decrypted HTTPS responses; fwdproxy creates it with mode 0700, tightens one
+    that everybody may read (made by hand with a usual umask), and warns about one shared on purpose with a
+    group (see tighten_if_world_readable).
     """
     try:
         return bool(directory.stat().st_mode & 0o077)
     except OSError:
         return False
+
+
+def tighten_if_world_readable(directory: Path) -> bool:
+    """Make ``directory`` mode 0700 when every user may enter it (a usual umask of 022 or 002 made it so) and
+    it is ours; True when it was changed. One open to its group only was shared on purpose: left alone."""
+    try:
+        st = directory.stat()
+        if not st.st_mode & 0o007 or st.st_uid != os.geteuid():
+            return False
+        os.chmod(directory, 0o700)
+    except OSError:
+        return False
+    return True

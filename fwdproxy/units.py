@@ -73,3 +73,22 @@ def format_duration(seconds: float) -> str:
     if s < 86400:
         return f"{sign}{s // 3600}h" + (f"{s % 3600 // 60}m" if s % 3600 // 60 else "")
     return f"{sign}{s // 86400}d" + (f"{s % 86400 // 3600}h" if s % 86400 // 3600 else "")
+
+
+def size_text(n: int) -> str:
+    """A byte count as a size flag is written: ``256MiB``, ``10GiB``, ``1500`` (the largest exact unit)."""
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n and n % factor == 0:
+            return f"{n // factor}{unit}"
+    return str(n)
+
+
+def duration_text(seconds: float) -> str:
+    """Seconds as a duration flag is written: ``10s``, ``5m``, ``1d``, ``0.5s`` (the largest exact unit)."""
+    if seconds and seconds == int(seconds):
+        whole = int(seconds)
+        for unit, factor in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+            if whole % factor == 0:
+                return f"{whole // factor}{unit}"
+        return f"{whole}s"
+    return f"{seconds:g}s" if seconds else "0"

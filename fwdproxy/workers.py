@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import pickle
@@ -33,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fwdproxy import __version__, runtime
 from fwdproxy.config import Settings
 
 log = logging.getLogger("fwdproxy")
@@ -243,9 +245,15 @@ async def supervise(s: Settings, count: int) -> int:
     try:
         reserved = reserve(s.listen_host, s.listen_port)
     except OSError as e:
-        log.error("could not listen on %s:%s (is the port in use?): %s", s.listen_host, s.listen_port, e)
+        if e.errno in (None, errno.EADDRINUSE):  # reserve() found a listener there, or bind said so
+            print(f"fwdproxy: {runtime.listen_failure(s.listen_host, s.listen_port)}", file=sys.stderr)
+        else:
+            print(
+                f"fwdproxy: cannot listen on {s.listen_host}:{s.listen_port}: {e.strerror}", file=sys.stderr
+            )
         return 1
     supervisor = Supervisor(s, count)
+    me: runtime.Running | None = None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop_signal)
@@ -257,12 +265,35 @@ async def supervise(s: Settings, count: int) -> int:
         if supervisor.stopping.is_set():
             await supervisor.stop_all()
             return 0
+        me = _running(s, address)
+        runtime.write(me)  # before the listening line: whoever waits for it may run `fwdproxy env` at once
         print(f"{LISTENING}{address}", flush=True)
+        for line in runtime.banner(me):
+            log.info("%s", line)
         log.info("%d workers share port %d (pids %s)", count, port, ", ".join(
             str(w.proc.pid) for w in supervisor.workers.values()))  # fmt: skip
         return await supervisor.watch(port)
     finally:
         reserved.close()
+        if me is not None:
+            runtime.remove(me)
+
+
+def _running(s: Settings, address: str) -> runtime.Running:
+    """The runtime file's record of this supervisor and its workers."""
+    host, _, port = address.rpartition(":")
+    confdir = os.path.expanduser(s.confdir)
+    return runtime.Running(
+        host=runtime.client_host(host),
+        port=int(port),
+        admin_port=s.admin_port,
+        confdir=confdir,
+        ca=os.path.join(confdir, "mitmproxy-ca-cert.pem"),
+        cache_dir=os.path.expanduser(s.cache_dir),
+        pid=os.getpid(),
+        version=__version__,
+        started=time.time(),
+    )
 
 
 def _die_with_parent(parent: int) -> None:
@@ -281,13 +312,9 @@ def main(argv: list[str]) -> int:
     index, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     settings: Settings = pickle.loads(sys.stdin.buffer.read())
-    from fwdproxy import cli, engine
+    from fwdproxy import engine, logs
 
-    cli._setup_logging(settings.quiet, settings.verbose)
-    for handler in logging.getLogger().handlers:
-        handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s[w{index}]: %(message)s", "%H:%M:%S")
-        )
+    logs.setup(settings.quiet, settings.verbose, prefix=f"[w{index}]")
     return asyncio.run(engine.serve(settings, shared_port=True))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,6 +11,20 @@ import pytest
 import trustme
 
 from tests.support import Origin, Proxy, fwdproxy_argv
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_runtime_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every proxy a test starts writes its runtime file here, never in the user's own runtime directory
+    (where `fwdproxy env` of a real shell, or another test run, would find it)."""
+    path = tmp_path_factory.mktemp("xdg-runtime")
+    saved = os.environ.get("XDG_RUNTIME_DIR")
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+    yield path
+    if saved is None:
+        os.environ.pop("XDG_RUNTIME_DIR", None)
+    else:
+        os.environ["XDG_RUNTIME_DIR"] = saved
 
 
 @pytest.fixture(scope="session")

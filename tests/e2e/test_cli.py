@@ -65,7 +65,7 @@ def test_busy_port_exits_nonzero(start_proxy, tmp_path: Path, confdir: Path) -> 
         str(confdir),
     )
     assert out.returncode == 1
-    assert "could not listen" in out.stderr
+    assert "is already in use (another fwdproxy? pick --listen-port)" in out.stderr
 
 
 def test_sigterm_stops_cleanly(start_proxy) -> None:

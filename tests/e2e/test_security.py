@@ -117,18 +117,30 @@ def test_ca_key_is_private_to_its_owner(start_proxy, tmp_path: Path, origin: Ori
     assert f"{key} (the CA's private key) was readable by others; made it private" in proxy.log()
 
 
-def test_cache_dir_is_created_private_and_an_open_one_is_warned_about(start_proxy, tmp_path: Path) -> None:
+def test_cache_dir_is_created_private_an_open_one_tightened_and_a_group_one_warned_about(
+    start_proxy, tmp_path: Path
+) -> None:
     made = tmp_path / "made" / "cache"
     proxy = start_proxy(cache_dir=made)
     assert stat.S_IMODE(made.stat().st_mode) == 0o700  # it holds decrypted HTTPS responses
     assert "readable by other users" not in proxy.log()
     proxy.stop()
+    # Made by hand with a usual umask: tightened, said once at INFO, no warning.
+    usual = tmp_path / "usual"
+    usual.mkdir()
+    usual.chmod(0o755)
+    proxy = start_proxy(cache_dir=usual)
+    assert stat.S_IMODE(usual.stat().st_mode) == 0o700
+    assert proxy.log().count(f"made the cache directory {usual} private (mode 0700)") == 1
+    assert "readable by other users" not in proxy.log()
+    proxy.stop()
+    # Shared with a group on purpose: left as the operator made it, and warned about.
     shared = tmp_path / "shared"
-    shared.mkdir(mode=0o755)
-    shared.chmod(0o755)
+    shared.mkdir()
+    shared.chmod(0o750)
     proxy = start_proxy(cache_dir=shared)
     assert f"the cache directory {shared} is readable by other users" in proxy.log()
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o755  # left as the operator made it
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o750
 
 
 def test_origin_tls_is_verified_unless_upstream_insecure_which_warns(

@@ -143,7 +143,10 @@ def test_busy_port_with_workers_exits_nonzero(start_proxy, tmp_path: Path, confd
         "--cache-dir", str(tmp_path / "c2"), "--confdir", str(confdir),
     )  # fmt: skip
     assert out.returncode == 1
-    assert "could not listen" in out.stderr and "listening at" not in out.stdout
+    assert (
+        "is already in use (another fwdproxy? pick --listen-port)" in out.stderr
+        and "listening at" not in out.stdout
+    )
 
 
 def test_bad_worker_count_is_one_clear_line(tmp_path: Path) -> None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from fwdproxy import envcmd, trust
+from fwdproxy import envcmd, runtime, trust
 from fwdproxy.cli import main
 
 PROXY = "http://127.0.0.1:3128"
@@ -95,13 +96,75 @@ def test_env_command_writes_a_bundle_of_system_roots_and_our_ca(
     assert Path(values["APT_CONFIG"]).read_text() == envcmd.apt_conf(PROXY, str(bundle))
 
 
-def test_env_github_format(confdir: Path, capsys) -> None:
-    assert main(["env", "--format", "github", "--confdir", str(confdir), "--no-proxy", "x.internal"]) == 0
+def test_env_github_format(confdir: Path, proxy_ca_file: Path, capsys) -> None:
+    argv = [
+        "env",
+        "--format",
+        "github",
+        "--proxy",
+        PROXY,
+        "--confdir",
+        str(confdir),
+        "--no-proxy",
+        "x.internal",
+    ]
+    assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "HTTP_PROXY=http://127.0.0.1:8080\n" in out and "NO_PROXY=x.internal\n" in out
+    assert f"HTTP_PROXY={PROXY}\n" in out and "NO_PROXY=x.internal\n" in out
     assert "export" not in out
 
 
 def test_env_rejects_a_proxy_that_is_not_a_url(confdir: Path, capsys) -> None:
     assert main(["env", "--proxy", "127.0.0.1:8080", "--confdir", str(confdir)]) == 2
     assert "not a URL" in capsys.readouterr().err
+
+
+@pytest.fixture
+def nobody_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty runtime directory and HOME, so no proxy is found and a CA made by mistake would show."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path
+
+
+def test_env_with_no_proxy_running_says_how_to_start_one_and_makes_no_ca(
+    nobody_running: Path, capsys
+) -> None:
+    assert main(["env"]) == 1
+    err = capsys.readouterr().err
+    assert "no running fwdproxy found" in err and "fwdproxy run" in err
+    assert not (nobody_running / "home" / ".mitmproxy").exists()
+
+
+def test_env_with_only_proxy_named_and_none_running_makes_no_ca(nobody_running: Path, capsys) -> None:
+    assert main(["env", "--proxy", PROXY]) == 1
+    assert "no running fwdproxy found" in capsys.readouterr().err
+    assert not (nobody_running / "home" / ".mitmproxy").exists()
+
+
+def test_env_with_a_confdir_that_has_no_ca_refuses(nobody_running: Path, capsys) -> None:
+    empty = nobody_running / "empty-confdir"
+    empty.mkdir()
+    assert main(["env", "--proxy", PROXY, "--confdir", str(empty)]) == 1
+    assert "mitmproxy-ca-cert.pem does not exist" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []  # no CA, no bundle written
+
+
+def test_env_finds_the_running_proxy_by_its_runtime_file(
+    nobody_running: Path, confdir: Path, proxy_ca_file: Path, capsys
+) -> None:
+    me = runtime.Running(
+        host="127.0.0.1", port=3999, admin_port=0, confdir=str(confdir), ca=str(proxy_ca_file),
+        cache_dir=str(nobody_running / "cache"), pid=os.getpid(), version="test", started=1.0,
+    )  # fmt: skip
+    runtime.write(me)
+    assert main(["env"]) == 0
+    captured = capsys.readouterr()
+    values = dict(line.removeprefix("export ").split("=", 1) for line in captured.out.splitlines())
+    assert values["HTTPS_PROXY"] == "http://127.0.0.1:3999"
+    assert Path(values["NODE_EXTRA_CA_CERTS"]) == proxy_ca_file
+    assert "fwdproxy env: using http://127.0.0.1:3999 (pid" in captured.err
+    # Naming another proxy than the running one is not quietly answered with the running one's CA.
+    assert main(["env", "--proxy", "http://127.0.0.1:4000"]) == 1
+    assert "no running fwdproxy matches --proxy http://127.0.0.1:4000" in capsys.readouterr().err
