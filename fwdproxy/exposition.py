@@ -68,6 +68,15 @@ class StatsCollector:
         yield GaugeMetricFamily(
             "fwdproxy_start_time_seconds", "When the proxy started (Unix time).", s["started"]
         )
+        yield GaugeMetricFamily(
+            "fwdproxy_workers", "Processes whose counters these metrics add up.", s.get("worker_count", 1)
+        )
+        per_worker = CounterMetricFamily(
+            "fwdproxy_worker_requests", "Client requests answered by each worker.", labels=["worker"]
+        )
+        for w in s.get("workers") or []:
+            per_worker.add_metric([str(w["worker"])], w["requests"])
+        yield per_worker
         yield from _cache_families(s.get("cache"))
         yield from _upstream_families(s.get("upstreams"))
 

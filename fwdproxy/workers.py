@@ -12,7 +12,8 @@ makes them exit at once. A worker that dies is logged and replaced; one that fai
 RESTART_WINDOW, stop them all with exit status 1. Workers also get SIGTERM if the supervisor itself is
 killed (Linux PR_SET_PDEATHSIG), so none is left behind.
 
-What is per process: the memory tier, the sidecar, statistics. The disk tier and its generation marks
+What is per process: the memory tier, the sidecar; statistics are per process too, but each worker
+leaves its counters in the cache directory so the status page adds them all up (workerstats). The disk tier and its generation marks
 are shared, so an entry committed by one worker is a hit in every other, and a purge anywhere takes
 effect everywhere at the next lookup. Collapsing crosses processes through the cache's per-key lock
 files (inflight.KeyLocks): a follower in another worker waits for the commit, then reads the entry.
@@ -26,6 +27,7 @@ import dataclasses
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
@@ -33,6 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from fwdproxy import workerstats
 from fwdproxy.config import Settings
 
 log = logging.getLogger("fwdproxy")
@@ -123,9 +126,11 @@ class Supervisor:
 
     def worker_settings(self, index: int, port: int) -> Settings:
         """The settings of worker ``index`` (1-based): this port, one process, one status page."""
-        s = dataclasses.replace(self.settings, listen_port=port, workers=1)
+        s = dataclasses.replace(
+            self.settings, listen_port=port, workers=1, worker=index, worker_run=str(os.getpid())
+        )
         if index > 1 and "admin_port" in {f.name for f in dataclasses.fields(s)}:
-            # One status page (worker 1's); it shows that worker's counters (see the README).
+            # One status page (worker 1's); it adds up every worker's counters (workerstats).
             off: dict[str, Any] = {"admin_port": 0}
             s = dataclasses.replace(s, **off)
         return s
@@ -246,6 +251,7 @@ async def supervise(s: Settings, count: int) -> int:
         log.error("could not listen on %s:%s (is the port in use?): %s", s.listen_host, s.listen_port, e)
         return 1
     supervisor = Supervisor(s, count)
+    workerstats.remove_finished(s.cache_dir, _alive)  # counters of runs that are over
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop_signal)
@@ -263,6 +269,17 @@ async def supervise(s: Settings, count: int) -> int:
         return await supervisor.watch(port)
     finally:
         reserved.close()
+        shutil.rmtree(workerstats.run_dir(s.cache_dir, str(os.getpid())), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: not ours to judge
+    return True
 
 
 def _die_with_parent(parent: int) -> None:
