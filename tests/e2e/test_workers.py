@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO, Origin, Proxy, Reply, fwdproxy_argv, run_cli
+from tests.support import REPO, Origin, Proxy, Reply, client, fwdproxy_argv, run_cli
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
 
@@ -274,3 +274,30 @@ def test_every_worker_is_counted_and_the_counts_survive_a_replacement(
     stats = settle(admin, log, 60)
     assert stats["hits"] == hits and requests_in_metrics(admin) == 60
     assert {w["pid"] for w in stats["workers"]} == set(workers_of(proxy))
+
+
+def test_intercepted_https_across_workers_is_counted_once_per_request(
+    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    url = tls_origin.route("/tls", Reply(200, {"Cache-Control": "max-age=600"}, b"secret but cacheable"))
+    admin, log = free_port(), tmp_path / "access.log"
+    proxy = start_proxy(
+        "--workers", "2", "--admin-port", str(admin), "--access-log", str(log),
+        "--connect-port", str(tls_origin.port),
+    )  # fmt: skip
+    for _ in range(12):  # one CONNECT tunnel each, two requests inside it
+        with client(proxy, proxy_ca_file) as c:
+            assert [c.get(url).content for _ in range(2)] == [b"secret but cacheable"] * 2
+    deadline = time.monotonic() + 15
+    while True:
+        stats = admin_get(admin, "/stats.json").json()
+        lines = log.read_text().splitlines() if log.exists() else []
+        # The access log also has one NONE_NONE line per intercepted CONNECT; the counters count requests.
+        requests = [line for line in lines if " CONNECT " not in line]
+        if stats["requests"]["total"] == len(requests) == 24 and len(lines) == 36:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"stats {stats['requests']} {stats['workers']}; log:\n" + "\n".join(lines))
+        time.sleep(0.2)
+    assert all(w["requests"] > 0 for w in stats["workers"]), stats["workers"]
+    assert stats["served_from_cache"] == sum(" TCP_HIT/" in line for line in requests) == 23
