@@ -275,6 +275,25 @@ def test_every_worker_is_counted_and_the_counts_survive_a_replacement(
     assert stats["hits"] == hits and requests_in_metrics(admin) == 60
     assert {w["pid"] for w in stats["workers"]} == set(workers_of(proxy))
 
+    # Worker 1 serves the admin port from its live counters; its file catches up within a second.
+    time.sleep(1.5)
+    first = {w["worker"]: w for w in stats["workers"]}[1]["pid"]
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stats = admin_get(admin, "/stats.json").json()
+        except httpx.TransportError:
+            stats = None  # the admin port is down until worker 1's replacement listens
+        if stats is not None:
+            assert stats["requests"]["total"] == 60, "the totals changed when the admin worker died"
+            if {w["worker"]: w for w in stats["workers"]}[1]["pid"] != first:
+                break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no replacement for worker 1: {stats}\n{proxy.log()}")
+        time.sleep(0.2)
+    assert stats["hits"] == hits and requests_in_metrics(admin) == 60
+
 
 def test_intercepted_https_across_workers_is_counted_once_per_request(
     start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
