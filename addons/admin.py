@@ -19,6 +19,7 @@ from mitmproxy import ctx, exceptions, http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, statuspage, workerstats
+from fwdproxy.store import TierStats
 
 log = logging.getLogger("fwdproxy.admin")
 
@@ -203,20 +204,28 @@ class Admin:
         master = self.master or ctx.master
         store = getattr(master.addons.get("cache"), "store", None)
         now = time.time()
-        stats, workers = self._all_workers(now)
+        stats, workers, memories = self._all_workers(now)
+        store_stats = store.stats() if store is not None else None
+        if store_stats is not None and store_stats.memory is not None and memories:
+            # Each worker has its own memory tier: show them added up, like the counters.
+            store_stats = dataclasses.replace(
+                store_stats, memory=metrics.sum_tiers([store_stats.memory, *memories])
+            )
         return stats.snapshot(
             now,
-            store=store.stats() if store is not None else None,
+            store=store_stats,
             upstreams=self._upstreams(master.addons.get("egress")),
             workers=workers,
         )
 
-    def _all_workers(self, now: float) -> tuple[metrics.Stats, list[dict[str, Any]]]:
-        """This process's live counters plus the other workers' last files, and one row per worker."""
+    def _all_workers(self, now: float) -> tuple[metrics.Stats, list[dict[str, Any]], list[TierStats]]:
+        """This process's live counters plus the other workers' last files, one row per worker, and the
+        other workers' memory tiers."""
         own = self.stats.state()
         rows = [metrics.worker_summary(self.worker, os.getpid(), own, now)]
+        memories: list[TierStats] = []
         if self.stats_dir is None:
-            return self.stats, rows
+            return self.stats, rows, memories
         total = metrics.merge([own], self.stats.started)
         for index, got in sorted(workerstats.read_all(self.stats_dir).items()):
             if index == self.worker:
@@ -224,11 +233,13 @@ class Admin:
             try:
                 total.add(got.state)
                 rows.append(metrics.worker_summary(index, got.pid, got.state, got.updated))
+                if got.memory is not None:
+                    memories.append(got.memory)
             except ValueError as e:
                 log.warning(
                     "worker %d's counters in %s are unreadable (%s); left out", index, self.stats_dir, e
                 )
-        return total, sorted(rows, key=lambda r: int(r["worker"]))
+        return total, sorted(rows, key=lambda r: int(r["worker"])), memories
 
     def _upstreams(self, egress: Any) -> list[Mapping[str, Any]] | None:
         if egress is None or not hasattr(egress, "stats"):
@@ -329,11 +340,15 @@ class Admin:
         except ValueError as e:
             log.warning("cannot carry on from %s (%s); this worker counts from zero", self.stats_dir, e)
 
-    def _stats_file(self) -> tuple[Path, int, int, float, dict[str, Any]] | None:
+    def _stats_file(self) -> tuple[Path, int, int, float, dict[str, Any], TierStats | None] | None:
         if self.stats_dir is None:
             return None
         path = workerstats.path_for(self.stats_dir, self.worker)
-        return path, self.worker, os.getpid(), time.time(), self.stats.state()
+        memory = getattr(
+            getattr(self.master and self.master.addons.get("cache"), "store", None), "memory", None
+        )
+        tier = memory.stats() if memory is not None else None  # a lock and two lengths: cheap
+        return path, self.worker, os.getpid(), time.time(), self.stats.state(), tier
 
     def _write_stats(self) -> None:
         if (args := self._stats_file()) is not None:

@@ -303,6 +303,19 @@ def worker_summary(index: int, pid: int, state: Mapping[str, Any], updated: floa
     }
 
 
+def sum_tiers(tiers: Iterable[TierStats]) -> TierStats:
+    """Several processes' memory tiers as one: entries, bytes, limits and evictions add."""
+    total = TierStats(0, 0, 0, 0)
+    for t in tiers:
+        total = TierStats(
+            total.entries + t.entries,
+            total.bytes + t.bytes,
+            total.limit + t.limit,
+            total.evictions + t.evictions,
+        )
+    return total
+
+
 def tier_dict(tier: TierStats | None) -> dict[str, int] | None:
     """A tier's occupancy as a plain dict (None for a tier this process cannot see)."""
     return None if tier is None else asdict(tier)

@@ -11,6 +11,7 @@ does; the supervisor removes the directories of runs that are over.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fwdproxy.store import TierStats
 
 STATS_EVERY = 1.0
 """Seconds between a worker's writes: the lag of the merged numbers, and what a SIGKILL can lose. One
@@ -46,9 +49,18 @@ class WorkerFile:
     """When it was written (Unix time)."""
     state: Mapping[str, Any]
     """Its ``Stats.state()``."""
+    memory: TierStats | None = None
+    """Its memory tier's occupancy (each worker has its own)."""
 
 
-def write(path: Path, index: int, pid: int, updated: float, state: Mapping[str, Any]) -> None:
+def write(
+    path: Path,
+    index: int,
+    pid: int,
+    updated: float,
+    state: Mapping[str, Any],
+    memory: TierStats | None = None,
+) -> None:
     """Replace the worker's file atomically (readers see the old or the new one, never half).
 
     Raises:
@@ -56,6 +68,8 @@ def write(path: Path, index: int, pid: int, updated: float, state: Mapping[str, 
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     doc = {"worker": index, "pid": pid, "updated": updated, "stats": state}
+    if memory is not None:
+        doc["memory"] = dataclasses.asdict(memory)
     fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -71,8 +85,12 @@ def read(path: Path) -> WorkerFile | None:
     """A worker's file; None when it is missing or unreadable (then that worker's counts are left out)."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        return WorkerFile(int(doc["worker"]), int(doc["pid"]), float(doc["updated"]), dict(doc["stats"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        memory = doc.get("memory")
+        tier = None if memory is None else TierStats(**{k: int(v) for k, v in memory.items()})
+        return WorkerFile(
+            int(doc["worker"]), int(doc["pid"]), float(doc["updated"]), dict(doc["stats"]), tier
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -15,6 +15,7 @@ from addons.cache import Cache
 from addons.egress import Egress
 from fwdproxy import cache as policy
 from fwdproxy.http_model import Headers, StoredResponse
+from fwdproxy.store import TierStats
 from tests.support import REPO
 
 
@@ -152,7 +153,8 @@ def test_a_worker_adds_the_others_files_and_a_replacement_resumes(tmp_path: Path
     other = metrics.Stats(started=1.0)
     for _ in range(5):
         other.record(metrics.Served(metrics.Outcome.HIT, "b.example", 10), 100.0)
-    workerstats.write(workerstats.path_for(run, 2), 2, 4242, 100.0, other.state())
+    memory = TierStats(entries=3, bytes=300, limit=1000, evictions=1)  # worker 2's own memory tier
+    workerstats.write(workerstats.path_for(run, 2), 2, 4242, 100.0, other.state(), memory)
     predecessor = metrics.Stats(started=2.0)
     predecessor.record(metrics.Served(metrics.Outcome.MISS, "a.example", 3), 100.0)
     predecessor.open_connections = 9  # closed when it died
@@ -171,6 +173,11 @@ def test_a_worker_adds_the_others_files_and_a_replacement_resumes(tmp_path: Path
         s = admin.snapshot()
         assert s["requests"]["total"] == 1 + 1 + 5 and s["served_from_cache"] == 6
         assert s["open_connections"] == 0 and s["started"] == 1.0
+        own = cache.store.memory.stats()
+        assert s["cache"]["memory"] == {
+            "entries": own.entries + 3, "bytes": own.bytes + 300, "limit": own.limit + 1000,
+            "evictions": own.evictions + 1,
+        }  # fmt: skip
         assert {h["host"]: h["requests"] for h in s["top_hosts"]} == {"b.example": 5, "example.com": 1}
         assert [(w["worker"], w["pid"], w["requests"]) for w in s["workers"]] == [
             (1, os.getpid(), 2),

@@ -253,6 +253,7 @@ def test_every_worker_is_counted_and_the_counts_survive_a_replacement(
     assert sum(m["requests"] for m in stats["timeline"]) == 40
     assert stats["top_hosts"][0]["requests"] == hits
     assert requests_in_metrics(admin) == 40
+    assert stats["cache"]["memory"]["limit"] == 2 * 256 * 2**20, "each worker's memory tier, added up"
     page = admin_get(admin, "/").text
     assert 'data-workers="2"' in page and 'id="requests-total" data-value="40"' in page
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fwdproxy import workerstats
-from fwdproxy.metrics import Outcome, Served, Stats, merge
+from fwdproxy.metrics import Outcome, Served, Stats, merge, sum_tiers
+from fwdproxy.store import TierStats
 
 NOW = 1_700_000_000.0
 
@@ -22,9 +23,12 @@ def test_files_round_trip_and_add_up(tmp_path: Path) -> None:
     assert run == tmp_path / "stats" / "run-123"
     workerstats.write(workerstats.path_for(run, 1), 1, 501, NOW, state(3))
     workerstats.write(workerstats.path_for(run, 2), 2, 502, NOW + 1, state(4))
-    workerstats.write(workerstats.path_for(run, 2), 2, 503, NOW + 2, state(5))  # replaced, not appended
+    tier = TierStats(entries=2, bytes=20, limit=100, evictions=0)
+    workerstats.write(workerstats.path_for(run, 2), 2, 503, NOW + 2, state(5), tier)  # replaced, not appended
     found = workerstats.read_all(run)
     assert sorted(found) == [1, 2] and found[2].pid == 503 and found[2].updated == NOW + 2
+    assert found[2].memory == tier and found[1].memory is None
+    assert sum_tiers([tier, tier]) == TierStats(entries=4, bytes=40, limit=200, evictions=0)
     total = merge([f.state for f in found.values()], started=NOW)
     assert total.snapshot(NOW)["requests"]["total"] == 8
     names = {p.name for p in run.iterdir()}
