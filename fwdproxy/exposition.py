@@ -91,7 +91,7 @@ def _cache_families(cache: Mapping[str, Any] | None) -> Iterator[Metric]:
     limit = GaugeMetricFamily("fwdproxy_cache_limit_bytes", "Size limit, per tier.", labels=["tier"])
     evictions = CounterMetricFamily(
         "fwdproxy_cache_evictions",
-        "Entries evicted by this process to stay within the limit.",
+        "Entries evicted to stay within the limit (disk: by this process; memory: by every worker).",
         labels=["tier"],
     )
     for tier in ("memory", "disk"):
