@@ -134,7 +134,7 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json([r.as_dict() for r in found])
         return 0
-    table = Table(title=f"{len(found)} entries", title_justify="left")
+    table = Table(title=f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}", title_justify="left")
     table.add_column("URL", overflow="fold")
     for col in ("status", "size", "age", "fresh for", "hits", "lifetime from"):
         table.add_column(col, justify="left" if col == "lifetime from" else "right")
