@@ -326,6 +326,7 @@ class CacheCore:
                 state.writer.abort()
             return False
         meta = self._meta(state, resp, length, flow.response.timestamp_start or now, decision)
+        meta = cache.record_lifetime(meta, self.config)  # what decided it, for `cache ls/show`
         if state.writer is not None:
             outcome = state.writer.commit(meta)
         else:
@@ -367,6 +368,7 @@ class CacheCore:
             # freshen() keeps what identifies a variant (its selecting headers) and the body length
             for key, meta in state.candidates:
                 if meta.vary_request == updated.vary_request and meta.body_length == updated.body_length:
+                    updated = cache.record_lifetime(updated, self.config)
                     state.stored = self.store.update(key, updated) is not None or state.stored
                     break
         status = CacheStatus(
@@ -395,7 +397,7 @@ class CacheCore:
             if fresh is None:
                 self.store.delete(key)
             elif fresh is not meta:
-                self.store.update(key, fresh)
+                self.store.update(key, cache.record_lifetime(fresh, self.config))
 
     def error(self, flow: http.HTTPFlow) -> None:
         if (resumed := flow.metadata.get(RESUME)) is not None:

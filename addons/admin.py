@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -17,7 +18,8 @@ from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
-from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage
+from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
+from fwdproxy.store import TierStats
 
 log = logging.getLogger("fwdproxy.admin")
 
@@ -45,6 +47,12 @@ class Admin:
         self.hit_deltas: Counter[str] = Counter()
         self.flusher: asyncio.Task[None] | None = None
         self.upstream_error_logged = False
+        self.worker = 0
+        """Which of --workers N this process is (0: the only one)."""
+        self.stats_dir: Path | None = None
+        """Where the workers of this run leave their counters (workerstats); None in a single process."""
+        self.stats_writer: asyncio.Task[None] | None = None
+        self.stats_error_logged = False
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -58,6 +66,15 @@ class Admin:
             int,
             8081,
             "Port of the status page and /metrics, on the listen host; 0 turns it off.",
+        )
+        loader.add_option(
+            "fwd_worker", int, 0, "Set by --workers: this process's index (1-based); 0 for a single process."
+        )
+        loader.add_option(
+            "fwd_worker_run",
+            str,
+            "",
+            "Set by --workers: names the run whose workers add up their counters in the cache directory.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -78,20 +95,33 @@ class Admin:
                 asyncio.get_running_loop().create_task(self._restart())
         if "fwd_cache_dir" in updated and "fwd_cache_dir" in ctx.options:
             self.hits_path = hits.path_for(ctx.options.fwd_cache_dir)
+        if updated & {"fwd_worker", "fwd_worker_run", "fwd_cache_dir"} and "fwd_cache_dir" in ctx.options:
+            self.worker = ctx.options.fwd_worker
+            run = ctx.options.fwd_worker_run
+            self.stats_dir = (
+                workerstats.run_dir(ctx.options.fwd_cache_dir, run) if self.worker > 0 and run else None
+            )
 
     async def running(self) -> None:
         proxyserver = ctx.master.addons.get("proxyserver")
         if proxyserver is not None and not proxyserver.listen_addrs():
             return  # the proxy could not listen and is stopping (Lifecycle said why): no status page
         self.master = ctx.master
+        self._resume_predecessor()
         await self._start()
-        self.flusher = asyncio.get_running_loop().create_task(self._flush_hits_periodically())
+        loop = asyncio.get_running_loop()
+        self.flusher = loop.create_task(self._flush_hits_periodically())
+        if self.stats_dir is not None:
+            self.stats_writer = loop.create_task(self._write_stats_periodically())
 
     async def done(self) -> None:
         if self.flusher is not None:
             self.flusher.cancel()
+        if self.stats_writer is not None:
+            self.stats_writer.cancel()
         await self._stop()
         self._flush_hits()
+        self._write_stats()
 
     # -- requests through the proxy -------------------------------------------------------------------
 
@@ -174,14 +204,46 @@ class Admin:
     # -- what the endpoint serves ---------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The stats with the cache's tier sizes and the balancer's members, read now."""
+        """The stats of every worker added up, with the cache's tier sizes and the balancer's members."""
         master = self.master or ctx.master
         store = getattr(master.addons.get("cache"), "store", None)
-        return self.stats.snapshot(
-            time.time(),
-            store=store.stats() if store is not None else None,
+        now = time.time()
+        stats, workers, memories = self._all_workers(now)
+        store_stats = store.stats() if store is not None else None
+        if store_stats is not None and store_stats.memory is not None and memories:
+            # Each worker has its own memory tier: show them added up, like the counters.
+            store_stats = dataclasses.replace(
+                store_stats, memory=metrics.sum_tiers([store_stats.memory, *memories])
+            )
+        return stats.snapshot(
+            now,
+            store=store_stats,
             upstreams=self._upstreams(master.addons.get("egress")),
+            workers=workers,
         )
+
+    def _all_workers(self, now: float) -> tuple[metrics.Stats, list[dict[str, Any]], list[TierStats]]:
+        """This process's live counters plus the other workers' last files, one row per worker, and the
+        other workers' memory tiers."""
+        own = self.stats.state()
+        rows = [metrics.worker_summary(self.worker, os.getpid(), own, now)]
+        memories: list[TierStats] = []
+        if self.stats_dir is None:
+            return self.stats, rows, memories
+        total = metrics.merge([own], self.stats.started)
+        for index, got in sorted(workerstats.read_all(self.stats_dir).items()):
+            if index == self.worker:
+                continue
+            try:
+                total.add(got.state)
+                rows.append(metrics.worker_summary(index, got.pid, got.state, got.updated))
+                if got.memory is not None:
+                    memories.append(got.memory)
+            except ValueError as e:
+                log.warning(
+                    "worker %d's counters in %s are unreadable (%s); left out", index, self.stats_dir, e
+                )
+        return total, sorted(rows, key=lambda r: int(r["worker"])), memories
 
     def _upstreams(self, egress: Any) -> list[Mapping[str, Any]] | None:
         if egress is None or not hasattr(egress, "stats"):
@@ -289,6 +351,51 @@ class Admin:
             pass  # a client that went away or never finished its request head gets nothing
         finally:
             writer.close()
+
+    # -- counters shared with the other workers (workerstats) -----------------------------------------
+
+    def _resume_predecessor(self) -> None:
+        """A replacement worker carries on from the counters its predecessor last wrote."""
+        if self.stats_dir is None:
+            return
+        got = workerstats.read(workerstats.path_for(self.stats_dir, self.worker))
+        if got is None or got.pid == os.getpid():
+            return
+        try:
+            self.stats.add(got.state, connections=False)  # its connections died with it
+        except ValueError as e:
+            log.warning("cannot carry on from %s (%s); this worker counts from zero", self.stats_dir, e)
+
+    def _stats_file(self) -> tuple[Path, int, int, float, dict[str, Any], TierStats | None] | None:
+        if self.stats_dir is None:
+            return None
+        path = workerstats.path_for(self.stats_dir, self.worker)
+        memory = getattr(
+            getattr(self.master and self.master.addons.get("cache"), "store", None), "memory", None
+        )
+        tier = memory.stats() if memory is not None else None  # a lock and two lengths: cheap
+        return path, self.worker, os.getpid(), time.time(), self.stats.state(), tier
+
+    def _write_stats(self) -> None:
+        if (args := self._stats_file()) is not None:
+            try:
+                workerstats.write(*args)
+            except OSError as e:
+                self._stats_write_failed(e)
+
+    def _stats_write_failed(self, e: OSError) -> None:
+        if not self.stats_error_logged:
+            log.warning("cannot write this worker's counters to %s: %s", self.stats_dir, e.strerror)
+            self.stats_error_logged = True
+
+    async def _write_stats_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(workerstats.STATS_EVERY)
+            if (args := self._stats_file()) is not None:  # the state is copied here, on the event loop
+                try:
+                    await asyncio.to_thread(workerstats.write, *args)
+                except OSError as e:
+                    self._stats_write_failed(e)
 
     # -- hit counts for `fwdproxy cache ls` -----------------------------------------------------------
 

@@ -57,7 +57,8 @@ def cache_config(settings: config.Settings) -> CacheConfig:
             rules += cache.PRESETS[name]
     except ValueError as e:
         raise CommandError(f"{settings.config or '--preset'}: {e}") from None
-    return CacheConfig(negative_ttl=settings.negative_ttl, rules=tuple(rules))
+    # What the proxy recorded with an entry wins over these flags: it explains what the proxy did.
+    return CacheConfig(negative_ttl=settings.negative_ttl, rules=tuple(rules), recorded_lifetimes=True)
 
 
 def _open(settings: config.Settings) -> TieredStore:
@@ -139,14 +140,16 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     if ns.json:
         _print_json([r.as_dict() for r in found])
         return 0
-    table = Table(title=f"{len(found)} entries", title_justify="left")
+    table = Table(title=f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}", title_justify="left")
     table.add_column("URL", overflow="fold")
-    for col in ("status", "size", "age", "fresh for", "hits"):
-        table.add_column(col, justify="right")
+    for col in ("status", "size", "age", "fresh for", "hits", "lifetime from"):
+        table.add_column(col, justify="left" if col == "lifetime from" else "right")
     for r in found:
         fresh = format_duration(r.ttl) if r.ttl > 0 else f"[yellow]stale {format_duration(-r.ttl)}[/yellow]"
         url = r.url + (f" [dim](vary {r.vary.replace(chr(10), '; ')})[/dim]" if r.vary else "")
-        table.add_row(url, str(r.status), format_size(r.size), format_duration(r.age), fresh, str(r.hits))
+        table.add_row(
+            url, str(r.status), format_size(r.size), format_duration(r.age), fresh, str(r.hits), r.source
+        )
     _console().print(table)
     return 0
 
@@ -172,9 +175,7 @@ def cmd_show(ns: argparse.Namespace) -> int:
     console.print(f"[bold]{ns.url}[/bold]  key {primary!r}, {len(shown)} variant(s), {shown[0]['hits']} hits")
     for v in shown:
         console.rule(f"variant {v['vary'] or '(no Vary)'}")
-        console.print(
-            f"{v['status']} {v['reason']}, {format_size(v['size'])} body, rule: {v['rule'] or 'none'}"
-        )
+        console.print(f"{v['status_text']}, {format_size(v['size'])} body, rule: {v['rule'] or 'none'}")
         headers = Table(show_header=False, box=None)
         headers.add_column(style="cyan")
         headers.add_column(overflow="fold")

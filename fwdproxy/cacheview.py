@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from http import HTTPStatus
+from typing import Any, assert_never
 from urllib.parse import urlsplit
 
 from fwdproxy import cache
@@ -13,6 +14,7 @@ from fwdproxy.cache import CacheConfig, Verdict
 from fwdproxy.cache.policy import stale_forbidden
 from fwdproxy.http_model import Request, StoredResponse
 from fwdproxy.store.record import VARIANT_SEPARATOR
+from fwdproxy.units import format_duration
 
 
 def split_key(key: str) -> tuple[str, str]:
@@ -56,7 +58,8 @@ class EntryRow:
     ttl: float
     """Remaining freshness: lifetime minus age; negative once stale."""
     source: str
-    """Where the lifetime came from: max-age, s-maxage, expires, heuristic, none."""
+    """What set the lifetime: ``rule <name>`` when a cache rule did, else the origin's max-age, s-maxage,
+    expires, heuristic or none."""
     hits: int
     """Hits counted for the URL's primary key (see fwdproxy.hits)."""
     vary: str
@@ -82,6 +85,11 @@ class EntryRow:
         }
 
 
+def decided_by(meta: StoredResponse, lifetime: cache.Lifetime) -> str:
+    """What set the lifetime, in one word or two: ``rule ci-pypi``, else the origin's ``max-age`` etc."""
+    return f"rule {lifetime.rule.name}" if lifetime.rule is not None else lifetime.source.value
+
+
 def row(key: str, meta: StoredResponse, config: CacheConfig, now: float, hits: Mapping[str, int]) -> EntryRow:
     """The `ls` row of one entry."""
     lifetime = cache.freshness_lifetime(meta, config)
@@ -95,7 +103,7 @@ def row(key: str, meta: StoredResponse, config: CacheConfig, now: float, hits: M
         age=age,
         lifetime=lifetime.seconds,
         ttl=lifetime.seconds - age,
-        source=lifetime.source.value,
+        source=decided_by(meta, lifetime),
         hits=hits.get(primary, 0),
         vary=secondary,
         rule=meta.rule or (lifetime.rule.name if lifetime.rule else ""),
@@ -115,22 +123,91 @@ def rows(
     return sorted(found, key=lambda r: (r.url, r.vary))
 
 
+def status_text(status: int, reason: str) -> str:
+    """``200 OK``: the stored reason phrase, or the standard one when none was sent (HTTP/2 has none)."""
+    if reason:
+        return f"{status} {reason}"
+    try:
+        return f"{status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return str(status)
+
+
+def preset_of(rule_name: str) -> str | None:
+    """The preset a rule belongs to (``ci`` for ``ci-pypi``), or None for a rule of a config file."""
+    return next((p for p, rules in cache.PRESETS.items() if any(r.name == rule_name for r in rules)), None)
+
+
+def _rule_label(name: str) -> str:
+    preset = preset_of(name)
+    return f"cache rule {name!r}" + (f" (--preset {preset})" if preset else "")
+
+
+def _origin_said(meta: StoredResponse, source: cache.Source, *, overridden: bool) -> str:
+    """What the origin's headers give, as the reason for the lifetime (or, when a rule overrode them, as
+    background that must not read like the verdict)."""
+    cc = cache.parse_cache_control(meta.headers)
+    match source:
+        case cache.Source.S_MAXAGE:
+            return f"s-maxage={cc.seconds('s-maxage', invalid=0)} (a shared cache prefers it, RFC 9111 §5.2.2.10)"
+        case cache.Source.MAX_AGE:
+            return f"max-age={cc.seconds('max-age', invalid=0)} (§5.2.2.1)"
+        case cache.Source.EXPIRES:
+            return "Expires minus Date (§5.3)"
+        case cache.Source.HEURISTIC:
+            return "heuristic: 10% of the time since Last-Modified, capped (§4.2.2)"
+        case cache.Source.NONE if overridden:
+            return "no explicit lifetime and no heuristic (§4.2.1)"
+        case cache.Source.NONE:
+            return "no explicit lifetime and no heuristic applies, so it is stale at once (§4.2.1)"
+    assert_never(source)
+
+
+def _seconds(seconds: float) -> str:
+    whole = f"{seconds:.0f}s"
+    return whole if seconds < 60 else f"{whole} ({format_duration(seconds)})"
+
+
+def _lifetime_lines(meta: StoredResponse, lifetime: cache.Lifetime, recorded: bool) -> list[str]:
+    rule = lifetime.rule
+    if rule is None:
+        lines = [
+            f"freshness lifetime {_seconds(lifetime.seconds)}, from {_origin_said(meta, lifetime.source, overridden=False)}"
+        ]
+        if meta.rule:
+            lines.append(f"{_rule_label(meta.rule)} matched and left the origin's lifetime as it was")
+    else:
+        how = {
+            "rule-immutable": "immutable: fresh that long whatever the origin says",
+            "rule-min-ttl": "raised to the rule's min_ttl",
+            "rule-max-ttl": "capped at the rule's max_ttl",
+        }.get(lifetime.detail, lifetime.detail)
+        lines = [
+            f"freshness lifetime {_seconds(lifetime.seconds)}, set by {_rule_label(rule.name)}: {how}",
+            f"the origin's headers alone give {_origin_said(meta, lifetime.source, overridden=True)}; the rule decides",
+        ]
+    if recorded:
+        lines.append("as the proxy recorded it when it stored (or last revalidated) the entry")
+    elif meta.lifetime is None:
+        lines.append(
+            "computed here from the stored headers and the rules given (the entry has no recorded lifetime)"
+        )
+    else:
+        lines.append("computed here from the stored headers and the rules given")
+    return lines
+
+
 def explain(meta: StoredResponse, config: CacheConfig, now: float) -> list[str]:
-    """Freshness reasoning for one stored response, in sentences a person reads (`cache show`)."""
+    """Freshness reasoning for one stored response, in sentences a person reads (`cache show`).
+
+    With ``config.recorded_lifetimes`` (as `cache show` runs) an entry is explained by what the proxy
+    recorded when it stored it; an older entry by its headers and ``config``'s rules.
+    """
     lifetime = cache.freshness_lifetime(meta, config)
+    recorded = config.recorded_lifetimes and cache.recorded_lifetime(meta) is not None
     age = cache.current_age(meta, now)
     ttl = lifetime.seconds - age
-    cc = cache.parse_cache_control(meta.headers)
-    source = {
-        "s-maxage": f"s-maxage={cc.seconds('s-maxage', invalid=0)} (a shared cache prefers it, RFC 9111 §5.2.2.10)",
-        "max-age": f"max-age={cc.seconds('max-age', invalid=0)} (§5.2.2.1)",
-        "expires": "Expires minus Date (§5.3)",
-        "heuristic": "heuristic: 10% of the time since Last-Modified, capped (§4.2.2)",
-        "none": "no explicit lifetime and no heuristic applies, so it is stale at once (§4.2.1)",
-    }[lifetime.source.value]
-    lines = [f"freshness lifetime {lifetime.seconds:g}s, from {source}"]
-    if lifetime.rule is not None:
-        lines.append(f"cache rule {lifetime.rule.name!r} changed it ({lifetime.detail})")
+    lines = _lifetime_lines(meta, lifetime, recorded)
     lines.append(f"current age {age:.0f}s (Age, Date and time held here, §4.2.3)")
     if ttl > 0:
         lines.append(f"fresh for {ttl:.0f}s more: served without asking the origin")
@@ -163,6 +240,8 @@ def show(
     return {
         **r.as_dict(),
         "reason": meta.reason,
+        "status_text": status_text(meta.status, meta.reason),
+        "recorded": config.recorded_lifetimes and cache.recorded_lifetime(meta) is not None,
         "headers": [list(h) for h in meta.headers],
         "vary_request": [list(h) for h in meta.vary_request],
         "request_time": meta.request_time,

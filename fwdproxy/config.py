@@ -199,6 +199,12 @@ class Settings:
     """The TOML file's own tables ([cache], [anonymize], [upstreams.*], [[routes]]), as read."""
     explicit: frozenset[str] = frozenset()
     """Names of the options that a flag or the file set (the rest are defaults)."""
+    worker: int = 0
+    """Which of the --workers processes this one is (1-based); 0 in a single process. Set by the
+    supervisor (fwdproxy.workers), never by a flag or the file."""
+    worker_run: str = ""
+    """Names the --workers run this worker belongs to (the supervisor's pid): where the workers' counters
+    meet (fwdproxy.workerstats)."""
 
 
 def _convert(opt: Option, value: Any, where: str) -> Any:

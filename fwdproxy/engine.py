@@ -169,6 +169,8 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_balance": s.balance,
         "fwd_allow_purge": list(s.allow_purge),
         "fwd_admin_port": s.admin_port,
+        "fwd_worker": s.worker,
+        "fwd_worker_run": s.worker_run,
         "fwd_access_log": s.access_log or "",
         "fwd_log_format": s.log_format,
     }

@@ -68,6 +68,15 @@ class StatsCollector:
         yield GaugeMetricFamily(
             "fwdproxy_start_time_seconds", "When the proxy started (Unix time).", s["started"]
         )
+        yield GaugeMetricFamily(
+            "fwdproxy_workers", "Processes whose counters these metrics add up.", s.get("worker_count", 1)
+        )
+        per_worker = CounterMetricFamily(
+            "fwdproxy_worker_requests", "Client requests answered by each worker.", labels=["worker"]
+        )
+        for w in s.get("workers") or []:
+            per_worker.add_metric([str(w["worker"])], w["requests"])
+        yield per_worker
         yield from _cache_families(s.get("cache"))
         yield from _upstream_families(s.get("upstreams"))
 
@@ -82,7 +91,7 @@ def _cache_families(cache: Mapping[str, Any] | None) -> Iterator[Metric]:
     limit = GaugeMetricFamily("fwdproxy_cache_limit_bytes", "Size limit, per tier.", labels=["tier"])
     evictions = CounterMetricFamily(
         "fwdproxy_cache_evictions",
-        "Entries evicted by this process to stay within the limit.",
+        "Entries evicted to stay within the limit (disk: by this process; memory: by every worker).",
         labels=["tier"],
     )
     for tier in ("memory", "disk"):

@@ -114,3 +114,11 @@ class StoredResponse:
     """The request header fields that this response's Vary names, as the request carried them (§4.1)."""
     rule: str = ""
     """Name of the cache rule that changed how it is cached ("" when plain RFC rules applied)."""
+    lifetime: float | None = None
+    """The freshness lifetime the proxy computed when it stored (or last freshened) it, seconds; None in
+    entries stored before fwdproxy recorded it. `cache ls/show` explain from it (cache.record_lifetime)."""
+    lifetime_source: str = ""
+    """Where the origin's part of that lifetime came from: a freshness.Source value (max-age, s-maxage,
+    expires, heuristic, none)."""
+    rule_detail: str = ""
+    """How the cache rule changed the lifetime: rule-immutable, rule-min-ttl, rule-max-ttl; "" if it did not."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import heapq
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 """Time-to-first-byte buckets (seconds): prometheus_client's defaults, plus 30 s for slow registries."""
 TIMELINE_MINUTES = 60
 """The status page charts the last hour, one bucket per minute."""
+STATE_VERSION = 1
+"""Version of ``Stats.state()``: a worker ignores another's file of a different version."""
 MAX_HOSTS = 10_000
 """Hosts tracked for "top hosts by bytes saved"; beyond that the least useful half is forgotten, so a
 crawl through a million hosts cannot grow memory without bound."""
@@ -153,6 +155,67 @@ class Stats:
         bucket[0] += 1
         bucket[1] += cached
 
+    def state(self) -> dict[str, Any]:
+        """The counters as JSON values that add up across processes (what a worker shares, see workerstats)."""
+        return {
+            "version": STATE_VERSION,
+            "started": self.started,
+            "requests": {o.value: n for o, n in self.requests.items()},
+            "bytes_from_cache": self.bytes_from_cache,
+            "bytes_from_origin": self.bytes_from_origin,
+            "latency_counts": list(self.latency_counts),
+            "latency_sum": self.latency_sum,
+            "open_connections": self.open_connections,
+            "purges": self.purges,
+            "minutes": {str(m): list(v) for m, v in self.minutes.items()},
+            "hosts": {h: list(v) for h, v in self.hosts.items()},
+        }
+
+    def add(self, state: Mapping[str, Any], *, connections: bool = True) -> None:
+        """Add another process's counters (a ``state()``) into these: counters and latency buckets add,
+        minutes add per minute, hosts merge. ``connections=False`` leaves open connections out (those of a
+        dead worker closed with it). The earlier start wins.
+
+        Raises:
+            ValueError: the state is not one this version wrote (nothing is added then).
+        """
+        try:
+            if state["version"] != STATE_VERSION:
+                raise ValueError(f"stats state version {state['version']!r}, expected {STATE_VERSION}")
+            requests = {Outcome(k): _count(v) for k, v in state["requests"].items()}
+            latency = [_count(v) for v in state["latency_counts"]]
+            if len(latency) != len(self.latency_counts):
+                raise ValueError("latency buckets differ")
+            minutes = {int(m): (_count(v[0]), _count(v[1])) for m, v in state["minutes"].items()}
+            hosts = {str(h): (_count(v[0]), _count(v[1])) for h, v in state["hosts"].items()}
+            scalars = [
+                _count(state[k])
+                for k in ("bytes_from_cache", "bytes_from_origin", "open_connections", "purges")
+            ]
+            started, latency_sum = float(state["started"]), float(state["latency_sum"])
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ValueError(f"not a stats state: {e!r}") from None
+        for outcome, n in requests.items():
+            self.requests[outcome] += n
+        self.latency_counts = [a + b for a, b in zip(self.latency_counts, latency, strict=True)]
+        self.latency_sum += latency_sum
+        for m, (n, cached) in minutes.items():
+            bucket = self.minutes.setdefault(m, [0, 0])
+            bucket[0] += n
+            bucket[1] += cached
+        for h, (saved, n) in hosts.items():
+            entry = self.hosts.setdefault(h, [0, 0])
+            entry[0] += saved
+            entry[1] += n
+        if len(self.hosts) > MAX_HOSTS:
+            self._forget_hosts()
+        self.bytes_from_cache += scalars[0]
+        self.bytes_from_origin += scalars[1]
+        if connections:
+            self.open_connections += scalars[2]
+        self.purges += scalars[3]
+        self.started = min(self.started, started)
+
     def _forget_hosts(self) -> None:
         keep = heapq.nlargest(MAX_HOSTS // 2, self.hosts.items(), key=lambda item: item[1][0])
         self.hosts = dict(keep)
@@ -164,6 +227,7 @@ class Stats:
         store: StoreStats | None = None,
         upstreams: Sequence[Mapping[str, Any]] | None = None,
         top: int = 10,
+        workers: Sequence[Mapping[str, Any]] | None = None,
     ) -> dict[str, Any]:
         """Everything, as plain JSON-ready values: /stats.json, and what /metrics and / are made from."""
         by_status = {o.value: n for o, n in self.requests.items()}
@@ -202,7 +266,54 @@ class Stats:
             "timeline": timeline,
             "cache": None if store is None else store_dict(store),
             "upstreams": None if upstreams is None else [dict(u) for u in upstreams],
+            "worker_count": len(workers) if workers else 1,
+            "workers": [dict(w) for w in workers] if workers else [],
         }
+
+
+def _count(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{value!r} is not a count")
+    return value
+
+
+def merge(states: Iterable[Mapping[str, Any]], started: float) -> Stats:
+    """The sum of several processes' counters (``Stats.state()``), as one Stats to snapshot.
+
+    Raises:
+        ValueError: one state is damaged or of another version.
+    """
+    total = Stats(started)
+    for state in states:
+        total.add(state)
+    return total
+
+
+def worker_summary(index: int, pid: int, state: Mapping[str, Any], updated: float) -> dict[str, Any]:
+    """One row of the per-worker breakdown in /stats.json, from that worker's ``Stats.state()``."""
+    one = merge([state], float(state["started"]))
+    return {
+        "worker": index,
+        "pid": pid,
+        "updated": updated,
+        "requests": sum(one.requests.values()),
+        "served_from_cache": sum(one.requests[o] for o in FROM_CACHE),
+        "bytes_saved": one.bytes_from_cache,
+        "open_connections": one.open_connections,
+    }
+
+
+def sum_tiers(tiers: Iterable[TierStats]) -> TierStats:
+    """Several processes' memory tiers as one: entries, bytes, limits and evictions add."""
+    total = TierStats(0, 0, 0, 0)
+    for t in tiers:
+        total = TierStats(
+            total.entries + t.entries,
+            total.bytes + t.bytes,
+            total.limit + t.limit,
+            total.evictions + t.evictions,
+        )
+    return total
 
 
 def tier_dict(tier: TierStats | None) -> dict[str, int] | None:

@@ -143,6 +143,19 @@ def _upstreams(upstreams: Sequence[Mapping[str, Any]] | None) -> str:
     )
 
 
+def covers(s: Mapping[str, Any]) -> str:
+    """What the numbers cover: the one process, or every worker of --workers N added up."""
+    workers = s.get("workers") or []
+    count = int(s.get("worker_count", 1))
+    if count <= 1:
+        return '<span id="covers" data-workers="1">one process</span>'
+    rows = ", ".join(f"{int(w['worker'])}: {int(w['requests'])}" for w in workers)
+    return (
+        f'<span id="covers" data-workers="{count}">all {count} workers added up</span>'
+        f' <span class="muted">(requests per worker {_e(rows)}; others\' counts lag by a second)</span>'
+    )
+
+
 def render(s: Mapping[str, Any], *, version: str = "") -> str:
     """The whole page for one snapshot (metrics.Stats.snapshot)."""
     hosts = "".join(
@@ -181,7 +194,7 @@ def render(s: Mapping[str, Any], *, version: str = "") -> str:
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head>
 <body>
 <h1>fwdproxy {_e(version)}</h1>
-<div class="sub">up {_e(format_duration(s["uptime_seconds"]))} · byte hit ratio {_pct(s["byte_hit_ratio"])}
+<div class="sub">{covers(s)} · up {_e(format_duration(s["uptime_seconds"]))} · byte hit ratio {_pct(s["byte_hit_ratio"])}
  · {_e(by_status or "no requests yet")}</div>
 <div class="cards">{cards}</div>
 <h2>Requests and hit ratio, last hour (per minute)</h2>

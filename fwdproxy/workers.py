@@ -12,7 +12,8 @@ makes them exit at once. A worker that dies is logged and replaced; one that fai
 RESTART_WINDOW, stop them all with exit status 1. Workers also get SIGTERM if the supervisor itself is
 killed (Linux PR_SET_PDEATHSIG), so none is left behind.
 
-What is per process: the memory tier, the sidecar, statistics. The disk tier and its generation marks
+What is per process: the memory tier, the sidecar; statistics are per process too, but each worker
+leaves its counters in the cache directory so the status page adds them all up (workerstats). The disk tier and its generation marks
 are shared, so an entry committed by one worker is a hit in every other, and a purge anywhere takes
 effect everywhere at the next lookup. Collapsing crosses processes through the cache's per-key lock
 files (inflight.KeyLocks): a follower in another worker waits for the commit, then reads the entry.
@@ -27,6 +28,7 @@ import errno
 import logging
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
@@ -34,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fwdproxy import __version__, runtime
+from fwdproxy import __version__, runtime, workerstats
 from fwdproxy.config import Settings
 
 log = logging.getLogger("fwdproxy")
@@ -125,9 +127,11 @@ class Supervisor:
 
     def worker_settings(self, index: int, port: int) -> Settings:
         """The settings of worker ``index`` (1-based): this port, one process, one status page."""
-        s = dataclasses.replace(self.settings, listen_port=port, workers=1)
+        s = dataclasses.replace(
+            self.settings, listen_port=port, workers=1, worker=index, worker_run=str(os.getpid())
+        )
         if index > 1 and "admin_port" in {f.name for f in dataclasses.fields(s)}:
-            # One status page (worker 1's); it shows that worker's counters (see the README).
+            # One status page (worker 1's); it adds up every worker's counters (workerstats).
             off: dict[str, Any] = {"admin_port": 0}
             s = dataclasses.replace(s, **off)
         return s
@@ -254,6 +258,7 @@ async def supervise(s: Settings, count: int) -> int:
         return 1
     supervisor = Supervisor(s, count)
     me: runtime.Running | None = None
+    workerstats.remove_finished(s.cache_dir, runtime.pid_alive)  # counters of runs that are over
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, supervisor.stop_signal)
@@ -277,6 +282,7 @@ async def supervise(s: Settings, count: int) -> int:
         reserved.close()
         if me is not None:
             runtime.remove(me)
+        shutil.rmtree(workerstats.run_dir(s.cache_dir, str(os.getpid())), ignore_errors=True)
 
 
 def _running(s: Settings, address: str) -> runtime.Running:

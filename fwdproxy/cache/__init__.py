@@ -2,7 +2,14 @@
 
 from fwdproxy.cache.config import CacheConfig
 from fwdproxy.cache.directives import CacheControl, parse_cache_control, request_cache_control
-from fwdproxy.cache.freshness import Lifetime, Source, current_age, freshness_lifetime
+from fwdproxy.cache.freshness import (
+    Lifetime,
+    Source,
+    current_age,
+    freshness_lifetime,
+    record_lifetime,
+    recorded_lifetime,
+)
 from fwdproxy.cache.headers import full_headers, served_headers, storable_headers
 from fwdproxy.cache.invalidation import invalidated_keys
 from fwdproxy.cache.key import primary_key, secondary_key, select_variant, vary_request_headers
@@ -54,6 +61,8 @@ __all__ = [
     "parse_cache_control",
     "parse_rules",
     "primary_key",
+    "record_lifetime",
+    "recorded_lifetime",
     "render",
     "render_bytes",
     "request_cache_control",

@@ -23,6 +23,10 @@ class CacheConfig:
     """Answer only from the cache; never contact an origin (504 on a miss)."""
     rules: tuple[Rule, ...] = ()
     """[[cache.rule]] tables (and presets), first match wins."""
+    recorded_lifetimes: bool = False
+    """Take an entry's freshness lifetime from its record (StoredResponse.lifetime) when it has one,
+    instead of computing it from these settings: how `cache ls/show` agree with the proxy that stored
+    the entry without repeating its flags. The proxy itself computes (its own settings are the truth)."""
 
 
 DEFAULT_CONFIG = CacheConfig()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -131,6 +132,30 @@ def apply_rule(base: Lifetime, rule: Rule) -> Lifetime:
     return base
 
 
+def record_lifetime(stored: StoredResponse, config: CacheConfig) -> StoredResponse:
+    """The stored response with the lifetime this config gives it written into its record, so `cache
+    ls/show` can tell what decided it without the proxy's flags (call when storing and freshening)."""
+    lifetime = lifetime_of(stored.status, stored.headers, stored.url, stored.response_time, config)
+    return dataclasses.replace(
+        stored, lifetime=lifetime.seconds, lifetime_source=lifetime.source.value, rule_detail=lifetime.detail
+    )
+
+
+def recorded_lifetime(stored: StoredResponse) -> Lifetime | None:
+    """The lifetime recorded with the entry (record_lifetime); None for entries stored without one."""
+    if stored.lifetime is None:
+        return None
+    try:
+        source = Source(stored.lifetime_source)
+    except ValueError:
+        return None
+    rule = None
+    if stored.rule and stored.rule_detail:
+        # A stand-in naming the rule the proxy applied (its pattern is not recorded: it matches no URL).
+        rule = Rule("", name=stored.rule, immutable=stored.rule_detail == "rule-immutable")
+    return Lifetime(max(0.0, stored.lifetime), source, rule, stored.rule_detail)
+
+
 def _no_lifetimes(_: StoredResponse) -> list[tuple[CacheConfig, Lifetime]]:
     return []
 
@@ -143,7 +168,10 @@ def freshness_lifetime(stored: StoredResponse, config: CacheConfig) -> Lifetime:
     known = _lifetimes(stored)
     if known and known[0][0] is config:
         return known[0][1]
-    lifetime = lifetime_of(stored.status, stored.headers, stored.url, stored.response_time, config)
+    recorded = recorded_lifetime(stored) if config.recorded_lifetimes else None
+    lifetime = recorded or lifetime_of(
+        stored.status, stored.headers, stored.url, stored.response_time, config
+    )
     known[:] = [(config, lifetime)]
     return lifetime
 

@@ -180,8 +180,10 @@ def freshen(
     replaced = {k.lower() for k, _ in incoming} | {"age", "date"}
     kept = tuple((k, v) for k, v in stored.headers if k.lower() not in replaced)
     headers = storable_headers(Headers(kept + incoming.fields), response_time=response_time)
+    # The recorded lifetime was computed from the old headers: the caller records the new one
+    # (record_lifetime); until then the entry is explained from its headers, as an older one is.
     return dataclasses.replace(
-        stored, headers=headers, request_time=request_time, response_time=response_time
+        stored, headers=headers, request_time=request_time, response_time=response_time, lifetime=None
     )
 
 

@@ -83,6 +83,8 @@ def encode(meta: StoredResponse, *, stamp: bytes, digest: str, inline: bytes = b
         "rule": meta.rule,
         CHECKSUM: digest,
     }
+    if meta.lifetime is not None:  # optional keys: records without them (older ones) still decode
+        doc |= {"lifetime": meta.lifetime, "source": meta.lifetime_source, "rule_detail": meta.rule_detail}
     # ensure_ascii keeps any str (even lone surrogates from odd header bytes) round-trippable.
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return HEADER.pack(MAGIC, FORMAT_VERSION, stamp, len(text)) + text + inline
@@ -143,6 +145,9 @@ def decode(record: bytes) -> Decoded | Undecodable:
             body_length=_typed(doc, "body_length", int),
             vary_request=_headers(doc, "vary_request"),
             rule=_typed(doc, "rule", str),
+            lifetime=_number(doc, "lifetime") if "lifetime" in doc else None,
+            lifetime_source=_typed(doc, "source", str) if "lifetime" in doc else "",
+            rule_detail=_typed(doc, "rule_detail", str) if "lifetime" in doc else "",
         )
         digest = _typed(doc, CHECKSUM, str)
     except (ValueError, KeyError, RecursionError):  # JSONDecodeError, UnicodeDecodeError: ValueErrors

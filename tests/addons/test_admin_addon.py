@@ -15,6 +15,7 @@ from addons.cache import Cache
 from addons.egress import Egress
 from fwdproxy import cache as policy
 from fwdproxy.http_model import Headers, StoredResponse
+from fwdproxy.store import TierStats
 from tests.support import REPO
 
 
@@ -141,3 +142,55 @@ def test_loads_as_a_mitmdump_script(name: str, cls: str) -> None:
     with taddons.context() as tctx:
         module = tctx.script(str(REPO / "addons" / f"{name}.py"))
         assert type(module.addons[0]).__name__ == cls
+
+
+def test_a_worker_adds_the_others_files_and_a_replacement_resumes(tmp_path: Path) -> None:
+    import os
+
+    from fwdproxy import metrics, workerstats
+
+    run = workerstats.run_dir(str(tmp_path / "c"), "77")
+    other = metrics.Stats(started=1.0)
+    for _ in range(5):
+        other.record(metrics.Served(metrics.Outcome.HIT, "b.example", 10), 100.0)
+    memory = TierStats(entries=3, bytes=300, limit=1000, evictions=1)  # worker 2's own memory tier
+    workerstats.write(workerstats.path_for(run, 2), 2, 4242, 100.0, other.state(), memory)
+    predecessor = metrics.Stats(started=2.0)
+    predecessor.record(metrics.Served(metrics.Outcome.MISS, "a.example", 3), 100.0)
+    predecessor.open_connections = 9  # closed when it died
+    workerstats.write(workerstats.path_for(run, 1), 1, 4141, 100.0, predecessor.state())
+
+    cache, admin = Cache(), Admin()
+    with taddons.context(cache, admin) as tctx:
+        tctx.configure(cache, fwd_cache_dir=str(tmp_path / "c"))
+        tctx.configure(
+            admin, fwd_admin_port=0, fwd_cache_dir=str(tmp_path / "c"), fwd_worker=1, fwd_worker_run="77"
+        )
+        admin._resume_predecessor()
+        f = flow()
+        respond(f, b"hello", "fwdproxy; hit")
+        admin.response(f)
+        s = admin.snapshot()
+        assert s["requests"]["total"] == 1 + 1 + 5 and s["served_from_cache"] == 6
+        assert s["open_connections"] == 0 and s["started"] == 1.0
+        own = cache.store.memory.stats()
+        assert s["cache"]["memory"] == {
+            "entries": own.entries + 3, "bytes": own.bytes + 300, "limit": own.limit + 1000,
+            "evictions": own.evictions + 1,
+        }  # fmt: skip
+        assert {h["host"]: h["requests"] for h in s["top_hosts"]} == {"b.example": 5, "example.com": 1}
+        assert [(w["worker"], w["pid"], w["requests"]) for w in s["workers"]] == [
+            (1, os.getpid(), 2),
+            (2, 4242, 5),
+        ]
+        admin._write_stats()
+        mine = workerstats.read(workerstats.path_for(run, 1))
+        assert mine is not None and mine.pid == os.getpid()
+        assert metrics.merge([mine.state], 0.0).snapshot(200.0)["requests"]["total"] == 2
+
+
+def test_a_single_process_covers_itself_only(admin_ctx, tmp_path: Path) -> None:
+    _, _, admin = admin_ctx
+    s = admin.snapshot()
+    assert s["worker_count"] == 1 and [w["worker"] for w in s["workers"]] == [0]
+    assert admin.stats_dir is None and not (tmp_path / "c" / "stats").exists()

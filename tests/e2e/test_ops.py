@@ -20,7 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO, Origin, Proxy, Reply, client, run_cli
+from tests.support import REPO, Origin, Proxy, RawOrigin, Reply, client, run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -322,3 +322,31 @@ def test_big_hits_through_the_sidecar_are_logged_and_counted_as_asked(
     assert [(r["url"], r["outcome"]) for r in records] == [(url, "miss"), (url, "hit")]
     assert all(r["bytes"] > len(body) for r in records)
     assert records[1]["server"] is None  # not the sidecar's address
+
+
+def test_cache_show_explains_a_preset_kept_entry_without_the_preset(start_proxy, tmp_path: Path) -> None:
+    """Stored under --preset ci (the ci-debian rule: any host's .../pool/....deb), answered with no freshness
+    and no reason phrase; `cache show` without --preset explains it as the hit the proxy serves."""
+    body = b"debian package bytes"
+    head = b"HTTP/1.1 200 \r\nContent-Type: application/vnd.debian.binary-package\r\n"
+    origin = RawOrigin(lambda _, sock: sock.sendall(head + b"Content-Length: %d\r\n\r\n" % len(body) + body))
+    path = "/debian/pool/main/h/hello_2.10_amd64.deb"
+    url, cache_dir = origin.url(path), tmp_path / "cache"
+    try:
+        proxy = start_proxy("--preset", "ci", cache_dir=cache_dir)
+        with client(proxy) as c:
+            assert c.get(url).content == body
+            second = c.get(url)
+        assert second.content == body and second.headers["Cache-Status"].startswith("fwdproxy; hit")
+        assert origin.hits[path] == 1
+        proxy.stop()
+    finally:
+        origin.stop()
+    out = run_cli("cache", "show", url, "--cache-dir", str(cache_dir))
+    assert out.returncode == 0, out.stderr
+    assert "200 OK, 20 B body, rule: ci-debian" in out.stdout and "200 ," not in out.stdout
+    assert "set by cache rule 'ci-debian' (--preset ci)" in out.stdout
+    assert "stale at once" not in out.stdout and "a plain GET now: a hit" in out.stdout
+    assert re.search(r"fresh for 3153\d{4}s more", out.stdout), out.stdout
+    (row,) = cli_json("cache", "ls", "--cache-dir", str(cache_dir))
+    assert row["source"] == "rule ci-debian" and row["fresh"] is True and row["lifetime"] == 365 * 86400

@@ -11,9 +11,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import REPO, Origin, Proxy, Reply, fwdproxy_argv, run_cli
+from tests.support import REPO, Origin, Proxy, Reply, client, fwdproxy_argv, run_cli
 
 pytestmark = pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
 
@@ -191,3 +193,134 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
         name, _, value = line.decode().partition(":")
         headers[name.strip().lower()] = value.strip()
     return status, headers, reader.read(int(headers["content-length"]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def admin_get(port: int, path: str) -> httpx.Response:
+    return httpx.get(f"http://127.0.0.1:{port}{path}", trust_env=False, timeout=10)
+
+
+def requests_in_metrics(port: int) -> float:
+    text = admin_get(port, "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return sum(s.value for s in families["fwdproxy_requests"].samples if s.name == "fwdproxy_requests_total")
+
+
+def settle(admin: int, log: Path, expected: int) -> dict:
+    """/stats.json once it and the access log both count ``expected`` requests (workers write each second)."""
+    deadline = time.monotonic() + 15
+    while True:
+        stats = admin_get(admin, "/stats.json").json()
+        lines = len(log.read_text().splitlines()) if log.exists() else 0
+        if stats["requests"]["total"] == lines == expected and all(
+            w["open_connections"] == 0 for w in stats["workers"]
+        ):
+            return stats
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"stats {stats['requests']['total']} / {stats['workers']}, log {lines}, expected {expected}"
+            )
+        time.sleep(0.2)
+
+
+def test_every_worker_is_counted_and_the_counts_survive_a_replacement(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    cached = origin.route("/kept", Reply(200, {"Cache-Control": "max-age=600"}, b"kept"))
+    passed = origin.route("/passed", Reply(200, {"Cache-Control": "no-store"}, b"passed"))
+    admin, log = free_port(), tmp_path / "access.log"
+    proxy = start_proxy("--workers", "2", "--admin-port", str(admin), "--access-log", str(log))
+
+    def fresh_connections(n: int) -> int:
+        hits = 0
+        for i in range(n):  # a new connection (a new client port) each: the kernel spreads them
+            with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+                status, headers, body = get(s, cached if i % 3 else passed)
+                assert status == 200 and body in (b"kept", b"passed")
+                hits += "hit" in headers["cache-status"].split(";")[1]
+        return hits
+
+    hits = fresh_connections(40)
+    stats = settle(admin, log, 40)
+    assert stats["worker_count"] == 2
+    rows = {w["worker"]: w for w in stats["workers"]}
+    assert sorted(rows) == [1, 2] and all(w["requests"] > 0 for w in rows.values()), rows
+    assert sum(w["requests"] for w in rows.values()) == 40
+    assert {w["pid"] for w in rows.values()} == set(workers_of(proxy))
+    assert stats["hits"] == hits and stats["served_from_cache"] == hits > 0
+    assert sum(m["requests"] for m in stats["timeline"]) == 40
+    assert stats["top_hosts"][0]["requests"] == hits
+    assert requests_in_metrics(admin) == 40
+    assert stats["cache"]["memory"]["limit"] == 2 * 256 * 2**20, "each worker's memory tier, added up"
+    page = admin_get(admin, "/").text
+    assert 'data-workers="2"' in page and 'id="requests-total" data-value="40"' in page
+
+    victim = rows[2]["pid"]
+    before = rows[2]["requests"]
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        stats = admin_get(admin, "/stats.json").json()
+        assert stats["requests"]["total"] >= 40, "the totals went down when a worker died"
+        now = {w["worker"]: w for w in stats["workers"]}
+        if now.get(2, {}).get("pid") not in (None, victim):
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no replacement for worker 2: {stats['workers']}\n{proxy.log()}")
+        time.sleep(0.2)
+    assert now[2]["requests"] >= before, "the replacement starts from its predecessor's counts"
+    hits += fresh_connections(20)
+    stats = settle(admin, log, 60)
+    assert stats["hits"] == hits and requests_in_metrics(admin) == 60
+    assert {w["pid"] for w in stats["workers"]} == set(workers_of(proxy))
+
+    # Worker 1 serves the admin port from its live counters; its file catches up within a second.
+    time.sleep(1.5)
+    first = {w["worker"]: w for w in stats["workers"]}[1]["pid"]
+    os.kill(first, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            stats = admin_get(admin, "/stats.json").json()
+        except httpx.TransportError:
+            stats = None  # the admin port is down until worker 1's replacement listens
+        if stats is not None:
+            assert stats["requests"]["total"] == 60, "the totals changed when the admin worker died"
+            if {w["worker"]: w for w in stats["workers"]}[1]["pid"] != first:
+                break
+        if time.monotonic() > deadline:
+            pytest.fail(f"no replacement for worker 1: {stats}\n{proxy.log()}")
+        time.sleep(0.2)
+    assert stats["hits"] == hits and requests_in_metrics(admin) == 60
+
+
+def test_intercepted_https_across_workers_is_counted_once_per_request(
+    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    url = tls_origin.route("/tls", Reply(200, {"Cache-Control": "max-age=600"}, b"secret but cacheable"))
+    admin, log = free_port(), tmp_path / "access.log"
+    proxy = start_proxy(
+        "--workers", "2", "--admin-port", str(admin), "--access-log", str(log),
+        "--connect-port", str(tls_origin.port),
+    )  # fmt: skip
+    for _ in range(12):  # one CONNECT tunnel each, two requests inside it
+        with client(proxy, proxy_ca_file) as c:
+            assert [c.get(url).content for _ in range(2)] == [b"secret but cacheable"] * 2
+    deadline = time.monotonic() + 15
+    while True:
+        stats = admin_get(admin, "/stats.json").json()
+        lines = log.read_text().splitlines() if log.exists() else []
+        # The access log also has one NONE_NONE line per intercepted CONNECT; the counters count requests.
+        requests = [line for line in lines if " CONNECT " not in line]
+        if stats["requests"]["total"] == len(requests) == 24 and len(lines) == 36:
+            break
+        if time.monotonic() > deadline:
+            pytest.fail(f"stats {stats['requests']} {stats['workers']}; log:\n" + "\n".join(lines))
+        time.sleep(0.2)
+    assert all(w["requests"] > 0 for w in stats["workers"]), stats["workers"]
+    assert stats["served_from_cache"] == sum(" TCP_HIT/" in line for line in requests) == 23

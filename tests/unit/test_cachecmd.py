@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -12,7 +13,7 @@ import pytest
 from fwdproxy import cache, cacheview, hits, warm
 from fwdproxy.cache import CacheConfig
 from fwdproxy.cli import main
-from fwdproxy.http_model import Headers, StoredResponse
+from fwdproxy.http_model import Headers, Response, StoredResponse
 from fwdproxy.store import TieredStore, variant_key
 
 NOW = time.time()
@@ -238,3 +239,84 @@ def test_warm_summary() -> None:
         61,
     )
     assert [f["url"] for f in s["failures"]] == ["http://d/", "http://e/"]
+
+
+# -- entries explained by what decided them (the record, not the flags given here) --------------------
+
+DEB = "http://mirror.example/debian/pool/main/h/hello_2.10_amd64.deb"
+"""Matches the ci preset's ci-debian rule; the origin gave no freshness at all."""
+
+
+def deb_entry(*, recorded: bool = True, reason: str = "") -> StoredResponse:
+    meta = StoredResponse(DEB, 200, reason, Headers.of({"Content-Type": "x/deb"}), NOW - 900, NOW - 900, 5)
+    meta = dataclasses.replace(meta, rule="ci-debian")  # as is_storable's rule names it
+    return cache.record_lifetime(meta, CacheConfig(rules=cache.PRESET_CI)) if recorded else meta
+
+
+def test_a_rule_kept_entry_is_explained_by_its_rule_without_the_preset() -> None:
+    lines = cacheview.explain(deb_entry(), CacheConfig(recorded_lifetimes=True), NOW)
+    assert lines[0] == (
+        "freshness lifetime 31536000s (365d), set by cache rule 'ci-debian' (--preset ci): "
+        "immutable: fresh that long whatever the origin says"
+    )
+    assert (
+        lines[1]
+        == "the origin's headers alone give no explicit lifetime and no heuristic (§4.2.1); the rule decides"
+    )
+    assert not any("stale at once" in line for line in lines), lines
+    assert any(line.startswith("fresh for 315351") for line in lines), lines
+    assert lines[-1] == "a plain GET now: a hit"
+    # Repeating the preset changes nothing: the record and the flags agree.
+    with_preset = CacheConfig(rules=cache.PRESET_CI, recorded_lifetimes=True)
+    assert cacheview.explain(deb_entry(), with_preset, NOW) == lines
+
+
+def test_an_entry_without_a_recorded_lifetime_is_explained_from_its_headers() -> None:
+    lines = cacheview.explain(deb_entry(recorded=False), CacheConfig(recorded_lifetimes=True), NOW)
+    assert lines[0].endswith("so it is stale at once (§4.2.1)") and lines[1].startswith(
+        "cache rule 'ci-debian'"
+    )
+    assert "no recorded lifetime" in lines[2]
+    assert lines[-1] == "a plain GET now: revalidated with the origin using no validator (so a full refetch)"
+    lines = cacheview.explain(deb_entry(recorded=False), CacheConfig(rules=cache.PRESET_CI), NOW)
+    assert "set by cache rule 'ci-debian'" in lines[0] and lines[-1] == "a plain GET now: a hit"
+
+
+def test_the_record_wins_over_the_flags_given_here() -> None:
+    """Stored without rules (max-age=60): asking with a preset that would match does not re-explain it."""
+    meta = cache.record_lifetime(stored(DEB, cc="max-age=60", age=90), CacheConfig())
+    lines = cacheview.explain(meta, CacheConfig(rules=cache.PRESET_CI, recorded_lifetimes=True), NOW)
+    assert lines[0] == "freshness lifetime 60s (1m), from max-age=60 (§5.2.2.1)" and "stale by 30s" in lines
+
+
+def test_a_304_drops_the_recorded_lifetime_until_the_proxy_records_the_new_one() -> None:
+    meta = cache.record_lifetime(stored(DEB, cc="max-age=60"), CacheConfig())
+    fresh = cache.freshen(
+        meta, Response(304, Headers.of({"Cache-Control": "max-age=600"})), request_time=NOW, response_time=NOW
+    )
+    assert fresh.lifetime is None
+    assert cache.record_lifetime(fresh, CacheConfig()).lifetime == 600
+
+
+@pytest.mark.parametrize(
+    "status, reason, expected",
+    [
+        pytest.param(200, "", "200 OK", id="no reason phrase (HTTP/2, or an origin that sent none)"),
+        pytest.param(404, "", "404 Not Found", id="404 without phrase"),
+        pytest.param(200, "Fine", "200 Fine", id="the origin's own phrase"),
+        pytest.param(299, "", "299", id="unknown code"),
+    ],
+)
+def test_status_text(status: int, reason: str, expected: str) -> None:
+    assert cacheview.status_text(status, reason) == expected
+
+
+def test_show_and_ls_of_a_rule_kept_entry_need_no_preset(tmp_path: Path, capsys) -> None:
+    fill(tmp_path, {key(DEB): (deb_entry(), b"debs!")}).close()
+    code, out = run(capsys, "show", DEB, "--cache-dir", str(tmp_path))
+    assert code == 0
+    assert "200 OK, 5 B body, rule: ci-debian" in out and "200 ," not in out
+    assert "set by cache rule 'ci-debian'" in out and "stale at once" not in out and "a hit" in out
+    code, out = run(capsys, "ls", "--json", "--cache-dir", str(tmp_path))
+    (row,) = json.loads(out)
+    assert row["source"] == "rule ci-debian" and row["fresh"] is True and row["lifetime"] == 365 * 86400

@@ -14,6 +14,8 @@ from fwdproxy.metrics import (
     Stats,
     cache_status_params,
     classify,
+    merge,
+    worker_summary,
 )
 from fwdproxy.store import StoreStats, TierStats
 
@@ -149,3 +151,102 @@ def test_exposition_without_cache_or_upstreams() -> None:
     f = families(Stats(started=NOW).snapshot(NOW))
     assert "fwdproxy_cache_bytes" not in f and "fwdproxy_upstream_requests" not in f
     assert f["fwdproxy_collapsed_requests"].samples[0].value == 0
+
+
+# -- several workers' counters added up (--workers N, see fwdproxy.workerstats) ------------------------
+
+
+def worker_stats(started: float, served: list[tuple[Served, float]], connections: int = 0) -> Stats:
+    stats = Stats(started=started)
+    for s, at in served:
+        stats.record(s, at)
+    stats.open_connections = connections
+    return stats
+
+
+def test_merge_adds_counters_minutes_hosts_and_latency_buckets() -> None:
+    one = worker_stats(
+        NOW - 50,
+        [(Served(Outcome.HIT, "a", 100), NOW - 120), (Served(Outcome.MISS, "b", 7, ttfb=0.02), NOW)],
+        connections=2,
+    )
+    two = worker_stats(
+        NOW - 80,
+        [
+            (Served(Outcome.HIT, "a", 30), NOW),
+            (Served(Outcome.HIT, "c", 5), NOW),
+            (Served(Outcome.MISS, "b", 9, ttfb=3.0), NOW - 120),
+        ],
+        connections=1,
+    )
+    two.purges = 4
+    total = merge([one.state(), two.state()], started=NOW)
+    s = total.snapshot(NOW)
+    assert s["requests"]["total"] == 5 and s["hits"] == 3
+    assert s["requests"]["by_cache_status"]["miss"] == 2
+    assert s["bytes"] == {"from_cache": 135, "from_origin": 16}
+    assert s["open_connections"] == 3 and s["purges"] == 4
+    assert s["started"] == NOW - 80, "the earliest start is the run's start"
+    # per minute: two minutes ago one hit + one miss, now one miss + two hits
+    assert [(m["requests"], m["from_cache"]) for m in s["timeline"][-3:]] == [(2, 1), (0, 0), (3, 2)]
+    hosts = {h["host"]: (h["bytes_saved"], h["requests"]) for h in s["top_hosts"]}
+    assert hosts == {"a": (130, 2), "c": (5, 1)}
+    latency = s["origin_latency"]
+    assert latency["count"] == 2 and latency["sum"] == pytest.approx(3.02)
+    assert (
+        latency["buckets"]["0.025"] == 1 and latency["buckets"]["5"] == 2 and latency["buckets"]["+Inf"] == 2
+    )
+
+
+def test_state_round_trips_through_json() -> None:
+    import json
+
+    one = worker_stats(NOW, [(Served(Outcome.STALE, "h", 3), NOW), (Served(Outcome.NONE, "h", 0), NOW)])
+    again = merge([json.loads(json.dumps(one.state()))], started=NOW)
+    assert again.snapshot(NOW) == one.snapshot(NOW)
+
+
+def test_a_replacement_carries_on_without_its_predecessors_connections() -> None:
+    dead = worker_stats(NOW - 10, [(Served(Outcome.HIT, "a", 1), NOW)], connections=5)
+    replacement = Stats(started=NOW)
+    replacement.add(dead.state(), connections=False)
+    replacement.record(Served(Outcome.MISS, "a", 1), NOW)
+    s = replacement.snapshot(NOW)
+    assert s["requests"]["total"] == 2 and s["open_connections"] == 0 and s["started"] == NOW - 10
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param({"version": 99}, id="other version"),
+        pytest.param({"requests": {"hit": -1}}, id="negative count"),
+        pytest.param({"requests": {"bogus": 1}}, id="unknown outcome"),
+        pytest.param({"latency_counts": [1, 2]}, id="other buckets"),
+        pytest.param({"hosts": {"a": [1]}}, id="short host row"),
+        pytest.param({"minutes": {"x": [1, 1]}}, id="minute not a number"),
+    ],
+)
+def test_a_damaged_state_adds_nothing(damage: dict) -> None:
+    stats = worker_stats(NOW, [(Served(Outcome.HIT, "a", 1), NOW)])
+    state = {**stats.state(), **damage}
+    total = Stats(started=NOW)
+    with pytest.raises(ValueError):
+        total.add(state)
+    assert total.snapshot(NOW)["requests"]["total"] == 0 and not total.hosts
+
+
+def test_worker_rows_and_their_exposition() -> None:
+    one = worker_stats(NOW, [(Served(Outcome.HIT, "a", 10), NOW)] * 3, connections=1)
+    two = worker_stats(NOW, [(Served(Outcome.MISS, "a", 10), NOW)] * 2)
+    rows = [worker_summary(1, 101, one.state(), NOW), worker_summary(2, 102, two.state(), NOW - 1)]
+    assert rows[0] == {
+        "worker": 1, "pid": 101, "updated": NOW, "requests": 3, "served_from_cache": 3, "bytes_saved": 30,
+        "open_connections": 1,
+    }  # fmt: skip
+    s = merge([one.state(), two.state()], started=NOW).snapshot(NOW, workers=rows)
+    assert s["worker_count"] == 2 and s["requests"]["total"] == sum(r["requests"] for r in s["workers"])
+    f = families(s)
+    assert f["fwdproxy_workers"].samples[0].value == 2
+    per = {x.labels["worker"]: x.value for x in f["fwdproxy_worker_requests"].samples}
+    assert per == {"1": 3, "2": 2}
+    assert sum(x.value for x in f["fwdproxy_requests"].samples) == 5

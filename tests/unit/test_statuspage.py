@@ -61,3 +61,31 @@ def test_chart_line_joins_minutes_with_traffic() -> None:
     timeline = [{"minute": i * 60, "requests": 2, "from_cache": 1, "hit_ratio": 0.5} for i in range(3)]
     svg = statuspage.chart(timeline)
     assert svg.count('class="req"') == 3 and svg.count("<polyline") == 1
+
+
+def test_the_page_says_what_it_covers() -> None:
+    html, _ = page()
+    assert '<span id="covers" data-workers="1">one process</span>' in html
+    stats = Stats(started=NOW)
+    stats.record(Served(Outcome.HIT, "a", 1), NOW)
+    rows = [
+        {
+            "worker": 1,
+            "pid": 10,
+            "requests": 7,
+            "served_from_cache": 1,
+            "bytes_saved": 1,
+            "open_connections": 0,
+        },
+        {
+            "worker": 2,
+            "pid": 11,
+            "requests": 5,
+            "served_from_cache": 0,
+            "bytes_saved": 0,
+            "open_connections": 0,
+        },
+    ]
+    html = statuspage.render(stats.snapshot(NOW, workers=rows))
+    assert '<span id="covers" data-workers="2">all 2 workers added up</span>' in html
+    assert "requests per worker 1: 7, 2: 5" in html

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -153,3 +154,24 @@ def test_variant_key(primary: str, secondary: str, expected: str) -> None:
 def test_variant_key_refuses_a_primary_holding_nul() -> None:
     with pytest.raises(ValueError, match="normalised URL"):
         variant_key("GET http://a/\0x", "")
+
+
+def test_the_recorded_lifetime_round_trips() -> None:
+    meta = dataclasses.replace(
+        META, lifetime=31536000.0, lifetime_source="none", rule_detail="rule-immutable"
+    )
+    decoded = codec.decode(codec.encode(meta, stamp=STAMP, digest="00"))
+    assert isinstance(decoded, Decoded) and decoded.meta == meta
+
+
+def test_a_record_without_a_lifetime_still_decodes() -> None:
+    """Entries written before lifetimes were recorded (same format version) are read, not dropped."""
+    blob = codec.encode(META, stamp=STAMP, digest="00")
+    assert b'"lifetime"' not in blob
+    decoded = codec.decode(blob)
+    assert isinstance(decoded, Decoded) and decoded.meta.lifetime is None and decoded.meta == META
+
+
+def test_a_damaged_lifetime_is_corrupt() -> None:
+    assert codec.decode(record(lifetime="soon", source="none", rule_detail="")) is Undecodable.CORRUPT
+    assert codec.decode(record(lifetime=5, source=3, rule_detail="")) is Undecodable.CORRUPT
