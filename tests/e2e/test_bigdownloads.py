@@ -294,7 +294,12 @@ def test_a_follower_leaving_disturbs_nobody(start_proxy, origin: Origin) -> None
 
     leader = threading.Thread(target=full)
     leader.start()
-    time.sleep(0.3)
+    # The leader must be the one at the origin before the others come (on a busy machine, starting a client
+    # can take longer than any fixed sleep, and a quitter that leads instead is another test).
+    deadline = time.monotonic() + 30
+    while origin.hits["/follower-leaves"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
     quitter = socket.create_connection(("127.0.0.1", proxy.port))
     quitter.sendall(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode())
     others = [threading.Thread(target=full) for _ in range(3)]
