@@ -36,8 +36,11 @@ from typing import Any
 
 from mitmproxy import connection, version
 from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server, server_hooks
 from mitmproxy.proxy.layers.http import HttpLayer, _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ResponseHeaders
 from mitmproxy.utils import human
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
@@ -86,6 +89,8 @@ class Shared:
     """Requests replayed on a fresh connection after a reused one turned out closed."""
 
 
+_CLOSING: weakref.WeakSet[connection.Connection] = weakref.WeakSet()
+"""Origin connections whose origin announced it closes them after the response (RFC 9112 §9.6)."""
 _IN_USE: weakref.WeakKeyDictionary[connection.Connection, _Pooled] = weakref.WeakKeyDictionary()
 
 
@@ -124,13 +129,16 @@ def install() -> bool:
 
     setattr(open_connection, _PATCHED, True)
     handler.open_connection = open_connection  # type: ignore[method-assign]
-    _http1.Http1Client.mark_done = _releasing(_http1.Http1Client.mark_done)  # type: ignore[method-assign]
+    client = _http1.Http1Client
+    client.read_headers = _noting_close(client.read_headers)  # type: ignore[method-assign]
+    client.mark_done = _releasing(client.mark_done)  # type: ignore[method-assign]
     return True
 
 
 def _key(conn: connection.Server) -> PoolKey | None:
     if SHARED.idle_timeout <= 0 or conn.tls or conn.via is not None or conn.sockname is not None:
         return None
+    assert conn.address is not None
     host, port = conn.address
     return PoolKey("http", host.lower(), port)
 
@@ -174,17 +182,21 @@ async def _run(
     key: PoolKey | None,
 ) -> None:
     conn = command.connection
+    address = conn.address
+    assert address is not None
     sock: _Socket | None = None
+    holding = False
     try:
         conn.timestamp_start = time.time()
         if key is not None:
             sock = await _take(key)
+            holding = True  # a slot: the idle connection's, or one for a new connection
         if sock is None:
-            reader, writer = await _connect(conn.address, conn.sockname)
+            reader, writer = await _connect(address, conn.sockname)
         else:
             reader, writer = sock.reader, sock.writer
     except (OSError, asyncio.CancelledError) as e:
-        if key is not None and sock is None:
+        if key is not None and holding:
             SHARED.pool.discard(key)
         err = str(e) or "connection cancelled"
         self.log(f"error establishing server connection: {err}")
@@ -198,14 +210,17 @@ async def _run(
     conn.state = ConnectionState.OPEN
     conn.peername = writer.get_extra_info("peername")
     conn.sockname = writer.get_extra_info("sockname")
-    replay = _Replay(writer, conn.address) if sock is not None else None
+    # A reused connection's writer keeps the request for a replay (a StreamWriter by delegation).
+    replay = _Replay(writer, address) if sock is not None else None
     self.transports[conn] = server.ConnectionIO(
-        handler=asyncio.current_task(), reader=reader, writer=replay or writer
+        handler=asyncio.current_task(),
+        reader=reader,
+        writer=replay or writer,  # type: ignore[arg-type]
     )
     if key is not None:
         _IN_USE[conn] = _Pooled(self, key)
-    addr = human.format_address(conn.address)
-    if conn.peername and conn.address[0] != conn.peername[0]:
+    addr = human.format_address(address)
+    if conn.peername and address[0] != conn.peername[0]:
         addr += f" ({human.format_address(conn.peername)})"
     self.log(f"server connect {addr}" + (" (reused)" if sock is not None else ""))
     await self.handle_hook(server_hooks.ServerConnectedHook(hook_data))
@@ -270,7 +285,7 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
     """Read the origin into the layers until it closes, or until the exchange ends and the pool takes it."""
     io = self.transports[conn]
     cancelled: asyncio.CancelledError | None = None
-    detach = False
+    idle_read = False
     while True:
         reader = io.reader
         assert isinstance(reader, asyncio.StreamReader)
@@ -288,9 +303,7 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
                 continue
             break
         except asyncio.CancelledError as e:
-            pooled = _IN_USE.get(conn)
-            detach = pooled is not None and pooled.detach
-            cancelled = e
+            cancelled, idle_read = e, True
             break
         if replay is not None:
             replay.sent = None  # the origin answered: what follows is not a replay's business
@@ -299,16 +312,22 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
         try:
             await self.drain_writers()
         except asyncio.CancelledError as e:
-            cancelled = e  # (a detach during a drain: the read loop was not idle, so close instead)
+            cancelled = e
             break
     pooled = _IN_USE.pop(conn, None)
-    if detach and pooled is not None:
-        # Out of this client's hands: the layer forgot the connection in _detach, so no ConnectionClosed.
+    if pooled is not None and pooled.detach:
+        # The layer forgot the connection in _detach: no ConnectionClosed for it, whatever happens now.
         io = self.transports.pop(conn)
         conn.state = ConnectionState.CLOSED
         writer = io.writer.writer if isinstance(io.writer, _Replay) else io.writer
-        _idle(pooled.key, _Socket(reader=io.reader, writer=writer))  # type: ignore[arg-type]
-        if (task := asyncio.current_task()) is not None:
+        if idle_read:
+            # Stopped while waiting for bytes, so none was lost: the socket is clean for the next request.
+            _idle(pooled.key, _Socket(reader=io.reader, writer=writer))  # type: ignore[arg-type]
+        else:
+            # Stopped mid-event or by the origin closing: not reusable.
+            writer.close()  # type: ignore[union-attr]
+            SHARED.pool.discard(pooled.key)
+        if cancelled is not None and (task := asyncio.current_task()) is not None:
             task.uncancel()  # the cancellation was ours, a signal to stop reading: it is spent
         return
     if cancelled is None:
@@ -395,12 +414,28 @@ def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
     return wrapper
 
 
+def _noting_close(read_headers: Callable[..., Commands]) -> Callable[..., Commands]:
+    def wrapper(self: _http1.Http1Client, event: events.ConnectionEvent) -> Commands:
+        for command in read_headers(self, event):
+            if isinstance(command, ReceiveHttp) and isinstance(command.event, ResponseHeaders):
+                # Judged on the head as the origin sent it: by the time the exchange ends, an addon may have
+                # stripped the hop-by-hop Connection header that mitmproxy's own check (mark_done) reads.
+                response = command.event.response
+                if http1.connection_close(response.http_version, response.headers):
+                    _CLOSING.add(self.conn)
+            yield command
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper
+
+
 def _clean(client: _http1.Http1Client) -> bool:
     return (
         client.state == client.read_headers
         and client.stream_id is None
         and not client.buf
         and client.conn.state is ConnectionState.OPEN
+        and client.conn not in _CLOSING
     )
 
 

@@ -321,3 +321,26 @@ def test_https_origin_still_works_with_cached_dns(
     with client(proxy, verify=proxy_ca_file) as c:
         r = c.get(url)
     assert (r.status_code, r.content) == (200, b"over tls")
+
+
+def test_connection_the_origin_closes_is_not_pooled(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin]
+) -> None:
+    """`Connection: close` (RFC 9112 §9.6) keeps a connection out of the pool even when the body ends after
+    the response hooks ran (the cache strips hop-by-hop headers from the response they see)."""
+
+    def closing(conn_no: int, req_no: int, head: bytes) -> bytes | None:
+        body = b"x" * 200_000
+        head_out = (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nCache-Control: max-age=60\r\nContent-Length: %d\r\n\r\n"
+        )
+        return head_out % len(body) + body
+
+    origin = counting(closing)
+    proxy = start_proxy("-v")
+    for i in range(3):
+        with client(proxy) as c:
+            r = c.get(origin.url(f"/close{i}"))
+            assert (r.status_code, len(r.content)) == (200, 200_000)
+    assert origin.carrying == 3, origin.requests_per_conn
+    assert "(reused)" not in proxy.log() and "replayed" not in proxy.log()
