@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -326,8 +327,8 @@ def test_https_origin_still_works_with_cached_dns(
 def test_connection_the_origin_closes_is_not_pooled(
     start_proxy: StartProxy, counting: Callable[..., CountingOrigin]
 ) -> None:
-    """`Connection: close` (RFC 9112 §9.6) keeps a connection out of the pool even when the body ends after
-    the response hooks ran (the cache strips hop-by-hop headers from the response they see)."""
+    """`Connection: close` (RFC 9112 §9.6) keeps a connection out of the pool, also when the body ends well
+    after the head (the response hooks have run by then)."""
 
     def closing(conn_no: int, req_no: int, head: bytes) -> bytes | None:
         body = b"x" * 200_000
@@ -344,3 +345,97 @@ def test_connection_the_origin_closes_is_not_pooled(
             assert (r.status_code, len(r.content)) == (200, 200_000)
     assert origin.carrying == 3, origin.requests_per_conn
     assert "(reused)" not in proxy.log() and "replayed" not in proxy.log()
+
+
+def _read_response(sock: socket.socket, buf: bytes) -> tuple[bytes, bytes, bytes]:
+    """One Content-Length-framed response from ``sock``: (head, body, bytes left over)."""
+    while b"\r\n\r\n" not in buf:
+        buf += sock.recv(65536)
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    size = int(
+        next(x for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:")).split(b":")[1]
+    )
+    while len(buf) < size:
+        buf += sock.recv(65536)
+    return head, buf[:size], buf[size:]
+
+
+def test_pipelined_raw_client_gets_each_answer_in_order(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin]
+) -> None:
+    def answer(conn_no: int, req_no: int, head: bytes) -> bytes:
+        body = head.split(b" ", 2)[1] + b" answered"
+        return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+
+    origin = counting(answer)
+    proxy = start_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(
+            b"".join(f"GET {origin.url(f'/pipe{i}')} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(3))
+        )
+        buf = b""
+        bodies = []
+        for _ in range(3):
+            _, body, buf = _read_response(s, buf)
+            bodies.append(body)
+    assert bodies == [b"/pipe0 answered", b"/pipe1 answered", b"/pipe2 answered"]
+    assert origin.carrying == 1, origin.requests_per_conn
+
+
+def test_client_leaving_mid_body_never_leaks_bytes_to_the_next_client(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin]
+) -> None:
+    """A connection whose response was cut off by its client is closed, not pooled: otherwise the rest of
+    that body would be read as the next client's response."""
+    big = b"L" * 4_000_000
+
+    def answer(conn_no: int, req_no: int, head: bytes) -> bytes | None:
+        body = big if b"/big" in head else b"small and exact"
+        return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(body),
+            body,
+        )
+
+    origin = counting(answer)
+    proxy = start_proxy()
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(f"GET {origin.url('/big')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+    for _ in range(3):
+        with client(proxy) as c:
+            r = c.get(origin.url("/after"))
+            assert (r.status_code, r.content) == (200, b"small and exact")
+    heads = [h.split(b" ", 2)[1] for h in origin.heads]
+    assert heads == [b"/big", b"/after", b"/after", b"/after"]
+    assert origin.carrying == 2, origin.requests_per_conn  # the cut one, then one shared by the three
+
+
+def test_http2_client_through_the_pool_and_dns_cache(
+    start_proxy: StartProxy, tls_origin: Origin, proxy_ca_file: Path
+) -> None:
+    """An HTTP/2 client (to the proxy, inside CONNECT) reaching an HTTP/1 TLS origin by host name."""
+    tls_origin.route("/h2", Reply(200, {"Cache-Control": "no-store"}, b"h2 to h1"))
+    proxy = start_proxy("--connect-port", str(tls_origin.port), "-v")
+    url = tls_origin.url("/h2", host="localhost")
+    out = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--http2",
+            "-w",
+            " %{http_version}\n",
+            "-x",
+            proxy.url,
+            "--cacert",
+            str(proxy_ca_file),
+        ]
+        + [url] * 5,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.stdout.splitlines() == ["h2 to h1 2"] * 5, out.stderr
+    assert proxy.log().count("DNS lookup of localhost") == 1
