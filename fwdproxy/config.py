@@ -89,7 +89,9 @@ OPTIONS: tuple[Option, ...] = (
         Kind.DURATION,
         "how long an origin may send nothing: 504 before its response, the transfer cut mid-body; 0: off",
     ),
-    Option("dns_ttl", Kind.DURATION, "how long a DNS answer is reused (failures: 5s); 0: resolve every connect"),
+    Option(
+        "dns_ttl", Kind.DURATION, "how long a DNS answer is reused (failures: 5s); 0: resolve every connect"
+    ),
     Option(
         "origin_idle_timeout",
         Kind.DURATION,
