@@ -44,6 +44,7 @@ from mitmproxy.proxy.layers.http._events import ResponseHeaders
 from mitmproxy.utils import human
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _wideread
 from fwdproxy.dnscache import Addresses, DnsCache
 from fwdproxy.originpool import DEFAULT_IDLE_TIMEOUT, OriginPool, PoolKey
 
@@ -138,6 +139,10 @@ def install() -> bool:
 def _key(conn: connection.Server) -> PoolKey | None:
     if SHARED.idle_timeout <= 0 or conn.tls or conn.via is not None or conn.sockname is not None:
         return None
+    if conn.address in _wideread._WIDE:
+        # The cache's own sidecar (big hits from disk): a loopback connection costs nothing, and the
+        # per-origin limit must not queue big downloads behind each other.
+        return None
     assert conn.address is not None
     host, port = conn.address
     return PoolKey("http", host.lower(), port)
@@ -223,11 +228,16 @@ async def _run(
     if conn.peername and address[0] != conn.peername[0]:
         addr += f" ({human.format_address(conn.peername)})"
     self.log(f"server connect {addr}" + (" (reused)" if sock is not None else ""))
-    await self.handle_hook(server_hooks.ServerConnectedHook(hook_data))
-    await self.server_event(events.OpenConnectionCompleted(command, None))
     try:
+        await self.handle_hook(server_hooks.ServerConnectedHook(hook_data))
+        await self.server_event(events.OpenConnectionCompleted(command, None))
         await _pump(self, conn, replay)
     finally:
+        if (pooled := _IN_USE.pop(conn, None)) is not None:
+            # Cancelled before the read loop ran (its client left at that moment): free what it held.
+            writer.close()
+            self.transports.pop(conn, None)
+            SHARED.pool.discard(pooled.key)
         self.log(f"server disconnect {addr}")
         conn.timestamp_end = time.time()
         await self.handle_hook(server_hooks.ServerDisconnectedHook(hook_data))
@@ -334,6 +344,8 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
         conn.state &= ~ConnectionState.CAN_READ  # TCP half-close: we may still write
     else:
         conn.state = ConnectionState.CLOSED
+    if pooled is not None:
+        SHARED.pool.discard(pooled.key)  # closing from here on: its slot may go to a waiting request now
     await self.server_event(events.ConnectionClosed(conn))
     if conn.state is ConnectionState.CAN_WRITE:
         try:
@@ -346,8 +358,6 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
     except OSError:
         pass
     self.transports.pop(conn, None)
-    if pooled is not None:
-        SHARED.pool.discard(pooled.key)
     if cancelled:
         raise cancelled
 
