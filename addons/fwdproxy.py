@@ -16,6 +16,7 @@ from addons.egress import Egress
 from addons.errors import OriginErrors
 from addons.guard import Guard
 from addons.lifecycle import Lifecycle
+from addons.origins import Origins
 from addons.readtimeout import ReadTimeout
 from addons.tunnel import Tunnel
 
@@ -35,6 +36,7 @@ def chain() -> list[object]:
         Egress(),
         OriginErrors(),
         ReadTimeout(),
+        Origins(),
         Admin(),
         AccessLog(),
         anonymize.last,

@@ -97,6 +97,15 @@ OPTIONS: tuple[Option, ...] = (
         "how long an origin may send nothing: 504 before its response, the transfer cut mid-body; 0: off",
     ),
     Option(
+        "dns_ttl", Kind.DURATION, "how long a DNS answer is reused (failures: 5s); 0: resolve every connect"
+    ),
+    Option(
+        "origin_idle_timeout",
+        Kind.DURATION,
+        "how long an idle plain-HTTP origin connection waits in the shared pool; 0: no sharing",
+    ),
+    Option("origin_max_connections", Kind.INT, "shared plain-HTTP connections per origin at most; more wait"),
+    Option(
         "shutdown_grace",
         Kind.DURATION,
         "on SIGTERM/SIGINT, how long requests in flight may take to finish (no new connections meanwhile)",
@@ -168,6 +177,13 @@ class Settings:
     verbose: int = 0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    dns_ttl: float = 60.0
+    """The OS resolver does not say a record's TTL; a minute follows a moved origin soon enough while a burst
+    of requests to one name makes one lookup (issue 17)."""
+    origin_idle_timeout: float = 60.0
+    """nginx closes idle client connections after 75 s and most origins sooner: a minute keeps the warm set."""
+    origin_max_connections: int = 16
+    """Browsers use 6 per host; a cache serving many clients needs more, but one proxy should not open hundreds."""
     shutdown_grace: float = 10.0
     """Long enough for most downloads in flight to end, short enough for a service manager's stop timeout
     (systemd's default is 90 s; Kubernetes' terminationGracePeriodSeconds is 30 s)."""

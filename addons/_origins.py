@@ -1,0 +1,463 @@
+"""A patch to mitmproxy's connection handler (not an addon): origin connections shared by all clients, and
+cached DNS answers.
+
+mitmproxy opens origin connections in ``ConnectionHandler.open_connection`` with ``asyncio.open_connection``
+(so a ``getaddrinfo`` per connect), and each belongs to one client connection's HTTP layer: it is reused only
+by that client and closed when that client leaves. Squid, ATS and nginx share persistent origin connections
+among all clients instead (issue 17). This module replaces ``open_connection`` for TCP:
+
+- the host name is resolved through :class:`fwdproxy.dnscache.DnsCache` (the connection keeps the name as its
+  address, so SNI, certificate checks, Host and logs are unchanged; only the socket gets the IP);
+- a plain-HTTP connection straight to an origin (no TLS, no upstream proxy, no source address) comes from the
+  process-wide :class:`fwdproxy.originpool.OriginPool`: an idle one is reused, else a new one is opened
+  within ``max_per_origin``;
+- ``Http1Client.mark_done`` is wrapped: when an exchange on a pooled connection ends and the connection is
+  clean (response complete, no request started, no byte buffered, neither side closing), the connection is
+  taken out of its client's HTTP layer and handed to the pool, so the next request of *any* client gets it;
+- a request on a reused connection that the origin closed before sending a single byte back is replayed
+  once on a fresh connection when its method is idempotent (RFC 9110 §9.2.2, RFC 9112 §9.3.1): the client
+  has been sent nothing, and the HTTP layer never sees the first connection end.
+
+TLS connections and connections through an upstream proxy are not pooled: their state (the OpenSSL object,
+the CONNECT tunnel) lives in layers of the client's stack, which cannot be moved to another client. They
+still get cached DNS and close with their client as before. :func:`install` is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+import weakref
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mitmproxy import connection, version
+from mitmproxy.connection import ConnectionState
+from mitmproxy.net.http import http1
+from mitmproxy.proxy import commands, events, server, server_hooks
+from mitmproxy.proxy.layers.http import HttpLayer, _http1
+from mitmproxy.proxy.layers.http._base import ReceiveHttp
+from mitmproxy.proxy.layers.http._events import ResponseHeaders
+from mitmproxy.utils import human
+
+import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _wideread
+from fwdproxy.dnscache import Addresses, DnsCache
+from fwdproxy.originpool import DEFAULT_IDLE_TIMEOUT, OriginPool, PoolKey
+
+log = logging.getLogger("fwdproxy.origins")
+
+WRITTEN_FOR = "12.3."
+"""The mitmproxy release this patch was written against; on another one it stays off (with a warning)."""
+_PATCHED = "_fwd_patched"
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+"""RFC 9110 §9.2.2: methods a client (here: the proxy) may repeat automatically."""
+REPLAY_LIMIT = 64 * 1024
+"""Bytes of request kept for a replay; a longer request (an upload) is not replayed."""
+
+
+@dataclass(eq=False)
+class _Socket:
+    """An origin connection outside any client's layers, idling in the pool."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    watcher: asyncio.Task[bool] | None = None
+
+
+@dataclass(eq=False)
+class _Pooled:
+    """A pooled connection in use by a client's handler."""
+
+    handler: server.ConnectionHandler
+    key: PoolKey
+    detach: bool = False
+    """Set when the exchange ended cleanly: the read loop hands the socket to the pool instead of closing."""
+
+
+@dataclass
+class Shared:
+    """The process-wide DNS cache and pool (the addon configures them)."""
+
+    dns: DnsCache = field(default_factory=lambda: DnsCache(_getaddrinfo, time.monotonic))
+    pool: OriginPool[_Socket] = field(default_factory=OriginPool)
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    """0: no pooling (each client's origin connections close with it, mitmproxy's own behaviour)."""
+    replays: int = 0
+    """Requests replayed on a fresh connection after a reused one turned out closed."""
+
+
+_CLOSING: weakref.WeakSet[connection.Connection] = weakref.WeakSet()
+"""Origin connections whose origin announced it closes them after the response (RFC 9112 §9.6)."""
+_IN_USE: weakref.WeakKeyDictionary[connection.Connection, _Pooled] = weakref.WeakKeyDictionary()
+
+
+async def _getaddrinfo(host: str) -> Addresses:
+    """The OS resolver's answer for ``host``, as (family, IP) pairs without duplicates."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    seen: dict[tuple[int, str], None] = {}
+    for family, _, _, _, sockaddr in infos:
+        seen[(family, str(sockaddr[0]))] = None
+    log.debug("DNS lookup of %s: %s", host, ", ".join(ip for _, ip in seen))
+    return tuple(seen)
+
+
+SHARED = Shared()
+
+
+def install() -> bool:
+    """Patch mitmproxy once per process; False (and a warning) on a mitmproxy this was not written for."""
+    handler = server.ConnectionHandler
+    if getattr(handler.open_connection, _PATCHED, False):
+        return True
+    if not version.VERSION.startswith(WRITTEN_FOR):
+        log.warning(
+            "mitmproxy %s: shared origin connections and the DNS cache are off (written for %sx)",
+            version.VERSION,
+            WRITTEN_FOR,
+        )
+        return False
+    original = handler.open_connection
+
+    async def open_connection(self: server.ConnectionHandler, command: commands.OpenConnection) -> None:
+        conn = command.connection
+        if conn.transport_protocol != "tcp" or not conn.address:
+            return await original(self, command)
+        await _open(self, command)
+
+    setattr(open_connection, _PATCHED, True)
+    handler.open_connection = open_connection  # type: ignore[method-assign]
+    client = _http1.Http1Client
+    client.read_headers = _noting_close(client.read_headers)  # type: ignore[method-assign]
+    client.mark_done = _releasing(client.mark_done)  # type: ignore[method-assign]
+    return True
+
+
+def _key(conn: connection.Server) -> PoolKey | None:
+    if SHARED.idle_timeout <= 0 or conn.tls or conn.via is not None or conn.sockname is not None:
+        return None
+    if conn.address in _wideread._WIDE:
+        # The cache's own sidecar (big hits from disk): a loopback connection costs nothing, and the
+        # per-origin limit must not queue big downloads behind each other.
+        return None
+    assert conn.address is not None
+    host, port = conn.address
+    return PoolKey("http", host.lower(), port)
+
+
+async def _connect(address: tuple[str, int], local: tuple[str, int] | None) -> tuple[Any, Any]:
+    """Open a socket to the first of the name's addresses that accepts, as ``asyncio.open_connection`` does."""
+    host, port = address
+    error: OSError | None = None
+    for _, ip in await SHARED.dns.resolve(host):
+        try:
+            return await asyncio.open_connection(ip, port, local_addr=local)
+        except OSError as e:
+            error = e
+    raise error or OSError(f"no address for {host}")
+
+
+async def _open(self: server.ConnectionHandler, command: commands.OpenConnection) -> None:
+    """mitmproxy's open_connection, with the pool and the DNS cache (same hooks, log lines and errors)."""
+    conn = command.connection
+    assert isinstance(conn, connection.Server) and conn.address
+    hook_data = server_hooks.ServerConnectionHookData(client=self.client, server=conn)
+    await self.handle_hook(server_hooks.ServerConnectHook(hook_data))
+    if err := conn.error:
+        self.log(f"server connection to {human.format_address(conn.address)} killed before connect: {err}")
+        await self.handle_hook(server_hooks.ServerConnectErrorHook(hook_data))
+        await self.server_event(events.OpenConnectionCompleted(command, f"Connection killed: {err}"))
+        return
+    # The server_connect hook may have changed the address or set an upstream: the key is taken after it.
+    key = _key(conn)
+    if key is None:
+        async with self.max_conns[conn.address]:  # mitmproxy's own limit per client connection
+            await _run(self, command, hook_data, None)
+    else:
+        await _run(self, command, hook_data, key)
+
+
+async def _run(
+    self: server.ConnectionHandler,
+    command: commands.OpenConnection,
+    hook_data: server_hooks.ServerConnectionHookData,
+    key: PoolKey | None,
+) -> None:
+    conn = command.connection
+    address = conn.address
+    assert address is not None
+    sock: _Socket | None = None
+    holding = False
+    try:
+        conn.timestamp_start = time.time()
+        if key is not None:
+            sock = await _take(key)
+            holding = True  # a slot: the idle connection's, or one for a new connection
+        if sock is None:
+            reader, writer = await _connect(address, conn.sockname)
+        else:
+            reader, writer = sock.reader, sock.writer
+    except (OSError, asyncio.CancelledError) as e:
+        if key is not None and holding:
+            SHARED.pool.discard(key)
+        err = str(e) or "connection cancelled"
+        self.log(f"error establishing server connection: {err}")
+        conn.error = err
+        await self.handle_hook(server_hooks.ServerConnectErrorHook(hook_data))
+        await self.server_event(events.OpenConnectionCompleted(command, err))
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        return
+    conn.timestamp_tcp_setup = time.time()
+    conn.state = ConnectionState.OPEN
+    conn.peername = writer.get_extra_info("peername")
+    conn.sockname = writer.get_extra_info("sockname")
+    # A reused connection's writer keeps the request for a replay (a StreamWriter by delegation).
+    replay = _Replay(writer, address) if sock is not None else None
+    self.transports[conn] = server.ConnectionIO(
+        handler=asyncio.current_task(),
+        reader=reader,
+        writer=replay or writer,  # type: ignore[arg-type]
+    )
+    if key is not None:
+        _IN_USE[conn] = _Pooled(self, key)
+    addr = human.format_address(address)
+    if conn.peername and address[0] != conn.peername[0]:
+        addr += f" ({human.format_address(conn.peername)})"
+    self.log(f"server connect {addr}" + (" (reused)" if sock is not None else ""))
+    try:
+        await self.handle_hook(server_hooks.ServerConnectedHook(hook_data))
+        await self.server_event(events.OpenConnectionCompleted(command, None))
+        await _pump(self, conn, replay)
+    finally:
+        if (pooled := _IN_USE.pop(conn, None)) is not None:
+            # Cancelled before the read loop ran (its client left at that moment): free what it held.
+            writer.close()
+            self.transports.pop(conn, None)
+            SHARED.pool.discard(pooled.key)
+        self.log(f"server disconnect {addr}")
+        conn.timestamp_end = time.time()
+        await self.handle_hook(server_hooks.ServerDisconnectedHook(hook_data))
+
+
+async def _take(key: PoolKey) -> _Socket | None:
+    """An idle connection of ``key`` that is still open, or None with a slot held for a new one."""
+    while (sock := await SHARED.pool.acquire(key)) is not None:
+        watcher = sock.watcher
+        sock.watcher = None
+        alive = True
+        if watcher is not None:
+            watcher.cancel()
+            try:
+                alive = not await watcher
+            except asyncio.CancelledError:
+                if (task := asyncio.current_task()) is not None and task.cancelling():
+                    _idle(key, sock)  # our own client left meanwhile: back to the pool it goes
+                    raise
+        if alive and not sock.reader.at_eof() and not sock.writer.is_closing():
+            return sock
+        sock.writer.close()  # it closed while idle: its slot is ours, for a new connection
+        return None
+    return None
+
+
+class _Replay:
+    """The writer of a reused connection: keeps what is written until the origin's first byte, so that the
+    request can be sent again on a fresh connection if the origin had closed this one."""
+
+    def __init__(self, writer: asyncio.StreamWriter, address: tuple[str, int]) -> None:
+        self.writer = writer
+        self.address = address
+        self.sent: bytearray | None = bytearray()
+        """The bytes written so far; None once replaying is no longer possible (or done)."""
+
+    def write(self, data: bytes) -> None:
+        if self.sent is not None:
+            self.sent += data
+            if len(self.sent) > REPLAY_LIMIT:
+                self.sent = None
+        self.writer.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.writer, name)
+
+    def replayable(self) -> bool:
+        if self.sent is None:
+            return False
+        method = bytes(self.sent).split(b" ", 1)[0]
+        return not self.sent or (b" " in self.sent and method in IDEMPOTENT)
+
+
+async def _pump(self: server.ConnectionHandler, conn: connection.Connection, replay: _Replay | None) -> None:
+    """Read the origin into the layers until it closes, or until the exchange ends and the pool takes it."""
+    io = self.transports[conn]
+    cancelled: asyncio.CancelledError | None = None
+    idle_read = False
+    while True:
+        reader = io.reader
+        assert isinstance(reader, asyncio.StreamReader)
+        try:
+            data = await reader.read(65535)
+            if not data:
+                raise OSError("Connection closed by peer.")
+        except OSError as e:
+            if (
+                replay is not None
+                and replay.replayable()
+                and await _replay_on_fresh(self, conn, io, replay, e)
+            ):
+                replay = None
+                continue
+            break
+        except asyncio.CancelledError as e:
+            cancelled, idle_read = e, True
+            break
+        if replay is not None:
+            replay.sent = None  # the origin answered: what follows is not a replay's business
+            replay = None
+        await self.server_event(events.DataReceived(conn, data))
+        try:
+            await self.drain_writers()
+        except asyncio.CancelledError as e:
+            cancelled = e
+            break
+    pooled = _IN_USE.pop(conn, None)
+    if pooled is not None and pooled.detach:
+        # The layer forgot the connection in _detach: no ConnectionClosed for it, whatever happens now.
+        io = self.transports.pop(conn)
+        conn.state = ConnectionState.CLOSED
+        writer = io.writer.writer if isinstance(io.writer, _Replay) else io.writer
+        if idle_read:
+            # Stopped while waiting for bytes, so none was lost: the socket is clean for the next request.
+            _idle(pooled.key, _Socket(reader=io.reader, writer=writer))  # type: ignore[arg-type]
+        else:
+            # Stopped mid-event or by the origin closing: not reusable.
+            writer.close()  # type: ignore[union-attr]
+            SHARED.pool.discard(pooled.key)
+        if cancelled is not None and (task := asyncio.current_task()) is not None:
+            task.uncancel()  # the cancellation was ours, a signal to stop reading: it is spent
+        return
+    if cancelled is None:
+        conn.state &= ~ConnectionState.CAN_READ  # TCP half-close: we may still write
+    else:
+        conn.state = ConnectionState.CLOSED
+    if pooled is not None:
+        SHARED.pool.discard(pooled.key)  # closing from here on: its slot may go to a waiting request now
+    await self.server_event(events.ConnectionClosed(conn))
+    if conn.state is ConnectionState.CAN_WRITE:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as e:
+            cancelled = e
+    try:
+        assert io.writer is not None
+        io.writer.close()
+    except OSError:
+        pass
+    self.transports.pop(conn, None)
+    if cancelled:
+        raise cancelled
+
+
+async def _replay_on_fresh(
+    self: server.ConnectionHandler,
+    conn: connection.Connection,
+    io: server.ConnectionIO,
+    replay: _Replay,
+    e: OSError,
+) -> bool:
+    """Swap the dead reused socket for a fresh one and send it what the dead one got (RFC 9112 §9.3.1);
+    False when no fresh connection opens (the request then fails as it would have)."""
+    assert replay.sent is not None
+    sent, replay.sent = bytes(replay.sent), None
+    replay.writer.close()
+    where = human.format_address(replay.address)
+    try:
+        reader, writer = await _connect(replay.address, None)
+    except OSError as connect_error:
+        self.log(f"reused connection to {where} was closed ({e}); a new one failed: {connect_error}")
+        return False
+    SHARED.replays += 1
+    self.log(f"reused connection to {where} was closed ({e}): request replayed on a new one")
+    conn.peername = writer.get_extra_info("peername")
+    conn.sockname = writer.get_extra_info("sockname")
+    replay.writer = writer
+    io.reader = reader
+    writer.write(sent)
+    return True
+
+
+def _idle(key: PoolKey, sock: _Socket) -> None:
+    """Park a clean connection in the pool, watched for the origin closing it and for the idle timeout."""
+    sock.watcher = asyncio.ensure_future(_watch(key, sock))
+    SHARED.pool.put(key, sock)
+
+
+async def _watch(key: PoolKey, sock: _Socket) -> bool:
+    """Wait while the connection idles; True when it must go (origin closed, sent stray bytes, timed out)."""
+    try:
+        await asyncio.wait_for(sock.reader.read(1), SHARED.idle_timeout)
+    except TimeoutError:
+        pass
+    except OSError:
+        pass
+    # Whatever ended the wait, the connection is unusable now (a stray byte is unframed: RFC 9112 §9.3).
+    if SHARED.pool.remove_idle(key, sock):
+        sock.writer.close()
+    return True
+
+
+Commands = Generator[commands.Command, Any, None]
+
+
+def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
+    def wrapper(self: _http1.Http1Client, *, request: bool = False, response: bool = False) -> Commands:
+        yield from mark_done(self, request=request, response=response)
+        if _clean(self) and (pooled := _IN_USE.get(self.conn)) is not None:
+            # After this event is handled: the HTTP layer is iterating over our commands right now.
+            asyncio.get_running_loop().call_soon(_detach, self, pooled)
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper
+
+
+def _noting_close(read_headers: Callable[..., Commands]) -> Callable[..., Commands]:
+    def wrapper(self: _http1.Http1Client, event: events.ConnectionEvent) -> Commands:
+        for command in read_headers(self, event):
+            if isinstance(command, ReceiveHttp) and isinstance(command.event, ResponseHeaders):
+                # Judged on the head as the origin sent it: by the time the exchange ends, an addon may have
+                # stripped the hop-by-hop Connection header that mitmproxy's own check (mark_done) reads.
+                response = command.event.response
+                if http1.connection_close(response.http_version, response.headers):
+                    _CLOSING.add(self.conn)
+            yield command
+
+    setattr(wrapper, _PATCHED, True)
+    return wrapper
+
+
+def _clean(client: _http1.Http1Client) -> bool:
+    return (
+        client.state == client.read_headers
+        and client.stream_id is None
+        and not client.buf
+        and client.conn.state is ConnectionState.OPEN
+        and client.conn not in _CLOSING
+    )
+
+
+def _detach(client: _http1.Http1Client, pooled: _Pooled) -> None:
+    """Take a clean connection from its client's HTTP layer and have its read loop hand it to the pool."""
+    conn = client.conn
+    io = pooled.handler.transports.get(conn)
+    if not _clean(client) or io is None or io.handler is None or _IN_USE.get(conn) is not pooled:
+        return
+    layer = next((x for x in reversed(client.context.layers) if isinstance(x, HttpLayer)), None)
+    if layer is None or conn not in layer.connections or conn in layer.waiting_for_establishment:
+        return
+    del layer.connections[conn]
+    pooled.detach = True
+    io.handler.cancel("fwdproxy: back to the origin pool")
