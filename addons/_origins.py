@@ -378,10 +378,10 @@ async def _replay_on_fresh(
     try:
         reader, writer = await _connect(replay.address, None)
     except OSError as connect_error:
-        self.log(f"reused connection to {where} was closed ({e}); a new one failed: {connect_error}")
+        log.info("reused connection to %s was closed (%s); a new one failed: %s", where, e, connect_error)
         return False
     SHARED.replays += 1
-    self.log(f"reused connection to {where} was closed ({e}): request replayed on a new one")
+    log.info("reused connection to %s was closed (%s): request replayed on a new one", where, e)
     conn.peername = writer.get_extra_info("peername")
     conn.sockname = writer.get_extra_info("sockname")
     replay.writer = writer
