@@ -192,7 +192,12 @@ class CacheCore:
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
-        if resp.status_code == 304 or state.request.method != "GET" or self._stale_on_error(flow, state):
+        if (
+            resp.status_code == 304
+            or state.request.method != "GET"
+            or state.decision.fwd is Fwd.BYPASS  # never stored (fwdproxy.unkeyed)
+            or self._stale_on_error(flow, state)
+        ):
             if big and resp.status_code != 304:
                 resp.stream = True
             if flight is not None:
@@ -277,7 +282,7 @@ class CacheCore:
             self._serve(flow, state, meta, state.body, status, now)
             return
         close(state.body)
-        if state.request.method == "HEAD" and resp.status == 200:
+        if state.request.method == "HEAD" and resp.status == 200 and state.decision.fwd is not Fwd.BYPASS:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
         if state.whole_for_range and stored and flow.response.raw_content is not None:

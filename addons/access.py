@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
@@ -12,6 +13,11 @@ from addons import _respond
 from fwdproxy import access
 
 log = logging.getLogger("fwdproxy.access")
+
+MAX_CONNECTIONS = 1024
+"""Open client connections per process. Each costs two descriptors (client and origin side), and 1024 is the
+usual soft RLIMIT_NOFILE; far above what a team's clients keep open, far below what a request that loops
+back through the proxy (or a runaway client) would open."""
 
 
 class Access:
@@ -25,6 +31,11 @@ class Access:
         """Client connections that passed authentication in their CONNECT (requests inside need none)."""
         self.allowed: dict[str, bool] = {}
         """Client connection id → its address is in --allow (asked once per connection, not per request)."""
+        self.max_connections = MAX_CONNECTIONS
+        self.open: set[str] = set()
+        """Ids of the client connections accepted and not yet closed (refused ones are not counted)."""
+        self.refused = 0
+        self.refused_logged = 0.0
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -36,6 +47,12 @@ class Access:
         loader.add_option("fwd_auth", str, "", "Require proxy authentication, USER:PASS (Basic).")
         loader.add_option(
             "fwd_connect_ports", Sequence[str], ["443"], "Ports CONNECT may reach; others get 403."
+        )
+        loader.add_option(
+            "fwd_max_connections",
+            int,
+            MAX_CONNECTIONS,
+            "Open client connections allowed at once (per process); more are closed at once. 0: no limit.",
         )
 
     def configure(self, updated: set[str]) -> None:
@@ -54,6 +71,12 @@ class Access:
                         raise ValueError(f"{p!r} is not a port number (1-65535)")
                     ports.add(int(p))
                 self.ports = frozenset(ports)
+            if "fwd_max_connections" in updated:
+                if ctx.options.fwd_max_connections < 0:
+                    raise ValueError(
+                        f"fwd_max_connections: {ctx.options.fwd_max_connections} is negative; use 0 for no limit"
+                    )
+                self.max_connections = ctx.options.fwd_max_connections
         except ValueError as e:
             raise exceptions.OptionsError(str(e)) from e
 
@@ -100,7 +123,28 @@ class Access:
             if any(name.lower() == b"proxy-authorization" for name, _ in headers.fields):  # rare: look first
                 headers.pop("Proxy-Authorization", None)
 
+    def client_connected(self, client) -> None:  # type: ignore[no-untyped-def]
+        if not self.max_connections or len(self.open) < self.max_connections:
+            self.open.add(client.id)
+            return
+        # mitmproxy closes a connection whose client_connected hook set an error, before reading a byte: the
+        # client sees the connection end at once. An answer (a 503) would need its request first, and a client
+        # that never sends one would keep its socket, which is what the limit is for.
+        client.error = "too many open connections (fwd_max_connections)"
+        self.refused += 1
+        now = time.monotonic()
+        if now - self.refused_logged >= 1.0:  # one line a second, not one per refused connection
+            log.warning(
+                "refused %d connection(s), the last from %s: %d are open (--max-connections %d)",
+                self.refused,
+                client.peername[0] if client.peername else "?",
+                len(self.open),
+                self.max_connections,
+            )
+            self.refused, self.refused_logged = 0, now
+
     def client_disconnected(self, client) -> None:  # type: ignore[no-untyped-def]
+        self.open.discard(client.id)
         self.authenticated.discard(client.id)
         self.allowed.pop(client.id, None)
 

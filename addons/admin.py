@@ -40,6 +40,8 @@ class Admin:
         self.registry = exposition.registry(self.snapshot)
         self.purge_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
         self.admin_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+        self.credentials: access.Credentials | None = None
+        """--auth: the admin port asks for the same user (Basic, 401); through the proxy Access asks (407)."""
         self.port = 8081
         self.server: asyncio.Server | None = None
         self.master: Any = None
@@ -85,6 +87,12 @@ class Admin:
                 self.admin_networks = access.parse_networks(ctx.options.fwd_allow)
         except ValueError as e:
             raise exceptions.OptionsError(f"fwd_allow_purge: {e}") from e
+        if "fwd_auth" in updated and "fwd_auth" in ctx.options:
+            try:
+                auth = ctx.options.fwd_auth
+                self.credentials = access.Credentials.parse(auth) if auth else None
+            except ValueError as e:
+                raise exceptions.OptionsError(f"fwd_auth: {e}") from e
         if "fwd_admin_port" in updated:
             if not 0 <= ctx.options.fwd_admin_port < 65536:
                 raise exceptions.OptionsError(
@@ -331,18 +339,28 @@ class Admin:
         try:
             peer = writer.get_extra_info("peername")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            method, target, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ") + ["", ""]
+            start, *lines = head.decode("latin-1").split("\r\n")
+            method, target, *_ = start.split(" ") + ["", ""]
+            extra = ""
             if not access.client_allowed(peer[0] if peer else "", self.admin_networks):
                 status, content_type, body = (
                     403,
                     "text/plain; charset=utf-8",
                     b"fwdproxy admin: not allowed\n",
                 )
+            elif self.credentials is not None and not self.credentials.check(_authorization(lines)):
+                # RFC 9110 §11.6.1: the same user as --auth, in constant time (access.Credentials.check).
+                status, content_type, body = (
+                    401,
+                    "text/plain; charset=utf-8",
+                    b"fwdproxy admin: authentication required (the --auth user)\n",
+                )
+                extra = 'WWW-Authenticate: Basic realm="fwdproxy"\r\n'
             else:
                 local = writer.get_extra_info("sockname")
                 status, content_type, body = self.page(method, target, local[0] if local else "")
             writer.write(
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n"
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
                 + (b"" if method.upper() == "HEAD" else body)
             )
@@ -419,7 +437,16 @@ class Admin:
                     log.warning("could not write hit counts to %s: %s", self.hits_path, e.strerror)
 
 
-_REASONS = {200: "OK", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+def _authorization(lines: list[str]) -> str | None:
+    """The Authorization field of a request head's field lines (the first one), or None."""
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "authorization":
+            return value.strip()
+    return None
 
 
 def _member_dict(member: Any) -> Mapping[str, Any]:

@@ -16,7 +16,7 @@ from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
 from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
 from addons._cachehttp import to_request
-from fwdproxy import cache, store
+from fwdproxy import cache, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.cache.key import vary_matches
@@ -155,6 +155,17 @@ class Cache(CacheCore):
         req = to_request(flow.request, _flowinfo.note_request(flow)[0])  # the URL worked out once per flow
         if req.method not in ("GET", "HEAD"):
             state = CacheFlow(req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now)
+            flow.metadata[STATE] = state
+            if self.config.offline:
+                self._gateway_timeout(flow, state, "offline")
+            return None
+        body = unkeyed.has_body(req.headers, flow.request.raw_content)  # raw_content: None while streamed
+        if (why := unkeyed.bypass(req.headers, has_body=body)) is not None:
+            # Issue 16: the URL does not say what the origin answers to this request, so nothing stored may
+            # answer it and its response may answer no one else (Cache-Status fwd=bypass, and no store).
+            state = CacheFlow(
+                req, LookupDecision(Verdict.FORWARD, fwd=Fwd.BYPASS, detail=why), request_time=now
+            )
             flow.metadata[STATE] = state
             if self.config.offline:
                 self._gateway_timeout(flow, state, "offline")

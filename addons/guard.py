@@ -3,8 +3,14 @@ the target, requests addressed to the proxy itself, and responses with bytes pas
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import ipaddress
 import logging
+import socket
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import ctx, http
 
@@ -13,6 +19,10 @@ from addons import _http1, _respond
 from fwdproxy import guard
 
 log = logging.getLogger("fwdproxy.guard")
+
+RESOLVE_TIMEOUT = 5.0
+"""Seconds the loop check waits for the resolver; a name that does not resolve by then is let through (the
+connect resolves it again, and mitmproxy's own check still refuses 127.0.0.1, ::1 and localhost)."""
 
 EXCESS = "fwd_excess"
 """Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
@@ -26,34 +36,81 @@ class Guard:
 
     def __init__(self) -> None:
         self.addresses: tuple[tuple[str, int], ...] = ()
+        self.admin: tuple[tuple[str, int], ...] = ()
+        self.ports: frozenset[int] = frozenset()
         self.addresses_until = 0.0
+        self.local: dict[str, bool] = {}
+        """Address -> it belongs to one of this machine's interfaces (asked of the kernel once)."""
 
-    def _own_addresses(self) -> tuple[tuple[str, int], ...]:
+    def _refresh(self) -> None:
         # listen_addrs() asks the kernel (getsockname) for every listener: look again once a second at most.
         now = time.monotonic()
-        if now >= self.addresses_until:
-            proxyserver = ctx.master.addons.get("proxyserver")
-            self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
-            self.addresses_until = now + 1.0 if self.addresses else now
-        return self.addresses
+        if now < self.addresses_until:
+            return
+        proxyserver = ctx.master.addons.get("proxyserver")
+        self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
+        admin_port = ctx.options.fwd_admin_port if "fwd_admin_port" in ctx.options else 0
+        host = ctx.options.listen_host
+        # addons/admin.py listens on the listen host, or everywhere (both families) when it is empty.
+        self.admin = ((host, admin_port),) if host else (("0.0.0.0", admin_port), ("::", admin_port))
+        self.admin = self.admin if admin_port else ()
+        self.ports = frozenset(port for _, port in self.addresses + self.admin)
+        self.addresses_until = now + 1.0 if self.addresses else now
 
-    def _loops(self, flow: http.HTTPFlow) -> bool:
+    def _is_local(self, address: str) -> bool:
+        """Whether ``address`` is one of this machine's: the kernel lets a socket bind only to those."""
+        known = self.local.get(address)
+        if known is None:
+            family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
+            known = True
+            try:
+                with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                    probe.bind((address, 0))
+            except OSError:
+                known = False
+            if len(self.local) > 1024:
+                self.local.clear()  # addresses come and go; the set of asked ones stays small anyway
+            self.local[address] = known
+        return known
+
+    def _loop_check(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """A coroutine that answers 508 if the target is this proxy, or None when its port is none of ours
+        (the cheap check: requests to other ports never wait for a resolver)."""
+        self._refresh()
         reached = flow.client_conn.sockname
-        reached_at = (reached[0], reached[1]) if reached else None
-        if not guard.targets_self(flow.request.host, flow.request.port, self._own_addresses(), reached_at):
-            return False
-        message = guard.loop_message(flow.request.host, flow.request.port)
+        port = flow.request.port
+        if port not in self.ports and not (reached and reached[1] == port):
+            return None
+        return self._refuse_loop(flow, (reached[0], reached[1]) if reached else None)
+
+    async def _refuse_loop(self, flow: http.HTTPFlow, reached_at: tuple[str, int] | None) -> None:
+        host, port = flow.request.host, flow.request.port
+        resolved: tuple[str, ...] = ()
+        if guard.literal_address(host) is None:
+            # Compare after resolution, as the connect would: a name may point at us (RFC 5842 §7.2).
+            with contextlib.suppress(OSError, TimeoutError, UnicodeError):
+                infos = await asyncio.wait_for(
+                    asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                    RESOLVE_TIMEOUT,
+                )
+                resolved = tuple(str(info[4][0]) for info in infos)
+        targets = guard.candidates(host, resolved)
+        local = frozenset(t for t in targets if self._is_local(t))
+        admin = guard.targets_self(host, port, self.admin, None, resolved, local)
+        if not admin and not guard.targets_self(host, port, self.addresses, reached_at, resolved, local):
+            return
+        message = guard.loop_message(host, port, admin=admin)
         log.warning("%s %s from %s: %s", flow.request.method, flow.request.pretty_url, _peer(flow), message)
         flow.response = _respond.text(508, message)
-        return True
 
-    def http_connect(self, flow: http.HTTPFlow) -> None:
-        if flow.response is None:
-            self._loops(flow)
+    def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        if flow.response is not None:
+            return None
+        return self._loop_check(flow)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response is not None or flow.is_replay:
-            return
+            return None
         request = flow.request
         fields = request.headers.fields
         hosts = [value for name, value in fields if name.lower() == b"host"]
@@ -61,20 +118,21 @@ class Guard:
         if verdict is not None:
             log.warning("%s %s from %s: %s", request.method, request.url, _peer(flow), verdict.message)
             flow.response = _respond.text(verdict.status, verdict.message, {"Connection": "close"})
-            return
-        if self._loops(flow):
-            return
+            return None
         # RFC 9112 §3.2.2: a proxy given an absolute URL ignores the Host field and sends the URL's authority.
         # Forwarding the client's Host would let it store one site's page under another site's URL.
-        if not hosts:
-            return
-        scheme, host, port = request.scheme, request.host, request.port
-        if not guard.host_agrees(hosts[0].decode("utf-8", "surrogateescape"), scheme, host, port):
-            request.headers["Host"] = guard.authority(scheme, host, port)
-            if log.isEnabledFor(logging.INFO):
-                log.info(
-                    "%s %s: Host %r replaced by the URL's authority", request.method, request.url, hosts[0]
-                )
+        if hosts:
+            scheme, host, port = request.scheme, request.host, request.port
+            if not guard.host_agrees(hosts[0].decode("utf-8", "surrogateescape"), scheme, host, port):
+                request.headers["Host"] = guard.authority(scheme, host, port)
+                if log.isEnabledFor(logging.INFO):
+                    log.info(
+                        "%s %s: Host %r replaced by the URL's authority",
+                        request.method,
+                        request.url,
+                        hosts[0],
+                    )
+        return self._loop_check(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response in _http1.EXCESS:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fwdproxy.http_model import Headers
+from fwdproxy.unkeyed import UNKEYED_HEADERS
 
 
 class Level(enum.StrEnum):
@@ -46,8 +47,10 @@ IDENTIFYING_REQUEST_HEADERS: tuple[str, ...] = (
 )
 """Removed at standard and strict: each names the client's address, location or the proxy chain.
 
-Not listed, on purpose: ``CDN-Loop`` (RFC 8586; names no client, and dropping it breaks loop detection) and
-``X-Original-URL``/``X-Rewrite-URL`` (they carry a path, not a person).
+Not listed, on purpose: ``CDN-Loop`` (RFC 8586; names no client, and dropping it breaks loop detection).
+Also removed at standard and strict, though they name no one: fwdproxy.unkeyed.UNKEYED_HEADERS
+(``X-Original-URL``, ``X-HTTP-Method-Override`` …), which rewrite what the origin answers without being
+part of the cache key (issue 16); at off they make the request bypass the cache instead.
 """
 
 IDENTIFYING_REQUEST_PREFIXES: tuple[str, ...] = ("x-forwarded-",)
@@ -83,7 +86,7 @@ DEFAULT_USER_AGENT = (
 DEFAULT_ACCEPT_LANGUAGE = "en-US,en;q=0.9"
 """What most English-language browsers send, so strict clients blend in rather than stand out."""
 
-_IDENTIFYING = frozenset(n.lower() for n in IDENTIFYING_REQUEST_HEADERS)
+_IDENTIFYING = frozenset(n.lower() for n in (*IDENTIFYING_REQUEST_HEADERS, *UNKEYED_HEADERS))
 _PROXY = frozenset(n.lower() for n in PROXY_REQUEST_HEADERS)
 _STRICT_REQUEST = frozenset(n.lower() for n in STRICT_REQUEST_HEADERS)
 _STRICT_RESPONSE = frozenset(n.lower() for n in STRICT_RESPONSE_HEADERS)
@@ -115,7 +118,7 @@ class AnonymizeConfig:
 
 
 def is_identifying(name: str) -> bool:
-    """Whether standard drops this request header (ignoring `keep`)."""
+    """Whether standard drops this request header (ignoring `keep`): identifying, or an unkeyed rewrite."""
     lname = name.lower()
     return lname in _IDENTIFYING or lname.startswith(IDENTIFYING_REQUEST_PREFIXES)
 

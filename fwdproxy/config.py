@@ -81,7 +81,14 @@ OPTIONS: tuple[Option, ...] = (
         choices=tuple(a.value for a in Algorithm),
     ),
     Option("allow", Kind.STR_LIST, "client network allowed to use the proxy, as CIDR (repeatable)"),
-    Option("auth", Kind.OPT_STR, "require proxy authentication USER:PASS (Basic)"),
+    Option(
+        "auth", Kind.OPT_STR, "require proxy authentication USER:PASS (Basic); also guards the admin pages"
+    ),
+    Option(
+        "max_connections",
+        Kind.INT,
+        "open client connections allowed at once per process; more are closed at once (0: no limit)",
+    ),
     Option("set", Kind.STR_LIST, "any mitmproxy option NAME=VALUE (repeatable)"),
     Option("quiet", Kind.BOOL, "log only warnings and errors", short="-q"),
     Option(
@@ -172,6 +179,9 @@ class Settings:
     """Members in turn: predictable, and fair when the proxies are alike (issue 6)."""
     allow: tuple[str, ...] = access.LOOPBACK
     auth: str | None = None
+    max_connections: int = 1024
+    """Per process: two descriptors each (client and origin side) against the usual soft limit of 1024 files;
+    ample for a team, and a ceiling for a request that loops back through the proxy (issue 16)."""
     set: tuple[str, ...] = ()
     quiet: bool = False
     verbose: int = 0

@@ -143,6 +143,7 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "connection_strategy": "lazy",
         "fwd_allow": list(s.allow),
         "fwd_auth": s.auth or "",
+        "fwd_max_connections": s.max_connections,
         "fwd_connect_ports": [str(p) for p in s.connect_port],
         "fwd_passthrough": list(s.passthrough),
         "fwd_intercept": list(s.intercept),

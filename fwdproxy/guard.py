@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ over all of them, so a count limit stands beside the byte limit."""
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 _LOCALHOST = ("127.0.0.1", "::1")
+_INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]{1,8}|0[0-7]{0,11}|[1-9][0-9]{0,9}")
+"""One part of an inet_aton(3) address: hexadecimal, octal or decimal."""
 
 
 class Refusal(enum.Enum):
@@ -97,22 +100,72 @@ def host_agrees(host_field: str, scheme: str, host: str, port: int) -> bool:
     return _bare(name) == _bare(host) and field_port == port
 
 
+def literal_address(host: str) -> str | None:
+    """The address a literal host spells, as compared (IPv4-mapped IPv6 as IPv4), or None for a name.
+
+    Besides dotted quads and IPv6 this reads the inet_aton(3) shorthands that getaddrinfo, and so
+    mitmproxy's connect, accept: ``127.1``, ``0x7f000001``, ``2130706433``, ``0177.0.0.1``.
+    """
+    bare = _bare(host)
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    parts = bare.split(".")
+    if not 1 <= len(parts) <= 4:
+        return None
+    if not all(_INET_ATON_PART.fullmatch(part) for part in parts):
+        return None
+    numbers = [
+        int(p, 16) if p[:2] in ("0x", "0X") else int(p, 8) if p.startswith("0") else int(p) for p in parts
+    ]
+    # inet_aton: a.b.c.d, a.b.c (c: 16 bits), a.b (b: 24 bits), a (32 bits); the last part fills the rest.
+    last_bits = 8 * (5 - len(numbers))
+    if any(not 0 <= n <= 255 for n in numbers[:-1]) or not 0 <= numbers[-1] < 2**last_bits:
+        return None
+    value = numbers[-1]
+    for i, n in enumerate(numbers[:-1]):
+        value |= n << (24 - 8 * i)
+    return str(ipaddress.IPv4Address(value))
+
+
+def candidates(host: str, resolved: Iterable[str] = ()) -> frozenset[str]:
+    """The addresses a connection to ``host`` may reach: its literal address, loopback for ``localhost``, and
+    what the resolver said (``resolved``); the unspecified address stands for loopback, where the kernel
+    sends a connection to it (Linux connects 0.0.0.0 to 127.0.0.1)."""
+    out: set[str] = set()
+    literal = literal_address(host)
+    if literal is not None:
+        out.add(literal)
+    elif _bare(host) in ("localhost", "localhost.localdomain") or _bare(host).endswith(".localhost"):
+        out.update(_LOCALHOST)  # RFC 6761 §6.3: localhost names are loopback, resolver or not
+    out.update(a for a in (literal_address(r) for r in resolved) if a is not None)
+    return frozenset(_LOCALHOST[0] if a == "0.0.0.0" else _LOCALHOST[1] if a == "::" else a for a in out)
+
+
 @functools.lru_cache(maxsize=4096)  # the same few targets on every request; parsing addresses is the cost
 def targets_self(
-    host: str, port: int, listening: tuple[tuple[str, int], ...], reached_at: tuple[str, int] | None = None
+    host: str,
+    port: int,
+    listening: tuple[tuple[str, int], ...],
+    reached_at: tuple[str, int] | None = None,
+    resolved: tuple[str, ...] = (),
+    local: frozenset[str] = frozenset(),
 ) -> bool:
     """Whether ``host:port`` is this proxy: an address it listens on, the address the client reached it at,
-    or a loopback address (or ``localhost``) for a port it listens on for all interfaces."""
-    target = _bare(host)
-    names = set(_LOCALHOST) if target == "localhost" else {target}
+    or, for a port it listens on for all interfaces, a loopback address or one of ``local`` (the addresses
+    of this machine's interfaces among the candidates). ``resolved`` is what the resolver said of ``host``."""
+    targets = candidates(host, resolved)
+    if not targets:
+        return False
     ours = list(listening) + ([reached_at] if reached_at is not None else [])
     for listen_host, listen_port in ours:
         if listen_port != port:
             continue
         bound = _bare(listen_host)
-        if bound in names:
+        if bound in targets:
             return True
-        if bound in _WILDCARDS and any(_is_loopback(n) for n in names):
+        if bound in _WILDCARDS and any(_is_loopback(t) or t in local for t in targets):
             return True
     return False
 
@@ -150,5 +203,10 @@ def head_too_big(kind: str) -> str:
     return f"the {kind} head exceeds {MAX_HEAD_BYTES // 1024} KiB (start line and header fields)"
 
 
-def loop_message(host: str, port: int) -> str:
+def loop_message(host: str, port: int, *, admin: bool = False) -> str:
+    if admin:
+        return (
+            f"{authority('http', host, port)} is this proxy's admin port; ask it directly, or for "
+            "http://fwdproxy.local/ through the proxy"
+        )
     return f"{authority('http', host, port)} is this proxy itself; the request would loop (ask for the origin instead)"

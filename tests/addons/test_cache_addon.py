@@ -16,7 +16,9 @@ from tests.support import REPO
 
 def flow(path: str = "/x", method: str = "GET", **headers: str) -> http.HTTPFlow:
     return tflow.tflow(
-        req=tutils.treq(path=path.encode(), method=method.encode(), headers=http.Headers(**headers))
+        req=tutils.treq(
+            path=path.encode(), method=method.encode(), headers=http.Headers(**headers), content=b""
+        )
     )
 
 

@@ -23,6 +23,7 @@ from fwdproxy.anonymize import (
     touched,
 )
 from fwdproxy.http_model import Headers
+from fwdproxy.unkeyed import UNKEYED_HEADERS
 
 URL = "https://shop.example.com/cart"
 NORMAL = (
@@ -118,9 +119,16 @@ def test_identifying_is_case_insensitive(name: str) -> None:
     assert names(out) == {"accept"}
 
 
-@pytest.mark.parametrize("name", ["Accept", "Cookie", "Host", "CDN-Loop", "X-Original-URL", "From"])
+@pytest.mark.parametrize("name", ["Accept", "Cookie", "Host", "CDN-Loop", "From"])
 def test_not_identifying(name: str) -> None:
     assert not is_identifying(name)
+
+
+@pytest.mark.parametrize("name", UNKEYED_HEADERS)
+def test_standard_removes_unkeyed_rewrites_and_off_keeps_them(name: str) -> None:
+    sent = Headers.of([(name, "/admin"), ("Accept", "*/*")])
+    assert names(anonymize_request(sent, URL, AnonymizeConfig())) == {"accept"}
+    assert anonymize_request(sent, URL, AnonymizeConfig(level=Level.OFF)) == sent
 
 
 def test_lists_have_no_duplicates() -> None:

@@ -10,8 +10,10 @@ from fwdproxy.guard import (
     MAX_FIELDS,
     Refusal,
     authority,
+    candidates,
     check_fields,
     host_agrees,
+    literal_address,
     targets_self,
 )
 
@@ -81,6 +83,76 @@ def test_targets_self(
     expected: bool,
 ) -> None:
     assert targets_self(host, port, listening, reached_at) is expected
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        pytest.param("127.0.0.1", "127.0.0.1", id="dotted quad"),
+        pytest.param("127.1", "127.0.0.1", id="inet_aton a.b: the last part fills 24 bits"),
+        pytest.param("127.0.1", "127.0.0.1", id="inet_aton a.b.c: the last part fills 16 bits"),
+        pytest.param("0x7f000001", "127.0.0.1", id="inet_aton hexadecimal"),
+        pytest.param("2130706433", "127.0.0.1", id="inet_aton one decimal number"),
+        pytest.param("0177.0.0.1", "127.0.0.1", id="inet_aton octal"),
+        pytest.param("10.65536", "10.1.0.0", id="inet_aton a.b, b above 255"),
+        pytest.param("0.0.0.0", "0.0.0.0", id="unspecified"),
+        pytest.param("[::]", "::", id="IPv6 unspecified, bracketed"),
+        pytest.param("[::ffff:127.0.0.1]", "127.0.0.1", id="IPv4-mapped IPv6 as IPv4"),
+        pytest.param("127.0.0.1.", "127.0.0.1", id="trailing dot"),
+        pytest.param("256.1", None, id="a part over 255 is a name"),
+        pytest.param("4294967296", None, id="over 32 bits"),
+        pytest.param("08.1", None, id="8 is no octal digit"),
+        pytest.param("0x 1", None, id="no spaces inside"),
+        pytest.param("localhost", None, id="a name"),
+        pytest.param("1.2.3.4.5", None, id="five parts"),
+    ],
+)
+def test_literal_address(host: str, expected: str | None) -> None:
+    assert literal_address(host) == expected
+
+
+def test_candidates_map_unspecified_to_loopback_and_add_resolved() -> None:
+    assert candidates("0.0.0.0") == {"127.0.0.1"}
+    assert candidates("::") == {"::1"}
+    assert candidates("LocalHost.") == {"127.0.0.1", "::1"}
+    assert candidates("a.localhost") == {"127.0.0.1", "::1"}  # RFC 6761 6.3
+    assert candidates("me.example", ("127.0.0.1", "::ffff:10.0.0.5")) == {"127.0.0.1", "10.0.0.5"}
+    assert candidates("example.org") == frozenset()
+
+
+@pytest.mark.parametrize(
+    "host, resolved, local, listening, expected",
+    [
+        pytest.param("127.1", (), frozenset(), LOOPBACK_8080, True, id="shorthand of the listen address"),
+        pytest.param("0x7f000001", (), frozenset(), LOOPBACK_8080, True, id="hexadecimal loopback"),
+        pytest.param("0.0.0.0", (), frozenset(), LOOPBACK_8080, True, id="0.0.0.0 connects to loopback"),
+        pytest.param("[::]", (), frozenset(), EVERYWHERE_8080, True, id=":: connects to ::1"),
+        pytest.param(
+            "me.example", ("127.0.0.1",), frozenset(), LOOPBACK_8080, True, id="a name resolving to us"
+        ),
+        pytest.param("me.example", ("192.0.2.9",), frozenset(), LOOPBACK_8080, False, id="a name elsewhere"),
+        pytest.param(
+            "192.0.2.2",
+            (),
+            frozenset({"192.0.2.2"}),
+            EVERYWHERE_8080,
+            True,
+            id="wildcard: an interface address",
+        ),
+        pytest.param("192.0.2.2", (), frozenset(), EVERYWHERE_8080, False, id="wildcard: another machine"),
+        pytest.param(
+            "192.0.2.2", (), frozenset({"192.0.2.2"}), LOOPBACK_8080, False, id="bound to loopback only"
+        ),
+    ],
+)
+def test_targets_self_after_resolution(
+    host: str,
+    resolved: tuple[str, ...],
+    local: frozenset[str],
+    listening: tuple[tuple[str, int], ...],
+    expected: bool,
+) -> None:
+    assert targets_self(host, 8080, listening, None, resolved, local) is expected
 
 
 def test_field_count_limit() -> None:
