@@ -348,7 +348,12 @@ class Admin:
                     "text/plain; charset=utf-8",
                     b"fwdproxy admin: not allowed\n",
                 )
-            elif self.credentials is not None and not self.credentials.check(_authorization(lines)):
+            elif (
+                self.credentials is not None
+                and urlsplit(target).path != "/proxy.pac"  # browsers fetch a PAC file without credentials;
+                # it tells only the proxy's address, which every client already has to know
+                and not self.credentials.check(_authorization(lines))
+            ):
                 # RFC 9110 §11.6.1: the same user as --auth, in constant time (access.Credentials.check).
                 status, content_type, body = (
                     401,

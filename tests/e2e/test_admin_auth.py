@@ -79,3 +79,12 @@ def test_allow_still_applies_with_auth(start_proxy) -> None:
     # Right credentials from a client outside --allow: still 403.
     assert curl_from("127.0.0.2", "-u", "ops:s3cret", f"http://127.0.0.1:{port}/stats.json") == "403"
     assert curl_from("127.0.0.1", "-u", "ops:s3cret", f"http://127.0.0.1:{port}/stats.json") == "200"
+
+
+def test_the_pac_file_needs_no_credentials_but_the_pages_do(start_proxy) -> None:
+    port = free_port()
+    proxy = start_proxy("--auth", "ops:s3cret", "--admin-port", str(port))
+    pac = admin(port, "/proxy.pac")
+    assert pac.status_code == 200  # a browser fetches its PAC URL without credentials
+    assert f"PROXY 127.0.0.1:{proxy.port}" in pac.text
+    assert admin(port, "/stats.json").status_code == 401
