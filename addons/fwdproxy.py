@@ -13,6 +13,7 @@ from addons.errors import OriginErrors
 from addons.guard import Guard
 from addons.lifecycle import Lifecycle
 from addons.readtimeout import ReadTimeout
+from addons.strict import Strict
 from addons.tunnel import Tunnel
 
 
@@ -24,6 +25,7 @@ def chain() -> list[object]:
     return [
         Lifecycle(),
         Access(),
+        Strict(),
         Guard(),
         Tunnel(),
         anonymize,

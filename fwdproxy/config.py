@@ -90,6 +90,11 @@ OPTIONS: tuple[Option, ...] = (
         "how long an origin may send nothing: 504 before its response, the transfer cut mid-body; 0: off",
     ),
     Option(
+        "header_timeout",
+        Kind.DURATION,
+        "how long a client may take to send a complete request head (then 408 and close); 0: off",
+    ),
+    Option(
         "shutdown_grace",
         Kind.DURATION,
         "on SIGTERM/SIGINT, how long requests in flight may take to finish (no new connections meanwhile)",
@@ -161,6 +166,9 @@ class Settings:
     verbose: bool = False
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    header_timeout: float = 30.0
+    """Apache's RequestReadTimeout allows 20-40 s for a head, nginx's client_header_timeout 60 s: half a
+    minute is far more than any real client needs, and bounds what a slowloris client can hold."""
     shutdown_grace: float = 10.0
     """Long enough for most downloads in flight to end, short enough for a service manager's stop timeout
     (systemd's default is 90 s; Kubernetes' terminationGracePeriodSeconds is 30 s)."""

@@ -149,6 +149,7 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_upstream_ca": s.upstream_ca or "",
         "fwd_connect_timeout": f"{s.connect_timeout:g}s",
         "fwd_read_timeout": f"{s.read_timeout:g}s",
+        "fwd_header_timeout": f"{s.header_timeout:g}s",
         "fwd_shutdown_grace": f"{s.shutdown_grace:g}s",
         "fwd_upstream_insecure": s.upstream_insecure,
         "fwd_anonymize": s.anonymize,
