@@ -24,6 +24,7 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode,
+    RequestProtocolError,
     ResponseData,
     ResponseEndOfMessage,
     ResponseHeaders,
@@ -54,6 +55,7 @@ def install() -> None:
     server._fwd_since = 0.0  # type: ignore[attr-defined]
     server._fwd_wakeup = None  # type: ignore[attr-defined]
     server.read_headers = _marked(_bounded_request_head(server.read_headers))  # type: ignore[method-assign]
+    server.read_body = _marked(_answering_body_errors(server.read_body))  # type: ignore[method-assign]
     server._handle_event = _marked(_header_timed(server._handle_event))  # type: ignore[method-assign]
     server.mark_done = _marked(_noting_idle(server.mark_done))  # type: ignore[method-assign]
     client.read_headers = _marked(_bounded_response_head(client.read_headers))  # type: ignore[method-assign]
@@ -114,6 +116,35 @@ def _refuse(self: _http1.Http1Server, status: int, message: str) -> Commands:
     yield commands.CloseTcpConnection(self.conn, half_close=True)
     self.buf = ReceiveBuffer()
     self.state = _lingering(self, LINGER_BYTES)
+
+
+def _answering_body_errors(read_body: Callable[..., Commands]) -> Callable[..., Commands]:
+    """h11 refuses a chunked body it cannot frame (``0x5``, ``-5``, a size over 20 digits, a chunk not ended by
+    CRLF) and mitmproxy then closes the connection without a word; answer 400 first, so the client knows."""
+
+    def wrapper(self: _http1.Http1Server, event: events.Event) -> Commands:
+        try:
+            for command in read_body(self, event):
+                if (
+                    type(command) is commands.CloseConnection
+                    and command.connection is self.conn
+                    and self.response is None
+                ):
+                    message = "the request body's chunked framing is invalid (RFC 9112 §7.1)"
+                    yield from _refuse(self, 400, message)
+                    continue
+                yield command
+        except NotImplementedError:
+            # mitmproxy raises on trailer fields after the last chunk, which kills the connection handler
+            # and leaves the client hanging; refuse them instead (RFC 9110 §6.5 lets a recipient drop them,
+            # but the body must then be re-framed without them, which mitmproxy cannot do).
+            yield from _refuse(self, 400, "trailer fields in a request are not accepted (RFC 9112 §7.1.2)")
+            assert self.stream_id is not None
+            yield ReceiveHttp(
+                RequestProtocolError(self.stream_id, "request trailers", ErrorCode.GENERIC_CLIENT_ERROR)
+            )
+
+    return wrapper
 
 
 LINGER_BYTES = 1024**2
