@@ -55,7 +55,9 @@ class Strict:
         request = flow.request
         if flow.response is not None or not request.is_http2:
             return
-        refused = strictness.check_h2_request(request.data.path, request.data.headers.fields)
+        refused = strictness.check_h2_request(
+            request.data.authority, request.data.path, request.data.headers.fields
+        )
         if refused is not None:
             log.warning("%s %s: %s", request.method, request.pretty_url, refused.message)
             flow.response = _respond.text(refused.status, refused.message)

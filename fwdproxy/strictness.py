@@ -34,6 +34,7 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 _HOST = rb"(?:[A-Za-z0-9\-._]+|\[[0-9A-Fa-f:.]+\])"
 _AUTHORITY = re.compile(_HOST + rb"(?::([0-9]{1,5}))?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://(" + _HOST + rb"(?::[0-9]{1,5})?)(?:/[!-\"$-~]*)?")
+_TARGET = re.compile(rb"[!-\"$-~]+")
 _CONTENT_LENGTH = re.compile(rb"[1-9][0-9]{0,17}|0")
 """At most 18 digits: every parser holds that in a signed 64-bit integer (a bigger number wraps in some)."""
 
@@ -182,14 +183,18 @@ _H2_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _H2_VALUE = re.compile(rb"[\t -~\x80-\xff]*")
 
 
-def check_h2_request(path: bytes, fields: Iterable[tuple[bytes, bytes]]) -> Refused | None:
-    """A refusal for an HTTP/2 request whose ``:path`` and regular fields would be unsafe as HTTP/1, or None.
+def check_h2_request(authority: bytes, path: bytes, fields: Iterable[tuple[bytes, bytes]]) -> Refused | None:
+    """A refusal for an HTTP/2 request whose pseudo-fields and fields would be unsafe as HTTP/1, or None.
 
-    An HTTP/2 request is framed by its frames, but fwdproxy re-sends it to HTTP/1 origins as text, where a
-    space, CR or LF in the path or a field would split the request line or a field into more (RFC 9113
-    §8.2.1, §8.3.1)."""
-    if path and _REQUEST_TARGET.fullmatch(path) is None:
+    HTTP/2 frames a request by its frames, but fwdproxy re-sends it to HTTP/1 origins as text, where a space,
+    CR or LF in the path or a field would split the request line or a field into more (RFC 9113 §8.2.1,
+    §8.3.1). The h2 library already refuses CR/LF/NUL in fields, uppercase and connection-specific fields;
+    a space or other odd byte in ``:path`` and a malformed ``:authority`` are left to us."""
+    if path and _TARGET.fullmatch(path) is None:
         return Refused(400, "the :path has a space, a control character or a '#' (RFC 9113 §8.3.1)")
+    if authority and not _valid_authority(authority):
+        shown = authority.decode("latin-1")
+        return Refused(400, f":authority {shown!r} is not host[:port] (RFC 9113 §8.3.1)")
     for name, value in fields:
         if _H2_NAME.fullmatch(name) is None:
             shown = name.decode("latin-1")
@@ -205,6 +210,3 @@ def check_h2_request(path: bytes, fields: Iterable[tuple[bytes, bytes]]) -> Refu
                 400, f"HTTP/2 field {shown!r} has a control character in its value (RFC 9113 §8.2.1)"
             )
     return None
-
-
-_REQUEST_TARGET = re.compile(rb"[!-\"$-~]+")

@@ -149,6 +149,8 @@ def test_refused(raw: bytes, status: int, words: str) -> None:
         pytest.param(b"/a b", [], ":path", id="9113 8.3.1 space in :path"),
         pytest.param(b"/a\r\nX: y", [], ":path", id="9113 8.3.1 CRLF in :path"),
         pytest.param(b"/a#f", [], ":path", id="9113 8.3.1 fragment in :path"),
+        pytest.param(b"/a\tb", [], ":path", id="9113 8.3.1 HTAB in :path"),
+        pytest.param(b"/\xc3\xa9", [], ":path", id="9113 8.3.1 non-ASCII :path"),
         pytest.param(b"/", [(b"X-Upper", b"v")], "lowercase", id="9113 8.2.1 uppercase name"),
         pytest.param(b"/", [(b"x\x01", b"v")], "lowercase", id="9113 8.2.1 control in name"),
         pytest.param(b"/", [(b"x", b"a\r\nb")], "control", id="9113 8.2.1 CRLF in value"),
@@ -161,8 +163,22 @@ def test_refused(raw: bytes, status: int, words: str) -> None:
     ],
 )
 def test_h2_request(path: bytes, fields: list[tuple[bytes, bytes]], words: str | None) -> None:
-    refused = check_h2_request(path, fields)
+    refused = check_h2_request(b"example.com", path, fields)
     if words is None:
         assert refused is None
     else:
         assert refused is not None and refused.status == 400 and words in refused.message, refused
+
+
+@pytest.mark.parametrize(
+    "authority, refused",
+    [
+        pytest.param(b"example.com:8443", False, id="9113 8.3.1 host:port"),
+        pytest.param(b"[::1]:443", False, id="9113 8.3.1 IPv6 literal"),
+        pytest.param(b"a b", True, id="9113 8.3.1 space in :authority"),
+        pytest.param(b"user@example.com", True, id="9110 4.2.4 userinfo in :authority"),
+        pytest.param(b"example.com:99999", True, id="9110 4.2.1 port out of range"),
+    ],
+)
+def test_h2_authority(authority: bytes, refused: bool) -> None:
+    assert (check_h2_request(authority, b"/", []) is not None) is refused
