@@ -77,7 +77,12 @@ def check_head(head: bytes) -> Refused | None:
         if _CONTENT_LENGTH.fullmatch(cl[0]) is None:
             value = cl[0].decode("latin-1")
             return Refused(400, f"Content-Length {value!r} is not a decimal length of at most 18 digits")
-    for host in _values(head, lower, b"\r\nhost:"):
+    hosts = _values(head, lower, b"\r\nhost:")
+    if not hosts and minor == b"1" and method != b"CONNECT":
+        # RFC 9112 §3.2: an HTTP/1.1 request without Host is answered 400 (more than one: addons/guard.py);
+        # an origin would fall back to its default site. CONNECT is for the proxy alone and never forwarded.
+        return Refused(400, "the HTTP/1.1 request has no Host field (RFC 9112 §3.2)")
+    for host in hosts:
         if not _valid_authority(host):
             value = host.decode("latin-1")
             return Refused(400, f"Host {value!r} is not host[:port] (RFC 9110 §7.2)")

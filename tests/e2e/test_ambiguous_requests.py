@@ -167,6 +167,7 @@ CASES: list[tuple[str, bytes, int | None]] = [
     ("port out of range", b"GET http://127.0.0.1:99999/c HTTP/1.1\r\nHost: {a}\r\n\r\n", 400),
     ("Host with space", b"GET {u}/c HTTP/1.1\r\nHost: {a} evil\r\n\r\n", 400),
     ("Host with userinfo", b"GET {u}/c HTTP/1.1\r\nHost: x@{a}\r\n\r\n", 400),
+    ("no Host in HTTP/1.1", b"GET {u}/c HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
     ("CONNECT without port", b"CONNECT 127.0.0.1 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
     # Framing (RFC 9112 §6)
     (

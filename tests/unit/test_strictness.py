@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import h11
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mitmproxy.net.http import http1
 
 from fwdproxy.strictness import Refused, check_h2_request, check_head
 
@@ -17,21 +21,31 @@ def head(*fields: bytes, line: bytes = b"GET " + URL + b" HTTP/1.1") -> bytes:
     "raw",
     [
         pytest.param(head(b"Host: example.com", b"Accept: */*"), id="3 absolute-form GET"),
-        pytest.param(head(line=b"GET / HTTP/1.1"), id="3.2.1 origin-form, no fields"),
+        pytest.param(head(line=b"GET / HTTP/1.0"), id="3.2 HTTP/1.0 without Host"),
         pytest.param(head(b"Host: example.com:8080", line=b"GET / HTTP/1.0"), id="2.3 HTTP/1.0"),
         pytest.param(head(b"Host: [::1]:8080", line=b"GET /a HTTP/1.1"), id="7.2 IPv6 literal Host"),
         pytest.param(head(line=b"CONNECT example.com:443 HTTP/1.1"), id="3.2.3 CONNECT authority-form"),
-        pytest.param(head(line=b"OPTIONS * HTTP/1.1"), id="3.2.4 asterisk-form for OPTIONS"),
-        pytest.param(head(b"Content-Length: 0", line=b"POST / HTTP/1.1"), id="6.2 Content-Length 0"),
-        pytest.param(head(b"Content-Length: 123", line=b"PUT / HTTP/1.1"), id="6.2 Content-Length 123"),
         pytest.param(
-            head(b"Transfer-Encoding:  Chunked ", line=b"POST / HTTP/1.1"), id="6.1 chunked any case, OWS"
+            head(b"Host: example.com", line=b"OPTIONS * HTTP/1.1"), id="3.2.4 asterisk-form for OPTIONS"
         ),
         pytest.param(
-            head(b"X-Tab:\tvalue\twith\ttabs", b"X-Obs: caf\xe9"), id="5.5 HTAB and obs-text in values"
+            head(b"Host: h", b"Content-Length: 0", line=b"POST / HTTP/1.1"), id="6.2 Content-Length 0"
         ),
-        pytest.param(head(b"X-Empty:"), id="5.5 empty value"),
-        pytest.param(head(b"X: y", line=b"M-SEARCH / HTTP/1.1"), id="9110 9.1 extension method token"),
+        pytest.param(
+            head(b"Host: h", b"Content-Length: 123", line=b"PUT / HTTP/1.1"), id="6.2 Content-Length 123"
+        ),
+        pytest.param(
+            head(b"Host: h", b"Transfer-Encoding:  Chunked ", line=b"POST / HTTP/1.1"),
+            id="6.1 chunked any case, OWS",
+        ),
+        pytest.param(
+            head(b"Host: h", b"X-Tab:\tvalue\twith\ttabs", b"X-Obs: caf\xe9"),
+            id="5.5 HTAB and obs-text in values",
+        ),
+        pytest.param(head(b"Host: h", b"X-Empty:"), id="5.5 empty value"),
+        pytest.param(
+            head(b"Host: h", b"X: y", line=b"M-SEARCH / HTTP/1.1"), id="9110 9.1 extension method token"
+        ),
     ],
 )
 def test_accepted(raw: bytes) -> None:
@@ -90,6 +104,7 @@ def test_accepted(raw: bytes) -> None:
         pytest.param(head(line=b"GET * HTTP/1.1"), 400, "OPTIONS", id="9112 3.2.4 asterisk not OPTIONS"),
         pytest.param(head(line=b"CONNECT example.com HTTP/1.1"), 400, "host:port", id="9112 3.2.3 no port"),
         pytest.param(head(line=b"CONNECT u@h:443 HTTP/1.1"), 400, "host:port", id="9112 3.2.3 userinfo"),
+        pytest.param(head(line=b"GET / HTTP/1.1"), 400, "no Host", id="9112 3.2 HTTP/1.1 without Host"),
         pytest.param(head(b"Host: a b"), 400, "Host", id="9110 7.2 space in Host"),
         pytest.param(head(b"Host: a@b"), 400, "Host", id="9110 7.2 userinfo in Host"),
         pytest.param(head(b"Host: a:0"), 400, "Host", id="9110 7.2 port 0"),
@@ -182,3 +197,71 @@ def test_h2_request(path: bytes, fields: list[tuple[bytes, bytes]], words: str |
 )
 def test_h2_authority(authority: bytes, refused: bool) -> None:
     assert (check_h2_request(authority, b"/", []) is not None) is refused
+
+
+# Differential property: whatever check_head lets through, h11 (strict) and mitmproxy's parser (lenient)
+# read as the same method, target and fields; so nothing accepted can mean one thing here, another there.
+_PIECES = [
+    b" ",
+    b"\t",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\x00",
+    b"\x0b",
+    b":",
+    b",",
+    b"#",
+    b"@",
+    b"%",
+    b"\xe9",
+    b"a",
+    b"0",
+    b"\r\nContent-Length: 6",
+    b"\r\nTransfer-Encoding: chunked",
+    b"\r\n ",
+    b"\r\nHost: b",
+    b"-",
+]
+_BASE = [
+    b"POST",
+    b" ",
+    b"http://example.com/p?q",
+    b" ",
+    b"HTTP/1.1",
+    b"\r\n",
+    b"Host",
+    b": ",
+    b"example.com",
+    b"\r\n",
+    b"Content-Length",
+    b": ",
+    b"5",
+    b"\r\n",
+    b"X-A",
+    b":",
+    b" v ",
+    b"\r\n",
+]
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.integers(0, len(_BASE)), st.sampled_from(_PIECES)), max_size=3))
+def test_accepted_heads_read_alike_by_h11_and_mitmproxy(edits: list[tuple[int, bytes]]) -> None:
+    parts = list(_BASE)
+    for at, piece in edits:
+        parts.insert(at, piece)
+    raw = b"".join(parts) + b"\r\n"
+    if check_head(raw) is not None or raw.lower().count(b"\r\nhost:") > 1:
+        return  # refused (several Host fields: by addons/guard.py, see test_guard.py)
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(raw)
+    request = conn.next_event()
+    assert isinstance(request, h11.Request), raw
+    lines = raw[:-4].split(b"\r\n")
+    mitm = http1.read_request_head(lines)
+    assert mitm.data.method == request.method, raw
+    assert [(k.lower(), v) for k, v in mitm.headers.fields] == list(request.headers), raw
+    h11_fields = dict(request.headers)
+    framing = None if b"transfer-encoding" in h11_fields else int(h11_fields.get(b"content-length", b"0"))
+    assert http1.expected_http_body_size(mitm) == framing, raw
