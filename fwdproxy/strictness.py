@@ -33,7 +33,7 @@ _VERSION = re.compile(rb"HTTP/[0-9]\.[0-9]")
 # in a host are read differently by different resolvers and origins), and a decimal port.
 _HOST = rb"(?:[A-Za-z0-9\-._]+|\[[0-9A-Fa-f:.]+\])"
 _AUTHORITY = re.compile(_HOST + rb"(?::([0-9]{1,5}))?")
-_ABSOLUTE = re.compile(rb"(?i:https?)://(" + _HOST + rb"(?::[0-9]{1,5})?)(?:/[!-\"$-~]*)?")
+_ABSOLUTE = re.compile(rb"(?i:https?)://" + _HOST + rb"(?::([0-9]{1,5}))?(?:/[!-\"$-~]*)?")
 _TARGET = re.compile(rb"[!-\"$-~]+")
 _CONTENT_LENGTH = re.compile(rb"[1-9][0-9]{0,17}|0")
 """At most 18 digits: every parser holds that in a signed 64-bit integer (a bigger number wraps in some)."""
@@ -50,14 +50,15 @@ def check_head(head: bytes) -> Refused | None:
         return _bad_request_line(head)
     if _FIELDS.fullmatch(head, line.end()) is None:
         return _bad_fields(head[line.end() :])
-    method, target, minor = line.group(1), line.group(2), line.group(3)
+    method, target, minor = line.groups()
     if (refused := _check_target(method, target)) is not None:
         return refused
     # Field lines start after a CRLF, names are tokens and the colon follows the name at once (checked above),
-    # so a search for "\r\nname:" in the lowered head finds exactly the field lines with that name.
+    # so a search for "\r\nname:" in the lowered head finds exactly the field lines with that name. Most
+    # requests have no body: an ``in`` test first spares them the parsing.
     lower = head.lower()
-    te = _values(head, lower, b"\r\ntransfer-encoding:")
-    cl = _values(head, lower, b"\r\ncontent-length:")
+    te = _values(head, lower, b"\r\ntransfer-encoding:") if b"\r\ntransfer-encoding:" in lower else None
+    cl = _values(head, lower, b"\r\ncontent-length:") if b"\r\ncontent-length:" in lower else None
     if te:
         if cl:
             # RFC 9112 §6.1: a server may refuse both; forwarding either would let a hop read the other.
@@ -121,7 +122,7 @@ def _check_target(method: bytes, target: bytes) -> Refused | None:
             return None
         return Refused(400, "the target '*' is for OPTIONS only (RFC 9112 §3.2.4)")
     absolute = _ABSOLUTE.fullmatch(target)
-    if absolute is None or not _valid_authority(absolute.group(1)):
+    if absolute is None or ((port := absolute.group(1)) is not None and not 0 < int(port) <= 65535):
         return Refused(
             400, f"request target {shown!r} is not an http(s) URL with host[:port] (RFC 9112 §3.2.2)"
         )
