@@ -190,12 +190,17 @@ def _header_timed(handle_event: Callable[..., Commands]) -> Callable[..., Comman
                 yield from _on_wakeup(self)
             return
         yield from handle_event(self, event)
-        if type(event) is events.Start and HEADER_TIMEOUT.seconds > 0:
+        if type(event) is events.Start and (timeout := HEADER_TIMEOUT.seconds) > 0:
+            # mitmproxy starts this layer on the first bytes. The first request's clock started when the client
+            # connected (RFC 9112 §9.5: servers time out connections); a layer inside a CONNECT tunnel (the
+            # client already had an HTTP layer) starts its clock now, with the first bytes after the handshake.
+            now = time.monotonic()
+            waited = (
+                0.0 if self.conn in HTTP_STARTED else time.time() - (self.conn.timestamp_start or time.time())
+            )
             HTTP_STARTED.add(self.conn)
-            # The first request's clock starts when the connection is handed to HTTP (RFC 9112 §9.5 lets a
-            # server close a connection that sends nothing).
-            self._fwd_since = time.monotonic()  # type: ignore[attr-defined]
-            yield from _arm(self, HEADER_TIMEOUT.seconds)
+            self._fwd_since = now - max(0.0, waited)  # type: ignore[attr-defined]
+            yield from _arm(self, max(0.0, timeout - waited))
 
     return wrapper
 

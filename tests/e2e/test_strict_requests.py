@@ -206,6 +206,29 @@ def test_partial_head_gets_408_and_others_are_served(start_proxy, origin: Origin
     assert origin.hits["/"] == 2
 
 
+def test_slow_second_request_on_a_kept_alive_connection_gets_408(start_proxy, origin: Origin) -> None:
+    proxy = start_proxy("--header-timeout", "1s")
+    request = f"GET {origin.url('/')} HTTP/1.1\r\nHost: 127.0.0.1:{origin.port}\r\n\r\n".encode()
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(request)
+        reply = b""
+        while not reply.endswith(b"hello from origin\n"):
+            reply += sock.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200 ")
+        time.sleep(0.6)  # idle, within the timeout: the connection stays
+        started = time.monotonic()
+        sock.sendall(request[:20])  # the next head's clock starts with its first byte
+        time.sleep(0.6)
+        sock.sendall(request[20:30])  # more bytes do not restart it
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+        elapsed = time.monotonic() - started
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+    assert 0.9 <= elapsed <= 3.5, elapsed
+    assert origin.hits["/"] == 1
+
+
 def test_silent_and_idle_connections_are_closed(start_proxy, origin: Origin) -> None:
     proxy = start_proxy("--header-timeout", "1s")
     silent = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
