@@ -1,4 +1,5 @@
-"""Patches to mitmproxy's HTTP/1 layer (not an addon): bounded heads, excess body bytes, read-timeout answers.
+"""Patches to mitmproxy's HTTP/1 layer (not an addon): bounded and strictly parsed request heads, the header
+timeout, excess body bytes, read-timeout answers.
 
 mitmproxy buffers a request or response head without limit (``# FIXME: protect against header size DoS`` in
 ``mitmproxy/proxy/layers/http/_http1.py``), takes the first Content-Length bytes of a response as its body
@@ -10,11 +11,12 @@ addons/readtimeout.py) through the two weak registries below. ``install()`` is i
 from __future__ import annotations
 
 import logging
+import time
 import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
-from h11._receivebuffer import ReceiveBuffer
+from h11._receivebuffer import ReceiveBuffer, blank_line_regex
 from mitmproxy import connection, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
@@ -22,6 +24,7 @@ from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import (
     ErrorCode,
+    RequestProtocolError,
     ResponseData,
     ResponseEndOfMessage,
     ResponseHeaders,
@@ -31,7 +34,7 @@ from mitmproxy.utils import human
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
-from fwdproxy import guard
+from fwdproxy import guard, strictness
 
 Commands = Generator[commands.Command, Any, None]
 
@@ -48,7 +51,13 @@ def install() -> None:
     server, client = _http1.Http1Server, _http1.Http1Client
     if getattr(server.read_headers, _PATCHED, False):
         return
+    server._fwd_idle = False  # type: ignore[attr-defined]
+    server._fwd_since = 0.0  # type: ignore[attr-defined]
+    server._fwd_wakeup = None  # type: ignore[attr-defined]
     server.read_headers = _marked(_bounded_request_head(server.read_headers))  # type: ignore[method-assign]
+    server.read_body = _marked(_answering_body_errors(server.read_body))  # type: ignore[method-assign]
+    server._handle_event = _marked(_header_timed(server._handle_event))  # type: ignore[method-assign]
+    server.mark_done = _marked(_noting_idle(server.mark_done))  # type: ignore[method-assign]
     client.read_headers = _marked(_bounded_response_head(client.read_headers))  # type: ignore[method-assign]
     client.read_body = _marked(_noting_excess(client.read_body))  # type: ignore[method-assign]
 
@@ -60,21 +69,80 @@ def _marked(func: Callable[..., Commands]) -> Callable[..., Commands]:
 
 def _bounded_request_head(read_headers: Callable[..., Commands]) -> Callable[..., Commands]:
     def wrapper(self: _http1.Http1Server, event: events.ConnectionEvent) -> Commands:
+        if type(event) is events.DataReceived:
+            if self._fwd_idle and self.buf:  # type: ignore[attr-defined]
+                # The first byte of a later request on a kept-alive connection: its head clock starts now.
+                self._fwd_idle = False  # type: ignore[attr-defined]
+                self._fwd_since = time.monotonic()  # type: ignore[attr-defined]
+            if (refused := _strict_head(self.buf)) is not None:
+                yield from _refuse(self, refused.status, refused.message)
+                return
         yield from read_headers(self, event)
         # Still reading a head (none complete in the buffer) and already past the limit: refuse it now, before
         # the client sends more. A complete head within the limit has left the buffer by this point.
         if self.state == self.read_headers and len(self.buf) > guard.MAX_HEAD_BYTES:
-            message = guard.head_too_big("request")
-            yield commands.Log(
-                f"{human.format_address(self.conn.peername)}: {message}; answered 431", logging.WARNING
+            yield from _refuse(self, 431, guard.head_too_big("request"))
+
+    return wrapper
+
+
+def _strict_head(buf: ReceiveBuffer) -> strictness.Refused | None:
+    """The refusal for the request head complete in ``buf``, if any (None also while it is incomplete).
+
+    mitmproxy's own parser splits lines on a bare LF, unfolds obs-fold and keeps CTLs in values; the check
+    sees the raw bytes it would parse, found the way it finds them (h11's blank-line search, resumed where
+    the last search stopped, so a head sent a byte at a time costs linear time)."""
+    data = buf._data
+    if data[:2] == b"\r\n":
+        # RFC 9112 §2.2: empty lines before a request line are ignored (mitmproxy drops one per read).
+        while data[:2] == b"\r\n":
+            del data[:2]
+        buf._multiple_lines_search = 0
+    match = blank_line_regex.search(data, buf._multiple_lines_search)
+    if match is None:
+        return None
+    return strictness.check_head(bytes(data[: match.end()]))
+
+
+def _refuse(self: _http1.Http1Server, status: int, message: str) -> Commands:
+    """Answer ``status`` with ``message`` and close, without reading the request any further."""
+    yield commands.Log(
+        f"{human.format_address(self.conn.peername)}: {message}; answered {status}", logging.WARNING
+    )
+    resp = _respond.text(status, message, {"Connection": "close"})
+    yield commands.SendData(self.conn, http1.assemble_response(resp))
+    # Close our half only and drop what the client still sends: a full close while its bytes arrive
+    # makes the kernel answer with a reset, which can destroy the answer before the client reads it.
+    yield commands.CloseTcpConnection(self.conn, half_close=True)
+    self.buf = ReceiveBuffer()
+    self.state = _lingering(self, LINGER_BYTES)
+
+
+def _answering_body_errors(read_body: Callable[..., Commands]) -> Callable[..., Commands]:
+    """h11 refuses a chunked body it cannot frame (``0x5``, ``-5``, a size over 20 digits, a chunk not ended by
+    CRLF) and mitmproxy then closes the connection without a word; answer 400 first, so the client knows."""
+
+    def wrapper(self: _http1.Http1Server, event: events.Event) -> Commands:
+        try:
+            for command in read_body(self, event):
+                if (
+                    type(command) is commands.CloseConnection
+                    and command.connection is self.conn
+                    and self.response is None
+                ):
+                    message = "the request body's chunked framing is invalid (RFC 9112 §7.1)"
+                    yield from _refuse(self, 400, message)
+                    continue
+                yield command
+        except NotImplementedError:
+            # mitmproxy raises on trailer fields after the last chunk, which kills the connection handler
+            # and leaves the client hanging; refuse them instead (RFC 9110 §6.5 lets a recipient drop them,
+            # but the body must then be re-framed without them, which mitmproxy cannot do).
+            yield from _refuse(self, 400, "trailer fields in a request are not accepted (RFC 9112 §7.1.2)")
+            assert self.stream_id is not None
+            yield ReceiveHttp(
+                RequestProtocolError(self.stream_id, "request trailers", ErrorCode.GENERIC_CLIENT_ERROR)
             )
-            resp = _respond.text(431, message, {"Connection": "close"})
-            yield commands.SendData(self.conn, http1.assemble_response(resp))
-            # Close our half only and drop what the client still sends: a full close while its bytes arrive
-            # makes the kernel answer with a reset, which can destroy the 431 before the client reads it.
-            yield commands.CloseTcpConnection(self.conn, half_close=True)
-            self.buf = ReceiveBuffer()
-            self.state = _lingering(self, LINGER_BYTES)
 
     return wrapper
 
@@ -94,7 +162,88 @@ def _lingering(self: _http1.Http1Server, budget: int) -> Callable[[events.Event]
             yield commands.CloseConnection(self.conn)
             self.state = self.done
 
+    discard._fwd_lingering = True  # type: ignore[attr-defined]
     return discard
+
+
+class _HeaderTimeout:
+    seconds = 30.0
+    """How long a client may take to send a complete request head; 0: no limit (fwd_header_timeout)."""
+
+
+HEADER_TIMEOUT = _HeaderTimeout()
+HTTP_STARTED: weakref.WeakSet[connection.Connection] = weakref.WeakSet()
+"""Client connections on which an HTTP/1 server layer runs (so the header timeout watches them)."""
+LINGER_SECONDS = 2.0
+"""After a 408, how long the client's late bytes are still read and dropped before the connection closes."""
+
+
+def _header_timed(handle_event: Callable[..., Commands]) -> Callable[..., Commands]:
+    """One wakeup timer per client connection, re-armed as it fires, enforces the header timeout.
+
+    mitmproxy waits for a request head for ever (only its 10-minute ``tcp_timeout`` ends a silent client),
+    so a client trickling a head byte by byte holds a connection and a buffer (slowloris)."""
+
+    def wrapper(self: _http1.Http1Server, event: events.Event) -> Commands:
+        if type(event) is events.Wakeup:
+            if event.command is self._fwd_wakeup:  # type: ignore[attr-defined]
+                yield from _on_wakeup(self)
+            return
+        yield from handle_event(self, event)
+        if type(event) is events.Start and (timeout := HEADER_TIMEOUT.seconds) > 0:
+            # mitmproxy starts this layer on the first bytes. The first request's clock started when the client
+            # connected (RFC 9112 §9.5: servers time out connections); a layer inside a CONNECT tunnel (the
+            # client already had an HTTP layer) starts its clock now, with the first bytes after the handshake.
+            now = time.monotonic()
+            waited = (
+                0.0 if self.conn in HTTP_STARTED else time.time() - (self.conn.timestamp_start or time.time())
+            )
+            HTTP_STARTED.add(self.conn)
+            self._fwd_since = now - max(0.0, waited)  # type: ignore[attr-defined]
+            yield from _arm(self, max(0.0, timeout - waited))
+
+    return wrapper
+
+
+def _noting_idle(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
+    def wrapper(self: _http1.Http1Server, *, request: bool = False, response: bool = False) -> Commands:
+        # If this exchange ends and the connection is kept alive, it waits idle for the next request;
+        # bytes already buffered (or the next read) make it a head in progress (see _bounded_request_head).
+        self._fwd_idle = True  # type: ignore[attr-defined]
+        self._fwd_since = time.monotonic()  # type: ignore[attr-defined]
+        yield from mark_done(self, request=request, response=response)
+
+    return wrapper
+
+
+def _arm(self: _http1.Http1Server, delay: float) -> Commands:
+    self._fwd_wakeup = wakeup = commands.RequestWakeup(delay)  # type: ignore[attr-defined]
+    yield wakeup
+
+
+def _on_wakeup(self: _http1.Http1Server) -> Commands:
+    self._fwd_wakeup = None  # type: ignore[attr-defined]
+    timeout = HEADER_TIMEOUT.seconds
+    if getattr(self.state, "_fwd_lingering", False):
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+        return
+    if self.state in (self.done, self.passthrough) or timeout <= 0:
+        return  # closed, or a tunnel now: inner layers run their own clocks
+    if self.state != self.read_headers:
+        yield from _arm(self, timeout)  # an exchange in progress: look again a timeout later
+        return
+    left = self._fwd_since + timeout - time.monotonic()  # type: ignore[attr-defined]
+    if left > 0:
+        yield from _arm(self, left)
+    elif self._fwd_idle and not self.buf:  # type: ignore[attr-defined]
+        # An idle kept-alive connection: closed without a word, as nginx does after keepalive_timeout.
+        yield commands.CloseConnection(self.conn)
+        self.state = self.done
+    else:
+        # RFC 9110 §15.5.9: 408 with "close" for a head that did not arrive in time.
+        yield from _refuse(self, 408, f"the request head did not arrive within {timeout:g}s")
+        yield from _arm(self, LINGER_SECONDS)
 
 
 def _bounded_response_head(read_headers: Callable[..., Commands]) -> Callable[..., Commands]:

@@ -14,11 +14,13 @@ REASONS = {
     403: "Forbidden",
     404: "Not Found",
     407: "Proxy Authentication Required",
+    408: "Request Timeout",
     416: "Range Not Satisfiable",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",
+    505: "HTTP Version Not Supported",
     508: "Loop Detected",
 }
 

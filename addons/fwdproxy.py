@@ -18,6 +18,7 @@ from addons.guard import Guard
 from addons.lifecycle import Lifecycle
 from addons.origins import Origins
 from addons.readtimeout import ReadTimeout
+from addons.strict import Strict
 from addons.tunnel import Tunnel
 
 
@@ -29,6 +30,7 @@ def chain() -> list[object]:
     return [
         Lifecycle(),
         Access(),
+        Strict(),
         Guard(),
         Tunnel(),
         anonymize,

@@ -113,6 +113,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("origin_max_connections", Kind.INT, "shared plain-HTTP connections per origin at most; more wait"),
     Option(
+        "header_timeout",
+        Kind.DURATION,
+        "how long a client may take to send a complete request head (then 408 and close); 0: off",
+    ),
+    Option(
         "shutdown_grace",
         Kind.DURATION,
         "on SIGTERM/SIGINT, how long requests in flight may take to finish (no new connections meanwhile)",
@@ -194,6 +199,9 @@ class Settings:
     """nginx closes idle client connections after 75 s and most origins sooner: a minute keeps the warm set."""
     origin_max_connections: int = 16
     """Browsers use 6 per host; a cache serving many clients needs more, but one proxy should not open hundreds."""
+    header_timeout: float = 30.0
+    """Apache's RequestReadTimeout allows 20-40 s for a head, nginx's client_header_timeout 60 s: half a
+    minute is far more than any real client needs, and bounds what a slowloris client can hold."""
     shutdown_grace: float = 10.0
     """Long enough for most downloads in flight to end, short enough for a service manager's stop timeout
     (systemd's default is 90 s; Kubernetes' terminationGracePeriodSeconds is 30 s)."""

@@ -153,6 +153,7 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_dns_ttl": f"{s.dns_ttl:g}s",
         "fwd_origin_idle_timeout": f"{s.origin_idle_timeout:g}s",
         "fwd_origin_max_connections": s.origin_max_connections,
+        "fwd_header_timeout": f"{s.header_timeout:g}s",
         "fwd_shutdown_grace": f"{s.shutdown_grace:g}s",
         "fwd_upstream_insecure": s.upstream_insecure,
         "fwd_anonymize": s.anonymize,
