@@ -15,6 +15,7 @@ REASONS = {
     404: "Not Found",
     407: "Proxy Authentication Required",
     416: "Range Not Satisfiable",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",
