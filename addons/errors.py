@@ -58,7 +58,8 @@ class OriginErrors:
             "How long to wait for an origin to accept a connection (504 after).",
         )
         _http1.make_error_response = _plain_error_response
-        _http2.format_error = _plain_error_body
+        # _http2 imported format_error from _base; its error responses call it by that module-level name.
+        _http2.format_error = _plain_error_body  # type: ignore[attr-defined]
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_connect_timeout" in updated:
