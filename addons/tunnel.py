@@ -31,9 +31,12 @@ class Tunnel:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address
-        host = data.client_hello.sni or (server[0] if server else "")
-        mode = access.tunnel_mode(host, ctx.options.fwd_passthrough, ctx.options.fwd_intercept)
-        if mode is access.TunnelMode.PASSTHROUGH:
+        # Both the SNI and the CONNECT host must allow decryption: a client naming an intercepted host in its
+        # SNI does not get a --passthrough host decrypted (and cached) by it.
+        names = [n for n in (data.client_hello.sni, server[0] if server else None) if n] or [""]
+        modes = [access.tunnel_mode(n, ctx.options.fwd_passthrough, ctx.options.fwd_intercept) for n in names]
+        if access.TunnelMode.PASSTHROUGH in modes:
+            host = names[modes.index(access.TunnelMode.PASSTHROUGH)]
             data.ignore_connection = True
             log.info("passthrough tunnel to %s (not decrypted: not cached, not rewritten)", host)
         elif server:

@@ -385,3 +385,27 @@ def test_client_sni_cannot_choose_the_verified_name(
     victim = h2_fetch(proxy.url, proxy_ca_file, f"https://localhost:{port}/t")
     assert victim.status_code == 502 and b"evil body" not in victim.content
     assert seen(evil_origin) == []
+
+
+def _issuer(proxy_port: int, authority: str, sni: str) -> str:
+    """The issuer of the certificate a client sees through ``CONNECT authority`` with this SNI."""
+    from cryptography import x509
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with ctx.wrap_socket(_connect(proxy_port, authority), server_hostname=sni) as tls:
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+
+
+def test_sni_cannot_get_a_passthrough_host_decrypted(start_proxy, site: Origin) -> None:
+    # --intercept '*.test' and --passthrough localhost: CONNECT localhost with SNI evil.test must stay blind.
+    proxy = start_proxy(
+        "--connect-port", str(site.port), "--passthrough", "localhost", "--intercept", "*.test"
+    )
+    assert "mitmproxy" not in _issuer(proxy.port, f"localhost:{site.port}", "evil.test")
+    assert "mitmproxy" in _issuer(
+        proxy.port, f"evil.test:{site.port}", "evil.test"
+    )  # the glob still decrypts
