@@ -10,6 +10,7 @@ from mitmproxy import http
 from mitmproxy.net.http import http1
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy import target
 from fwdproxy.accesslog import TunnelMode
 from fwdproxy.metrics import Outcome, classify
 
@@ -26,11 +27,16 @@ ASKED = "fwd_asked"
 def note_request(flow: http.HTTPFlow) -> tuple[str, str]:
     """Call in ``requestheaders`` (which runs before every ``request`` hook): remember what was asked; the
     (URL, lower-case host). The URL's authority, not the Host field: a forward proxy goes where the target
-    says (RFC 9112 §3.2.2), and mitmproxy's pretty_* would re-parse Host on every call."""
+    says (RFC 9112 §3.2.2), and mitmproxy's pretty_* would re-parse Host on every call.
+
+    The URL is the cache key's (issue 16): built from the scheme, host, port and path that are forwarded,
+    never from ``request.url``, a string that an HTTP/2 :path such as "@other.host/x" makes name another host
+    when parsed back."""
     asked = flow.metadata.get(ASKED)
     if asked is None:
         request = flow.request
-        asked = flow.metadata[ASKED] = (request.url, request.host.lower())
+        url = target.key_url(request.scheme, request.host, request.port, request.path)
+        asked = flow.metadata[ASKED] = (url, request.host.lower())
     return asked
 
 

@@ -16,6 +16,7 @@ REASONS = {
     407: "Proxy Authentication Required",
     408: "Request Timeout",
     416: "Range Not Satisfiable",
+    421: "Misdirected Request",
     431: "Request Header Fields Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",

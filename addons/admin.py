@@ -154,7 +154,7 @@ class Admin:
 
     def _purge(self, flow: http.HTTPFlow) -> None:
         client = _flowinfo.client_ip(flow)
-        url = flow.request.url
+        url = _flowinfo.asked_url(flow)  # the cache's key URL, noted in requestheaders
         if not access.client_allowed(client, self.purge_networks):
             log.warning("refused PURGE of %s from %s: not in --allow-purge", url, client)
             text = f"fwdproxy: PURGE from {client} is not allowed (see --allow-purge)\n"

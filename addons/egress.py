@@ -16,7 +16,7 @@ from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _check, _respond, _via
+from addons import _check, _flowinfo, _respond, _via
 from fwdproxy import balance
 from fwdproxy.cache.key import primary_key
 from fwdproxy.config import read_toml
@@ -187,7 +187,7 @@ class Egress:
         return self._route_through(flow, balancer)
 
     async def _route_through(self, flow: http.HTTPFlow, balancer: balance.Balancer) -> None:
-        key = primary_key(flow.request.method, flow.request.url)
+        key = primary_key(flow.request.method, _flowinfo.note_request(flow)[0])  # the cache's key
         choice = await self._choose(balancer, flow.client_conn, key, flow.request.pretty_url)
         if isinstance(choice, balance.NoMember):
             log.warning("%s %s: %s", flow.request.method, flow.request.pretty_url, choice.message)

@@ -10,7 +10,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1
+from mitmproxy.proxy.layers.http import _http1, _http2
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
@@ -30,6 +30,12 @@ def _plain_error_response(status_code: int, message: str = "") -> bytes:
         status_code, message or _respond.REASONS.get(status_code, "error"), {"Connection": "close"}
     )
     return http1.assemble_response(resp)
+
+
+def _plain_error_body(status_code: int, message: str) -> bytes:
+    """Stands in for mitmproxy's HTML error body on HTTP/2 (mitmproxy still labels it text/html): one line
+    that names fwdproxy, as on HTTP/1, e.g. for an origin certificate that does not cover the host asked for."""
+    return f"fwdproxy: {message or _respond.REASONS.get(status_code, 'error')}\n".encode()
 
 
 class OriginErrors:
@@ -52,6 +58,8 @@ class OriginErrors:
             "How long to wait for an origin to accept a connection (504 after).",
         )
         _http1.make_error_response = _plain_error_response
+        # _http2 imported format_error from _base; its error responses call it by that module-level name.
+        _http2.format_error = _plain_error_body  # type: ignore[attr-defined]
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_connect_timeout" in updated:

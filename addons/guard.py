@@ -1,5 +1,6 @@
 """Hostile or broken input stopped at the door: oversized heads, too many fields, a Host that disagrees with
-the target, requests addressed to the proxy itself, and responses with bytes past their end."""
+the target, targets and authorities that could be read two ways, requests addressed to the proxy itself, and
+responses with bytes past their end."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from mitmproxy import ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1, _respond
-from fwdproxy import guard
+from fwdproxy import guard, target
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -29,7 +30,7 @@ EXCESS = "fwd_excess"
 
 
 class Guard:
-    """Answers 431/400/508 before the cache or the origin see a request that should not go further."""
+    """Answers 431/400/421/508 before the cache or the origin see a request that should not go further."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
@@ -104,9 +105,29 @@ class Guard:
         flow.response = _respond.text(508, message)
 
     def http_connect(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        if flow.response is not None:
+        if flow.response is not None or self._refuses_authority(
+            flow, flow.request.authority, "CONNECT target"
+        ):
             return None
         return self._loop_check(flow)
+
+    def _refuse(self, flow: http.HTTPFlow, refusal: target.Refusal | guard.Verdict) -> bool:
+        request = flow.request
+        log.warning(
+            "%s %r from %s: %s",
+            request.method,
+            request.path or request.authority,
+            _peer(flow),
+            refusal.message,
+        )
+        # HTTP/1: the next request on this connection may be as broken; HTTP/2 has no Connection field.
+        close = {} if request.is_http2 or request.is_http3 else {"Connection": "close"}
+        flow.response = _respond.text(refusal.status, refusal.message, close)
+        return True
+
+    def _refuses_authority(self, flow: http.HTTPFlow, value: str, where: str) -> bool:
+        refusal = target.check_authority(value, where)
+        return refusal is not None and self._refuse(flow, refusal)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         if flow.response is not None or flow.is_replay:
@@ -116,8 +137,9 @@ class Guard:
         hosts = [value for name, value in fields if name.lower() == b"host"]
         verdict = guard.check_counts(len(fields), len(hosts))
         if verdict is not None:
-            log.warning("%s %s from %s: %s", request.method, request.url, _peer(flow), verdict.message)
-            flow.response = _respond.text(verdict.status, verdict.message, {"Connection": "close"})
+            self._refuse(flow, verdict)
+            return None
+        if self._refuses_target(flow, hosts):
             return None
         # RFC 9112 §3.2.2: a proxy given an absolute URL ignores the Host field and sends the URL's authority.
         # Forwarding the client's Host would let it store one site's page under another site's URL.
@@ -133,6 +155,33 @@ class Guard:
                         hosts[0],
                     )
         return self._loop_check(flow)
+
+    def _refuses_target(self, flow: http.HTTPFlow, hosts: list[bytes]) -> bool:
+        """Issue 16: the target that is forwarded is the one the cache keys on, read one way only."""
+        request = flow.request
+        refusal = target.check_path(request.method, request.path)
+        if refusal is not None:
+            return self._refuse(flow, refusal)
+        if "#" in request.path:
+            request.path = target.without_fragment(request.path)
+        named = [("Host", h.decode("utf-8", "surrogateescape")) for h in hosts]
+        # :authority, or an absolute-form target inside a tunnel (outside one, mitmproxy has already parsed
+        # it into host and port, refusing userinfo, and blanked it to send origin-form).
+        if request.authority:
+            named.insert(0, (":authority" if request.is_http2 else "target authority", request.authority))
+        for where, value in named:
+            if value and self._refuses_authority(flow, value, where):
+                return True
+        # Only a tunnel's requests reach this hook with a server address: the CONNECT target. mitmproxy
+        # connects there (and the cache keys on it) whatever the request names, while an origin serving
+        # several sites answers for the name it is sent.
+        tunnel = flow.server_conn.address
+        if tunnel is not None:
+            for _, value in named:
+                refusal = target.check_tunnel(value, request.scheme, tunnel[0], tunnel[1]) if value else None
+                if refusal is not None:
+                    return self._refuse(flow, refusal)
+        return False
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response in _http1.EXCESS:

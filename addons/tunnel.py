@@ -15,7 +15,8 @@ log = logging.getLogger("fwdproxy.tunnel")
 
 
 class Tunnel:
-    """Marks passthrough tunnels in ``tls_clienthello``, before any origin contact (lazy connections)."""
+    """Marks passthrough tunnels in ``tls_clienthello``, before any origin contact (lazy connections), and
+    pins the origin TLS name of intercepted ones to the CONNECT host."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -30,11 +31,36 @@ class Tunnel:
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address
-        host = data.client_hello.sni or (server[0] if server else "")
-        mode = access.tunnel_mode(host, ctx.options.fwd_passthrough, ctx.options.fwd_intercept)
-        if mode is access.TunnelMode.PASSTHROUGH:
+        # Both the SNI and the CONNECT host must allow decryption: a client naming an intercepted host in its
+        # SNI does not get a --passthrough host decrypted (and cached) by it.
+        names = [n for n in (data.client_hello.sni, server[0] if server else None) if n] or [""]
+        modes = [access.tunnel_mode(n, ctx.options.fwd_passthrough, ctx.options.fwd_intercept) for n in names]
+        if access.TunnelMode.PASSTHROUGH in modes:
+            host = names[modes.index(access.TunnelMode.PASSTHROUGH)]
             data.ignore_connection = True
             log.info("passthrough tunnel to %s (not decrypted: not cached, not rewritten)", host)
+        elif server:
+            self._pin_sni(data, server[0])
+
+    @staticmethod
+    def _pin_sni(data: tls.ClientHelloData, connect_host: str) -> None:
+        """The origin's TLS names and verifies the CONNECT host, the one the cache stores under (issue 16).
+
+        mitmproxy sends the client's SNI upstream when it has one (HttpLayer.get_connection: ``server.sni or
+        client.sni or address``) and verifies the certificate for that name, so a client could tunnel to
+        a.test, say SNI b.test, and have b.test's answer stored as a.test's. A server SNI set here takes
+        precedence there; the client's SNI only picks the certificate mitmproxy forges for it.
+        """
+        server = data.context.server
+        sni = data.client_hello.sni
+        if sni and sni.lower().rstrip(".") != connect_host.lower().rstrip("."):
+            log.info(
+                "tunnel to %s: client SNI %r ignored; the origin must prove %s",
+                connect_host,
+                sni,
+                connect_host,
+            )
+        server.sni = connect_host
 
     def next_layer(self, nextlayer: layer.NextLayer) -> None:
         # Runs after mitmproxy's NextLayer has chosen. A raw TCP relay (a tunnel carrying neither TLS nor HTTP,
