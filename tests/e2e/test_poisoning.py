@@ -310,8 +310,9 @@ def test_h2_authority_with_userinfo_is_refused(
 
 
 def test_fragment_is_never_forwarded_and_key_agrees(start_proxy, site: Origin, proxy_ca_file: Path) -> None:
-    # RFC 9110 §4.2.4: the fragment is not part of the target. The origin must see /f, and the stored
-    # response must be the one for /f (a second client without a fragment gets a hit).
+    # RFC 9110 §4.2.4: the fragment is not part of the target, and RFC 9113 §8.3.1 / RFC 9112 §3.2 leave no
+    # room for one in :path or a request-target: a client that sends one is refused (400), so nothing is
+    # forwarded under a target the cache would key differently. A client without the fragment is served.
     port = site.port
     site.route("/f", vhost)
     proxy = start_proxy("--connect-port", str(port))
@@ -325,12 +326,20 @@ def test_fragment_is_never_forwarded_and_key_agrees(start_proxy, site: Origin, p
                 (":path", "/f#frag"),
             ],
         )
-    assert status == 200 and body == f"site=localhost:{port} path=/f\n".encode(), (status, body)
-    assert seen(site) == [(f"localhost:{port}", "/f")]
+    assert status == 400 and b"'#'" in body, (status, body)
+    assert seen(site) == []
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=15) as sock:
+        reply = raw_exchange(
+            sock,
+            f"GET http://localhost:{port}/f#frag HTTP/1.1\r\nHost: localhost:{port}\r\nConnection: close\r\n\r\n".encode(),
+        )
+    assert reply.startswith(b"HTTP/1.1 400"), reply
+    assert seen(site) == []
+    first = h2_fetch(proxy.url, proxy_ca_file, f"https://localhost:{port}/f")
     again = h2_fetch(proxy.url, proxy_ca_file, f"https://localhost:{port}/f")
-    assert again.text == f"site=localhost:{port} path=/f\n"
+    assert first.text == again.text == f"site=localhost:{port} path=/f\n"
     assert "hit" in again.headers["cache-status"]
-    assert len(seen(site)) == 1
+    assert seen(site) == [(f"localhost:{port}", "/f")]
 
 
 def test_options_star_is_forwarded_and_never_stored(start_proxy, origin: Origin) -> None:
