@@ -36,6 +36,47 @@ class CacheCore:
     flights: Flights
     locks: KeyLocks | None
     sidecar: Sidecar | None
+    checks: dict[tuple[str, tuple[bytes, int, int, int, int]], "asyncio.Future[None]"]
+    """Checksum checks of big body files under way, per (key, file identity): a crowd waits for one."""
+
+    def _checked_get(self, key: str, *, may_check: bool) -> "storage.Entry | asyncio.Future[None] | None":
+        """The stored entry, or a check to await first when its body is a file this process has not hashed
+        yet (issue 16: a damaged body is never served); with ``may_check`` False such an entry is a miss."""
+        assert self.store is not None
+        entry = self.store.get(key)
+        if entry is None or not isinstance(entry.body, storage.BodyFile) or not entry.body.digest:
+            return entry
+        pending = self._confirm(key, entry.body)
+        return pending if may_check else None
+
+    def _confirm(self, key: str, body: storage.BodyFile) -> "asyncio.Future[None]":
+        """Hash a body file in a worker thread (at disk speed, the event loop free), once for all who ask;
+        the store then remembers it as confirmed, or drops the entry. Takes ownership of ``body``."""
+        ident = (key, body.seen)
+        if (pending := self.checks.get(ident)) is not None:
+            body.close()
+            return pending
+        loop = asyncio.get_running_loop()
+        pending = self.checks[ident] = loop.create_future()
+        store = self.store
+        assert store is not None
+
+        async def run() -> None:
+            try:
+                try:
+                    matches = await asyncio.to_thread(storage.body_matches, body)
+                finally:
+                    body.close()
+                store.confirm(key, body, matches)
+            finally:
+                del self.checks[ident]
+                if not pending.done():
+                    pending.set_result(None)
+
+        task = loop.create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return pending
 
     def _serve(
         self,

@@ -94,8 +94,9 @@ class DiskStore:
         """Record -> its decoding (see _decode)."""
         self._decoded_bytes = 0
         """Bytes held by _decoded: its records and the inline bodies decoded from them."""
-        self._verified: dict[str, tuple[bytes, int, int, int]] = {}
-        """Key -> (stamp, inode, mtime, size) of the body file whose checksum this process last confirmed."""
+        self._verified: dict[str, tuple[bytes, int, int, int, int]] = {}
+        """Key -> (stamp, inode, mtime, ctime, size) of the body file whose checksum this process last confirmed
+        (per process: a new process hashes every body file before its first hit)."""
 
     def check(self) -> bool:
         """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
@@ -200,8 +201,17 @@ class DiskStore:
         try:
             stat = os.fstat(fd)
             size = stat.st_size
+            # What a confirmed checksum is about: this stamp's body, in this very file, unchanged. ctime is in
+            # it because no one can set it back (os.utime can restore mtime after a write, not ctime).
+            seen = (decoded.stamp, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, size)
+            confirmed = self._verified.get(key) == seen
             if size == meta.body_length and size > self.read_whole_max:  # streamed by the caller
-                return Entry(meta=meta, body=BodyFile(path, size, open(fd, "rb")), stamp=decoded.stamp)
+                # Hashing it here would stall the caller (the event loop) for a big body: the caller confirms
+                # it first (check.body_matches in a thread, then confirm()) unless this process already did.
+                file = open(fd, "rb")
+                digest = "" if confirmed else decoded.checksum
+                body_file = BodyFile(path, size, file, digest=digest, seen=seen)
+                return Entry(meta=meta, body=body_file, stamp=decoded.stamp)
             body = _read_whole(fd, size) if size == meta.body_length else b""
         except OSError as e:
             os.close(fd)
@@ -212,19 +222,29 @@ class DiskStore:
             self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
             return None
         # The checksum is computed at this file's first read in this process, and again whenever the file is
-        # not the very same one (another inode, size or modification time): a body rewritten or damaged
-        # through the file system is caught, and a hot entry is not hashed on every hit.
-        seen = (decoded.stamp, stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if len(body) != meta.body_length or (
-            self._verified.get(key) != seen and codec.checksum(body) != decoded.checksum
-        ):
+        # not the very same one (another inode, size, mtime or ctime): a body rewritten or damaged through the
+        # file system is caught, and a hot entry is not hashed on every hit.
+        if len(body) != meta.body_length or (not confirmed and codec.checksum(body) != decoded.checksum):
             self._verified.pop(key, None)
             self.drop(key, "its body does not match its checksum", decoded.stamp)
             return None
+        self._remember(key, seen)
+        return Entry(meta=meta, body=body, stamp=decoded.stamp)
+
+    def _remember(self, key: str, seen: tuple[bytes, int, int, int, int]) -> None:
         if len(self._verified) >= VERIFIED_MAX:
             self._verified.clear()
         self._verified[key] = seen
-        return Entry(meta=meta, body=body, stamp=decoded.stamp)
+
+    def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
+        """Record the outcome of hashing a body file get() handed out unconfirmed (check.body_matches):
+        remembered if it matches, the entry dropped if not (a miss from now on), nothing on a read error."""
+        if matches:
+            self._remember(key, body.seen)
+        elif matches is False:
+            if self._verified.get(key) == body.seen:
+                del self._verified[key]
+            self.drop(key, "its body does not match its checksum", body.seen[0])
 
     def stamp(self, key: str) -> bytes | None:
         """The current stamp of a key, without reading its body or changing its LRU position."""

@@ -28,7 +28,7 @@ from fwdproxy.store.backend import Row
 from fwdproxy.store.disk import DISK_SIZE, DiskStore
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
-from fwdproxy.store.record import Entry, Outcome, StoreStats, Verification
+from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification
 from fwdproxy.store.writer import DiskWriter
 
 FOLLOW_INTERVAL = 1.0
@@ -189,6 +189,10 @@ class TieredStore:
         if entry is not None and isinstance(entry.body, bytes) and self.memory.fits(len(entry.body)):
             self.memory.put(key, entry.meta, entry.body, entry.stamp)
         return entry
+
+    def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
+        """See DiskStore.confirm (big bodies live on disk only)."""
+        self.disk.confirm(key, body, matches)
 
     def writer(self, key: str, *, max_length: int | None = None) -> TieredWriter:
         """A writer that streams a body for key into both tiers; over max_length it is dropped."""
