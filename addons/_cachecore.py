@@ -2,6 +2,7 @@
 sidecar, background flows, and everything after the origin answered (storing, 304s, stale-on-error)."""
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,9 @@ from fwdproxy.inflight import Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 
 log = logging.getLogger("fwdproxy.cache")
+
+TOO_BIG_FOR_DISK = "too-big-for-disk"
+"""Cache-Status detail of a response kept out of the store because it would not fit within the disk limit."""
 
 
 class CacheCore:
@@ -253,7 +257,15 @@ class CacheCore:
             if flight is not None:
                 flight.set_shape(Shape.BUFFERED)
             return
-        writer = self.store.writer(state.key, max_length=self.max_object)
+        writer = self.store.writer(state.key, max_length=self.max_object, expected_length=length)
+        if writer.failure is storage.Outcome.NO_ROOM:
+            # Issue 16: the body would take the disk past --disk-cache-size beside what is stored and being
+            # written; it streams through unstored (the disk never holds more than the limit).
+            self._too_big_for_disk(state)
+            resp.stream = True
+            if flight is not None:
+                flight.set_shape(Shape.NOT_SHARED)
+            return
         state.writer = writer
         progress = None
         if flight is not None and length is not None:
@@ -372,10 +384,18 @@ class CacheCore:
         else:
             assert raw is not None
             outcome = self.store.put(state.key, meta, raw)
+        if outcome is storage.Outcome.NO_ROOM:
+            self._too_big_for_disk(state)
         if outcome is not storage.Outcome.STORED:
             log.info("not stored %s: %s", state.request.url, outcome)
         state.stored = outcome is storage.Outcome.STORED
         return state.stored
+
+    @staticmethod
+    def _too_big_for_disk(state: CacheFlow) -> None:
+        """Say in Cache-Status (RFC 9211 §2.8 detail) that the disk limit, not the response, kept it out."""
+        state.key = ""
+        state.decision = dataclasses.replace(state.decision, detail=TOO_BIG_FOR_DISK)
 
     @staticmethod
     def _meta(

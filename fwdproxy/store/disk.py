@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import diskcache
 
 from fwdproxy.http_model import StoredResponse
-from fwdproxy.store import backend, codec
+from fwdproxy.store import backend, budget, codec
 from fwdproxy.store.generations import Generations
 from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX
@@ -39,7 +39,7 @@ from fwdproxy.store.record import (
     Verification,
 )
 from fwdproxy.store.verify import verify
-from fwdproxy.store.writer import DiskWriter, Opener, open_unbuffered
+from fwdproxy.store.writer import DiskWriter, Opener, clean_stale, open_unbuffered
 
 log = logging.getLogger("fwdproxy.store")
 
@@ -83,6 +83,8 @@ class DiskStore:
         self.inline_max = inline_max
         """Bodies up to this length are kept in their database row instead of a file."""
         self._opener = opener
+        self.reserve_step = budget.step(size_limit)
+        """How far ahead a body of unknown length reserves disk budget (see budget.py)."""
         self.db.live()
         self.generations = Generations(directory)
         """Marks every change per primary key for all processes, so memory hits can skip the disk."""
@@ -299,9 +301,61 @@ class DiskStore:
 
     # -- writing
 
-    def writer(self, key: str, *, max_length: int | None = None) -> DiskWriter:
-        """A writer that streams a body for key; bodies over max_length are dropped as they pass it."""
-        return DiskWriter(self, key, max_length=max_length, opener=self._opener)
+    def writer(
+        self, key: str, *, max_length: int | None = None, expected_length: int | None = None
+    ) -> DiskWriter:
+        """A writer that streams a body for key; bodies over max_length are dropped as they pass it.
+
+        With ``expected_length`` the whole body's room is reserved at once, now: a writer that cannot fit
+        comes back already failed with Outcome.NO_ROOM (see DiskWriter.failure)."""
+        writer = DiskWriter(
+            self, key, max_length=max_length, opener=self._opener, expected_length=expected_length
+        )
+        writer.reserve_ahead()
+        return writer
+
+    def reserve(self, temp_path: str, fd: int, need: int, want: int) -> int | None:
+        """Grow a temp file's reservation to ``want`` bytes (at least ``need``), evicting least recently used
+        entries for room; the bytes now reserved, or None when even evicting could not make ``need`` fit."""
+        if (cache := self.db.live()) is None:
+            return None
+        limit = self.db.size_limit
+        try:
+            with budget.locked(self.db.tmp_dir):
+                others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
+                if need > limit - others and self._sweep(cache):  # maybe dead writers hold the room
+                    others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
+                if need > limit - others:
+                    return None  # the downloads in flight hold the room: evicting would not help
+                room = limit - others - int(cache.volume())
+                if room < want:
+                    if self._used:
+                        self._touch(cache)  # what was read lately is not what eviction takes first
+                    target = limit - others - want
+                    self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
+                    room = limit - others - int(cache.volume())
+                if room < need:
+                    return None
+                granted = max(need, min(want, room))
+                # Sparse: the apparent size is the reservation every process counts, no block is written.
+                os.ftruncate(fd, granted)
+                return granted
+        except ERRORS as e:
+            with contextlib.suppress(sqlite3.Error):
+                backend.end_transaction(cache)
+            self.db.fault(e, "reserving disk room for a body")
+            return None
+
+    def _sweep(self, cache: diskcache.Cache) -> int:
+        """Remove the temp files of writers that died (their reservations too); how many."""
+
+        def is_referenced(filename: str) -> bool:
+            try:
+                return backend.referenced(cache, filename)
+            except ERRORS:
+                return True  # keep it: at worst a leaked file, never a lost entry
+
+        return clean_stale(self.db.tmp_dir, self.db.store_dir, is_referenced)
 
     def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
         """Store a body held in memory (the writer in one go)."""
@@ -329,7 +383,11 @@ class DiskStore:
         self.db.stored()
         self.generations.mark_key(key)
         try:
-            self.db.evictions += backend.evict(cache, self.db.size_limit, self.generations.mark_key)
+            # Within the limit together with the bodies still in flight (their reservations, budget.py); our
+            # own temp file is now the stored body (a hard link), not counted twice.
+            with budget.locked(self.db.tmp_dir):
+                target = self.db.size_limit - budget.in_flight(self.db.tmp_dir, adopt[0] if adopt else None)
+                self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
         except ERRORS as e:
             self.db.fault(e, "evicting old entries")
         return Outcome.STORED

@@ -33,6 +33,9 @@ class Outcome(enum.StrEnum):
     """The body was shorter or longer than the metadata said: an incomplete response, never stored."""
     TOO_BIG = "too-big"
     """The body passed the writer's max_length, so it was dropped while streaming."""
+    NO_ROOM = "no-room"
+    """The body would not fit within the disk limit beside what is stored and in flight (--disk-cache-size):
+    dropped while streaming, so the disk never holds more than the limit."""
     DISK_ERROR = "disk-error"
     """The disk or database failed (full, removed, corrupt, busy); the store logged why."""
     ABORTED = "aborted"

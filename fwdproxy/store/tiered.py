@@ -194,9 +194,14 @@ class TieredStore:
         """See DiskStore.confirm (big bodies live on disk only)."""
         self.disk.confirm(key, body, matches)
 
-    def writer(self, key: str, *, max_length: int | None = None) -> TieredWriter:
-        """A writer that streams a body for key into both tiers; over max_length it is dropped."""
-        return TieredWriter(self, self.disk.writer(key, max_length=max_length))
+    def writer(
+        self, key: str, *, max_length: int | None = None, expected_length: int | None = None
+    ) -> TieredWriter:
+        """A writer that streams a body for key into both tiers; over max_length it is dropped.
+
+        ``expected_length``: reserve the whole body's disk room now (DiskStore.writer)."""
+        disk = self.disk.writer(key, max_length=max_length, expected_length=expected_length)
+        return TieredWriter(self, disk)
 
     def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
         """Store a body held in memory; memory keeps this very bytes object when it fits."""

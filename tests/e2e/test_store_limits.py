@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import Origin, Reply, client, pattern
+from tests.support import Origin, Reply, client, pattern, slow_chunks
 
 MiB = 2**20
 
@@ -133,3 +136,170 @@ def test_a_crowd_on_a_damaged_big_body_never_gets_the_damage(start_proxy, origin
     assert all(g == body for g in got), [i for i, g in enumerate(got) if g != body]
     assert proxy.log().count("does not match its checksum") == 1  # one check for the crowd, one drop
     assert 2 <= origin.hits["/crowd"] <= 13
+
+
+# -- point 7: downloads in flight count against the disk limit
+
+
+def disk_usage(cache_dir: Path) -> int:
+    """Bytes under store/ and tmp/, each inode once (a committing body is briefly linked in both): apparent
+    size (a reservation counts in full) or allocated blocks, the larger."""
+    seen: set[int] = set()
+    total = 0
+    for sub in ("store", "tmp"):
+        for folder, _, names in os.walk(cache_dir / sub):
+            for name in names:
+                try:
+                    st = os.stat(os.path.join(folder, name))
+                except FileNotFoundError:
+                    continue
+                if st.st_ino not in seen:
+                    seen.add(st.st_ino)
+                    total += max(st.st_size, st.st_blocks * 512)
+    return total
+
+
+class Sampler:
+    """Samples the cache dir's disk usage in a thread until stopped."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+        self.peak = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, disk_usage(self.cache_dir))
+            self.samples += 1
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def limited(start_proxy, tmp_path: Path) -> Iterator[tuple[object, Path]]:
+    cache_dir = tmp_path / "limited"
+    yield start_proxy("--disk-cache-size", "8MiB", "--memory-cache-size", "0", cache_dir=cache_dir), cache_dir
+
+
+BUFFER = 256 * 2**10
+"""Slack per download allowed above the limit: one read buffer (the database's WAL is not in its volume)."""
+
+
+def test_concurrent_big_downloads_never_fill_the_disk_past_the_limit(limited, origin: Origin) -> None:
+    proxy, cache_dir = limited
+    n = 5
+    bodies = [pattern(30 * MiB, seed=i) for i in range(n)]
+    urls = [
+        origin.route(
+            f"/dl{i}",
+            Reply(200, {"Cache-Control": "max-age=600"}, chunks=slow_chunks(b, delay=0.002), length=len(b)),
+        )
+        for i, b in enumerate(bodies)
+    ]
+    sampler = Sampler(cache_dir)
+
+    def one(i: int) -> httpx.Response:
+        with httpx.Client(proxy=proxy.url, trust_env=False, timeout=120) as c:
+            return c.get(urls[i])
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(one, range(n)))
+    finally:
+        sampler.stop()
+    assert sampler.samples > 20
+    for r, b in zip(responses, bodies, strict=True):
+        assert r.status_code == 200 and r.content == b
+        assert "detail=too-big-for-disk" in r.headers["Cache-Status"], r.headers["Cache-Status"]
+        assert "stored" not in r.headers["Cache-Status"].split("; ")
+    limit = 8 * MiB
+    assert sampler.peak <= limit + n * BUFFER, sampler.peak
+
+
+def test_downloads_that_fit_together_are_stored_and_the_rest_stream_unstored(limited, origin: Origin) -> None:
+    proxy, cache_dir = limited
+    n = 4
+    size = 3 * MiB  # two fit in 8 MiB at once, four do not
+    bodies = [pattern(size, seed=10 + i) for i in range(n)]
+    urls = [
+        origin.route(
+            f"/fit{i}",
+            Reply(200, {"Cache-Control": "max-age=600"}, chunks=slow_chunks(b, delay=0.05), length=len(b)),
+        )
+        for i, b in enumerate(bodies)
+    ]
+    sampler = Sampler(cache_dir)
+
+    def one(i: int) -> httpx.Response:
+        with httpx.Client(proxy=proxy.url, trust_env=False, timeout=120) as c:
+            return c.get(urls[i])
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            responses = list(pool.map(one, range(n)))
+    finally:
+        sampler.stop()
+    statuses = [r.headers["Cache-Status"] for r in responses]
+    assert all(r.content == b for r, b in zip(responses, bodies, strict=True))
+    stored = [s for s in statuses if s.endswith("stored")]
+    refused = [s for s in statuses if "detail=too-big-for-disk" in s]
+    assert len(stored) >= 1 and len(refused) >= 1 and len(stored) + len(refused) == n, statuses
+    assert sampler.peak <= 8 * MiB + n * BUFFER, sampler.peak
+    # What was stored is served from the cache, whole.
+    with client(proxy) as c:
+        for r, url, b in zip(responses, urls, bodies, strict=True):
+            if r.headers["Cache-Status"].endswith("stored"):
+                hit = c.get(url)
+                assert hit.content == b and "hit" in hit.headers["Cache-Status"]
+
+
+def endless(chunk: bytes, stop: threading.Event) -> Iterator[bytes]:
+    """A chunked body (framed here: the test origin writes pieces as they are) that never ends."""
+    framed = b"%x\r\n%s\r\n" % (len(chunk), chunk)
+    while not stop.is_set():
+        time.sleep(0.001)
+        yield framed
+
+
+def test_endless_downloads_leave_at_most_the_limit_on_disk(limited, origin: Origin) -> None:
+    proxy, cache_dir = limited
+    stop = threading.Event()
+    chunk = pattern(64 * 1024, seed=9)
+    n = 6
+    urls = [
+        origin.route(
+            f"/endless{i}",
+            Reply(
+                200,
+                {"Cache-Control": "max-age=600", "Transfer-Encoding": "chunked"},
+                chunks=lambda: endless(chunk, stop),
+            ),
+        )
+        for i in range(n)
+    ]
+    sampler = Sampler(cache_dir)
+    received = [0] * n
+
+    def one(i: int) -> None:
+        with httpx.Client(proxy=proxy.url, trust_env=False, timeout=60) as c:
+            with c.stream("GET", urls[i]) as r:
+                for data in r.iter_bytes():
+                    received[i] += len(data)
+                    if received[i] >= 24 * MiB:
+                        return
+
+    try:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(one, range(n)))
+    finally:
+        stop.set()
+        sampler.stop()
+    assert all(r >= 24 * MiB for r in received)
+    assert sampler.peak <= 8 * MiB + n * BUFFER, sampler.peak
+    assert "not storing" in proxy.log() or "too big for the disk" in proxy.log()
