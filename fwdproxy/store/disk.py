@@ -248,6 +248,16 @@ class DiskStore:
                 del self._verified[key]
             self.drop(key, "its body does not match its checksum", body.seen[0])
 
+    def written(self, key: str, stamp: bytes, filename: str) -> None:
+        """A body file this process just committed counts as confirmed: its checksum is of the very bytes we
+        wrote into it, and the file as it is now (temp link gone, so ctime settled) is what later reads match.
+        Saves hashing a big download again at its first hit; other processes still hash it once."""
+        try:
+            st = os.stat(os.path.join(self.db.store_dir, filename))
+        except OSError:
+            return  # evicted already
+        self._remember(key, (stamp, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
+
     def stamp(self, key: str) -> bytes | None:
         """The current stamp of a key, without reading its body or changing its LRU position."""
         if (cache := self.db.live()) is None:

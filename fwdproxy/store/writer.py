@@ -252,6 +252,8 @@ class DiskWriter:
             self._finish()
         if outcome is Outcome.STORED:
             self.stamp = stamp
+            if adopt is not None:
+                self._store.written(self.key, stamp, adopt[1])
         return outcome
 
     def abort(self) -> None:
