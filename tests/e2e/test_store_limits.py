@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -68,6 +69,33 @@ def test_a_big_body_damaged_in_place_is_never_served(start_proxy, origin: Origin
     assert "hit" not in again.headers["Cache-Status"].split("; ")
     assert origin.hits["/big"] == 2  # the damaged entry was dropped and fetched again
     assert "does not match its checksum" in proxy.log()
+
+
+def test_a_damaged_big_body_is_never_served_over_http2(
+    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    body = pattern(3 * MiB, seed=8)
+    url = tls_origin.route("/big2", Reply(200, {"Cache-Control": "max-age=600"}, body)).replace(
+        "127.0.0.1", "localhost"
+    )
+    proxy = start_proxy("--memory-cache-size", "0", "--connect-port", str(tls_origin.port))
+    cache_dir = Path(proxy.argv[proxy.argv.index("--cache-dir") + 1])
+    out = tmp_path / "got.bin"
+
+    def fetch() -> tuple[bytes, str]:
+        argv = ["curl", "-sS", "--http2", "-x", proxy.url, "--cacert", str(proxy_ca_file), "-o", str(out)]
+        done = subprocess.run(
+            [*argv, "-w", "%{http_version}", url], capture_output=True, text=True, timeout=60
+        )
+        return out.read_bytes(), done.stdout
+
+    assert fetch() == (body, "2")
+    assert fetch() == (body, "2")
+    assert tls_origin.hits["/big2"] == 1
+    (path,) = body_files(cache_dir)
+    corrupt_in_place(path, keep_mtime=True)
+    assert fetch() == (body, "2")
+    assert tls_origin.hits["/big2"] == 2
 
 
 def test_a_new_process_checks_a_big_body_before_its_first_hit(
