@@ -333,7 +333,7 @@ class DiskStore:
         try:
             with budget.locked(self.db.tmp_dir):
                 others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
-                if need > limit - others and self._sweep(cache):  # maybe dead writers hold the room
+                if need <= limit < need + others and self._sweep(cache):  # maybe dead writers hold the room
                     others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
                 if need > limit - others:
                     return None  # the downloads in flight hold the room: evicting would not help
