@@ -337,7 +337,12 @@ class DiskStore:
                     others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
                 if need > limit - others:
                     return None  # the downloads in flight hold the room: evicting would not help
-                room = limit - others - int(cache.volume())
+                volume = int(cache.volume())
+                if need > limit - others - backend.overhead(cache, volume):
+                    return (
+                        None  # not even an empty cache (its database pages stay) would hold it: evict nothing
+                    )
+                room = limit - others - volume
                 if room < want:
                     if self._used:
                         self._touch(cache)  # what was read lately is not what eviction takes first

@@ -144,3 +144,12 @@ def test_commit_evicts_within_the_limit_beside_what_is_in_flight(store: DiskStor
         assert store.put(f"k{i}", meta(600 * KIB), body(600 * KIB, seed=i)) is Outcome.STORED
         assert used(store) <= LIMIT
     holder.abort()
+
+
+def test_a_body_that_could_not_fit_even_after_evicting_everything_evicts_nothing(store: DiskStore) -> None:
+    assert store.put("small", meta(100 * KIB), body(100 * KIB)) is Outcome.STORED
+    holder = store.writer("holder", expected_length=2 * MIB)
+    # 2 MiB fit beside the holder's 2 MiB only without the database's own pages: refused, "small" kept.
+    assert store.writer("k", expected_length=2 * MIB).failure is Outcome.NO_ROOM
+    assert store.get("small") is not None
+    holder.abort()
