@@ -2,6 +2,7 @@
 sidecar, background flows, and everything after the origin answered (storing, 304s, stale-on-error)."""
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +24,9 @@ from fwdproxy.sidecar import Sidecar, response_head
 
 log = logging.getLogger("fwdproxy.cache")
 
+TOO_BIG_FOR_DISK = "too-big-for-disk"
+"""Cache-Status detail of a response kept out of the store because it would not fit within the disk limit."""
+
 
 class CacheCore:
     """State and response-side hooks of the Cache addon (addons/cache.py adds options and the request side)."""
@@ -36,6 +40,47 @@ class CacheCore:
     flights: Flights
     locks: KeyLocks | None
     sidecar: Sidecar | None
+    checks: dict[tuple[str, tuple[bytes, int, int, int, int]], "asyncio.Future[None]"]
+    """Checksum checks of big body files under way, per (key, file identity): a crowd waits for one."""
+
+    def _checked_get(self, key: str, *, may_check: bool) -> "storage.Entry | asyncio.Future[None] | None":
+        """The stored entry, or a check to await first when its body is a file this process has not hashed
+        yet (issue 16: a damaged body is never served); with ``may_check`` False such an entry is a miss."""
+        assert self.store is not None
+        entry = self.store.get(key)
+        if entry is None or not isinstance(entry.body, storage.BodyFile) or not entry.body.digest:
+            return entry
+        pending = self._confirm(key, entry.body)
+        return pending if may_check else None
+
+    def _confirm(self, key: str, body: storage.BodyFile) -> "asyncio.Future[None]":
+        """Hash a body file in a worker thread (at disk speed, the event loop free), once for all who ask;
+        the store then remembers it as confirmed, or drops the entry. Takes ownership of ``body``."""
+        ident = (key, body.seen)
+        if (pending := self.checks.get(ident)) is not None:
+            body.close()
+            return pending
+        loop = asyncio.get_running_loop()
+        pending = self.checks[ident] = loop.create_future()
+        store = self.store
+        assert store is not None
+
+        async def run() -> None:
+            try:
+                try:
+                    matches = await asyncio.to_thread(storage.body_matches, body)
+                finally:
+                    body.close()
+                store.confirm(key, body, matches)
+            finally:
+                del self.checks[ident]
+                if not pending.done():
+                    pending.set_result(None)
+
+        task = loop.create_task(run())
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return pending
 
     def _serve(
         self,
@@ -217,7 +262,15 @@ class CacheCore:
             if flight is not None:
                 flight.set_shape(Shape.BUFFERED)
             return
-        writer = self.store.writer(state.key, max_length=self.max_object)
+        writer = self.store.writer(state.key, max_length=self.max_object, expected_length=length)
+        if writer.failure is storage.Outcome.NO_ROOM:
+            # Issue 16: the body would take the disk past --disk-cache-size beside what is stored and being
+            # written; it streams through unstored (the disk never holds more than the limit).
+            self._too_big_for_disk(state)
+            resp.stream = True
+            if flight is not None:
+                flight.set_shape(Shape.NOT_SHARED)
+            return
         state.writer = writer
         progress = None
         if flight is not None and length is not None:
@@ -337,10 +390,18 @@ class CacheCore:
         else:
             assert raw is not None
             outcome = self.store.put(state.key, meta, raw)
+        if outcome is storage.Outcome.NO_ROOM:
+            self._too_big_for_disk(state)
         if outcome is not storage.Outcome.STORED:
             log.info("not stored %s: %s", state.request.url, outcome)
         state.stored = outcome is storage.Outcome.STORED
         return state.stored
+
+    @staticmethod
+    def _too_big_for_disk(state: CacheFlow) -> None:
+        """Say in Cache-Status (RFC 9211 §2.8 detail) that the disk limit, not the response, kept it out."""
+        state.key = ""
+        state.decision = dataclasses.replace(state.decision, detail=TOO_BIG_FOR_DISK)
 
     @staticmethod
     def _meta(

@@ -15,7 +15,7 @@ import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package im
 from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
 from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
-from addons._cachehttp import to_request
+from addons._cachehttp import close, to_request
 from fwdproxy import cache, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
@@ -44,6 +44,7 @@ class Cache(CacheCore):
         self.flights = Flights()
         self.locks: KeyLocks | None = None
         self.sidecar: Sidecar | None = None
+        self.checks = {}
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option("fwd_cache_dir", str, "~/.cache/fwdproxy", "Where the disk cache lives.")
@@ -132,24 +133,31 @@ class Cache(CacheCore):
             return None  # answered, or on its way to the origin: no coroutine for the common case (a hit)
         return self._wait_for(flow, flight)
 
-    async def _wait_for(self, flow: http.HTTPFlow, flight: Flight | object) -> None:
-        """The request found another in flight for its key: follow it, or wait and look again."""
-        if flight is REMOTE:
-            # Another process fetches this key (--workers, or a second proxy on the cache dir): wait for its
-            # lock, then look again in the shared store.
-            assert self.locks is not None
-            await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
-            self._lookup(flow, collapse=False)
-            return
-        if isinstance(flight, Flight) and await self._follow(flow, flight):
-            return
-        if flight is not None:
-            self._lookup(
-                flow, collapse=False
-            )  # the leader's response was not for us: ask the origin ourselves
+    async def _wait_for(self, flow: http.HTTPFlow, pending: Flight | object) -> None:
+        """The lookup has to wait: for a stored body's checksum check, or for another request in flight for the
+        key (follow it, or wait and look again). Bounded: one check, then at most one wait for a flight."""
+        collapse = may_check = True
+        while pending is not None:
+            if isinstance(pending, asyncio.Future):
+                await asyncio.shield(pending)  # the check confirmed the body file or dropped the entry
+                may_check = False
+            elif pending is REMOTE:
+                # Another process fetches this key (--workers, or a second proxy on the cache dir): wait for
+                # its lock, then look again in the shared store.
+                assert self.locks is not None
+                await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
+                collapse = False
+            elif isinstance(pending, Flight):
+                if await self._follow(flow, pending):
+                    return
+                collapse = False  # the leader's response was not for us: ask the origin ourselves
+            pending = self._lookup(flow, collapse=collapse, may_check=may_check)
 
-    def _lookup(self, flow: http.HTTPFlow, *, collapse: bool) -> Flight | object | None:
-        """§4: answer from the store, or prepare the flow for the origin. Returns a flight to follow instead."""
+    def _lookup(
+        self, flow: http.HTTPFlow, *, collapse: bool, may_check: bool = True
+    ) -> Flight | object | None:
+        """§4: answer from the store, or prepare the flow for the origin. Returns a flight to follow, or a body
+        file's checksum check to await, instead (``may_check`` False: an unchecked body file is a miss)."""
         assert self.store is not None
         now = time.time()
         req = to_request(flow.request, _flowinfo.note_request(flow)[0])  # the URL worked out once per flow
@@ -186,7 +194,9 @@ class Cache(CacheCore):
                 "stale-while-revalidate",
             )
         if decision.verdict in (Verdict.SERVE, Verdict.STALE_WHILE_REVALIDATE):
-            entry = self.store.get(selected) if selected else None
+            entry = self._checked_get(selected, may_check=may_check) if selected else None
+            if isinstance(entry, asyncio.Future):
+                return entry
             if entry is not None:
                 self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
                 if decision.verdict is Verdict.STALE_WHILE_REVALIDATE:
@@ -196,6 +206,13 @@ class Cache(CacheCore):
         if decision.verdict is Verdict.GATEWAY_TIMEOUT:
             self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
             return None
+        if decision.verdict is Verdict.REVALIDATE and selected and may_check:
+            # A 304 would be answered from this body: have it checked before the origin is asked.
+            entry = self._checked_get(selected, may_check=True)
+            if isinstance(entry, asyncio.Future):
+                return entry
+            if entry is not None:
+                close(entry.body)
         if collapse and self._collapsible(flow, state):
             if self.locks is not None and primary not in self.flights.table:
                 fd = self.locks.try_lock(primary)
@@ -246,8 +263,15 @@ class Cache(CacheCore):
                 listing = self.store.variants(state.primary)
                 decision = cache.lookup(state.request, [m for _, m in listing], now=now, config=self.config)
                 key = next((k for k, m in listing if m is decision.stored), "")
-                entry = self.store.get(key) if decision.verdict is Verdict.SERVE and key else None
-                if entry is not None:
+                entry = (
+                    self._checked_get(key, may_check=True)
+                    if decision.verdict is Verdict.SERVE and key
+                    else None
+                )
+                if isinstance(entry, asyncio.Future):
+                    await asyncio.shield(entry)
+                    entry = self._checked_get(key, may_check=False)
+                if entry is not None and not isinstance(entry, asyncio.Future):
                     status = CacheStatus(fwd=state.decision.fwd, fwd_status=entry.meta.status, collapsed=True)
                     self._serve(flow, state, entry.meta, entry.body, status, now)
                     return True
@@ -295,9 +319,9 @@ class Cache(CacheCore):
     ) -> None:
         """§4.3.1: ask the origin whether the selected stored response (and its siblings) is still good."""
         assert self.store is not None
-        entry = self.store.get(selected) if selected else None
-        if entry is None:
-            return
+        entry = self._checked_get(selected, may_check=False) if selected else None
+        if entry is None or isinstance(entry, asyncio.Future):
+            return  # gone, or its body file changed since it was checked: fetch it whole
         state.body = entry.body
         state.candidates = [(selected, entry.meta)] + [(k, m) for k, m in listing if k != selected]
         flow.metadata["fwd_probe"] = (

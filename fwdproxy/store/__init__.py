@@ -5,6 +5,7 @@ for the on-disk layout, and writer.py for how streamed bodies become visible ato
 """
 
 from fwdproxy.store.base import Store, Writer
+from fwdproxy.store.check import body_matches
 from fwdproxy.store.codec import FORMAT_VERSION
 from fwdproxy.store.disk import DISK_SIZE, INLINE_MAX, DiskStore
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, MemoryStore
@@ -42,6 +43,7 @@ __all__ = [
     "Verification",
     "VerifyReport",
     "Writer",
+    "body_matches",
     "variant_key",
     "verify_all",
 ]

@@ -219,6 +219,11 @@ def evict(cache: diskcache.Cache, size_limit: int, evicted_key: Callable[[str], 
     return evicted
 
 
+def overhead(cache: diskcache.Cache, volume: int) -> int:
+    """The part of volume() that eviction cannot free: the database pages (SQLite keeps its file's size)."""
+    return max(0, volume - int(cache.reset("size")))
+
+
 def shed(cache: diskcache.Cache, fraction: float) -> int:
     """Unlink the least recently used body files holding `fraction` of all body bytes; bytes freed.
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import diskcache
 
 from fwdproxy.http_model import StoredResponse
-from fwdproxy.store import backend, codec
+from fwdproxy.store import backend, budget, codec
 from fwdproxy.store.generations import Generations
 from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX
@@ -39,7 +39,7 @@ from fwdproxy.store.record import (
     Verification,
 )
 from fwdproxy.store.verify import verify
-from fwdproxy.store.writer import DiskWriter, Opener, open_unbuffered
+from fwdproxy.store.writer import DiskWriter, Opener, clean_stale, open_unbuffered
 
 log = logging.getLogger("fwdproxy.store")
 
@@ -83,6 +83,8 @@ class DiskStore:
         self.inline_max = inline_max
         """Bodies up to this length are kept in their database row instead of a file."""
         self._opener = opener
+        self.reserve_step = budget.step(size_limit)
+        """How far ahead a body of unknown length reserves disk budget (see budget.py)."""
         self.db.live()
         self.generations = Generations(directory)
         """Marks every change per primary key for all processes, so memory hits can skip the disk."""
@@ -94,8 +96,9 @@ class DiskStore:
         """Record -> its decoding (see _decode)."""
         self._decoded_bytes = 0
         """Bytes held by _decoded: its records and the inline bodies decoded from them."""
-        self._verified: dict[str, tuple[bytes, int, int, int]] = {}
-        """Key -> (stamp, inode, mtime, size) of the body file whose checksum this process last confirmed."""
+        self._verified: dict[str, tuple[bytes, int, int, int, int]] = {}
+        """Key -> (stamp, inode, mtime, ctime, size) of the body file whose checksum this process last confirmed
+        (per process: a new process hashes every body file before its first hit)."""
 
     def check(self) -> bool:
         """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
@@ -200,8 +203,17 @@ class DiskStore:
         try:
             stat = os.fstat(fd)
             size = stat.st_size
+            # What a confirmed checksum is about: this stamp's body, in this very file, unchanged. ctime is in
+            # it because no one can set it back (os.utime can restore mtime after a write, not ctime).
+            seen = (decoded.stamp, stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, size)
+            confirmed = self._verified.get(key) == seen
             if size == meta.body_length and size > self.read_whole_max:  # streamed by the caller
-                return Entry(meta=meta, body=BodyFile(path, size, open(fd, "rb")), stamp=decoded.stamp)
+                # Hashing it here would stall the caller (the event loop) for a big body: the caller confirms
+                # it first (check.body_matches in a thread, then confirm()) unless this process already did.
+                file = open(fd, "rb")
+                digest = "" if confirmed else decoded.checksum
+                body_file = BodyFile(path, size, file, digest=digest, seen=seen)
+                return Entry(meta=meta, body=body_file, stamp=decoded.stamp)
             body = _read_whole(fd, size) if size == meta.body_length else b""
         except OSError as e:
             os.close(fd)
@@ -212,19 +224,39 @@ class DiskStore:
             self.drop(key, f"its body file holds {size} bytes, not {meta.body_length}", decoded.stamp)
             return None
         # The checksum is computed at this file's first read in this process, and again whenever the file is
-        # not the very same one (another inode, size or modification time): a body rewritten or damaged
-        # through the file system is caught, and a hot entry is not hashed on every hit.
-        seen = (decoded.stamp, stat.st_ino, stat.st_mtime_ns, stat.st_size)
-        if len(body) != meta.body_length or (
-            self._verified.get(key) != seen and codec.checksum(body) != decoded.checksum
-        ):
+        # not the very same one (another inode, size, mtime or ctime): a body rewritten or damaged through the
+        # file system is caught, and a hot entry is not hashed on every hit.
+        if len(body) != meta.body_length or (not confirmed and codec.checksum(body) != decoded.checksum):
             self._verified.pop(key, None)
             self.drop(key, "its body does not match its checksum", decoded.stamp)
             return None
+        self._remember(key, seen)
+        return Entry(meta=meta, body=body, stamp=decoded.stamp)
+
+    def _remember(self, key: str, seen: tuple[bytes, int, int, int, int]) -> None:
         if len(self._verified) >= VERIFIED_MAX:
             self._verified.clear()
         self._verified[key] = seen
-        return Entry(meta=meta, body=body, stamp=decoded.stamp)
+
+    def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
+        """Record the outcome of hashing a body file get() handed out unconfirmed (check.body_matches):
+        remembered if it matches, the entry dropped if not (a miss from now on), nothing on a read error."""
+        if matches:
+            self._remember(key, body.seen)
+        elif matches is False:
+            if self._verified.get(key) == body.seen:
+                del self._verified[key]
+            self.drop(key, "its body does not match its checksum", body.seen[0])
+
+    def written(self, key: str, stamp: bytes, filename: str) -> None:
+        """A body file this process just committed counts as confirmed: its checksum is of the very bytes we
+        wrote into it, and the file as it is now (temp link gone, so ctime settled) is what later reads match.
+        Saves hashing a big download again at its first hit; other processes still hash it once."""
+        try:
+            st = os.stat(os.path.join(self.db.store_dir, filename))
+        except OSError:
+            return  # evicted already
+        self._remember(key, (stamp, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size))
 
     def stamp(self, key: str) -> bytes | None:
         """The current stamp of a key, without reading its body or changing its LRU position."""
@@ -279,9 +311,66 @@ class DiskStore:
 
     # -- writing
 
-    def writer(self, key: str, *, max_length: int | None = None) -> DiskWriter:
-        """A writer that streams a body for key; bodies over max_length are dropped as they pass it."""
-        return DiskWriter(self, key, max_length=max_length, opener=self._opener)
+    def writer(
+        self, key: str, *, max_length: int | None = None, expected_length: int | None = None
+    ) -> DiskWriter:
+        """A writer that streams a body for key; bodies over max_length are dropped as they pass it.
+
+        With ``expected_length`` the whole body's room is reserved at once, now: a writer that cannot fit
+        comes back already failed with Outcome.NO_ROOM (see DiskWriter.failure)."""
+        writer = DiskWriter(
+            self, key, max_length=max_length, opener=self._opener, expected_length=expected_length
+        )
+        writer.reserve_ahead()
+        return writer
+
+    def reserve(self, temp_path: str, fd: int, need: int, want: int) -> int | None:
+        """Grow a temp file's reservation to ``want`` bytes (at least ``need``), evicting least recently used
+        entries for room; the bytes now reserved, or None when even evicting could not make ``need`` fit."""
+        if (cache := self.db.live()) is None:
+            return None
+        limit = self.db.size_limit
+        try:
+            with budget.locked(self.db.tmp_dir):
+                others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
+                if need <= limit < need + others and self._sweep(cache):  # maybe dead writers hold the room
+                    others = budget.in_flight(self.db.tmp_dir, exclude=temp_path)
+                if need > limit - others:
+                    return None  # the downloads in flight hold the room: evicting would not help
+                volume = int(cache.volume())
+                if need > limit - others - backend.overhead(cache, volume):
+                    return (
+                        None  # not even an empty cache (its database pages stay) would hold it: evict nothing
+                    )
+                room = limit - others - volume
+                if room < want:
+                    if self._used:
+                        self._touch(cache)  # what was read lately is not what eviction takes first
+                    target = limit - others - want
+                    self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
+                    room = limit - others - int(cache.volume())
+                if room < need:
+                    return None
+                granted = max(need, min(want, room))
+                # Sparse: the apparent size is the reservation every process counts, no block is written.
+                os.ftruncate(fd, granted)
+                return granted
+        except ERRORS as e:
+            with contextlib.suppress(sqlite3.Error):
+                backend.end_transaction(cache)
+            self.db.fault(e, "reserving disk room for a body")
+            return None
+
+    def _sweep(self, cache: diskcache.Cache) -> int:
+        """Remove the temp files of writers that died (their reservations too); how many."""
+
+        def is_referenced(filename: str) -> bool:
+            try:
+                return backend.referenced(cache, filename)
+            except ERRORS:
+                return True  # keep it: at worst a leaked file, never a lost entry
+
+        return clean_stale(self.db.tmp_dir, self.db.store_dir, is_referenced)
 
     def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
         """Store a body held in memory (the writer in one go)."""
@@ -309,7 +398,11 @@ class DiskStore:
         self.db.stored()
         self.generations.mark_key(key)
         try:
-            self.db.evictions += backend.evict(cache, self.db.size_limit, self.generations.mark_key)
+            # Within the limit together with the bodies still in flight (their reservations, budget.py); our
+            # own temp file is now the stored body (a hard link), not counted twice.
+            with budget.locked(self.db.tmp_dir):
+                target = self.db.size_limit - budget.in_flight(self.db.tmp_dir, adopt[0] if adopt else None)
+                self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
         except ERRORS as e:
             self.db.fault(e, "evicting old entries")
         return Outcome.STORED

@@ -33,6 +33,9 @@ class Outcome(enum.StrEnum):
     """The body was shorter or longer than the metadata said: an incomplete response, never stored."""
     TOO_BIG = "too-big"
     """The body passed the writer's max_length, so it was dropped while streaming."""
+    NO_ROOM = "no-room"
+    """The body would not fit within the disk limit beside what is stored and in flight (--disk-cache-size):
+    dropped while streaming, so the disk never holds more than the limit."""
     DISK_ERROR = "disk-error"
     """The disk or database failed (full, removed, corrupt, busy); the store logged why."""
     ABORTED = "aborted"
@@ -53,6 +56,11 @@ class BodyFile:
     """Exact body length, already checked against the file size."""
     file: BinaryIO
     """Open for reading, positioned at 0."""
+    digest: str = ""
+    """The checksum this file must match before it is served, or "" when this process already confirmed this
+    very file (see DiskStore.confirm and check.body_matches)."""
+    seen: tuple[bytes, int, int, int, int] = (b"", 0, 0, 0, 0)
+    """(stamp, inode, mtime, ctime, size) of the file when it was opened: what a confirmation is about."""
 
     def fileno(self) -> int:
         """The descriptor, for os.sendfile or loop.sendfile."""
@@ -77,7 +85,8 @@ class Entry:
 
     meta: StoredResponse
     body: bytes | BodyFile
-    """bytes for bodies read whole (checksum verified); a BodyFile for big ones (length verified)."""
+    """bytes for bodies read whole (checksum verified); a BodyFile for big ones (length verified, and the
+    checksum too unless ``body.digest`` is set: then the caller confirms it before serving)."""
     stamp: bytes
     """Changes whenever the entry is rewritten (commit or update), so two versions can be told apart."""
 

@@ -28,7 +28,7 @@ from fwdproxy.store.backend import Row
 from fwdproxy.store.disk import DISK_SIZE, DiskStore
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
-from fwdproxy.store.record import Entry, Outcome, StoreStats, Verification
+from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification
 from fwdproxy.store.writer import DiskWriter
 
 FOLLOW_INTERVAL = 1.0
@@ -190,9 +190,18 @@ class TieredStore:
             self.memory.put(key, entry.meta, entry.body, entry.stamp)
         return entry
 
-    def writer(self, key: str, *, max_length: int | None = None) -> TieredWriter:
-        """A writer that streams a body for key into both tiers; over max_length it is dropped."""
-        return TieredWriter(self, self.disk.writer(key, max_length=max_length))
+    def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
+        """See DiskStore.confirm (big bodies live on disk only)."""
+        self.disk.confirm(key, body, matches)
+
+    def writer(
+        self, key: str, *, max_length: int | None = None, expected_length: int | None = None
+    ) -> TieredWriter:
+        """A writer that streams a body for key into both tiers; over max_length it is dropped.
+
+        ``expected_length``: reserve the whole body's disk room now (DiskStore.writer)."""
+        disk = self.disk.writer(key, max_length=max_length, expected_length=expected_length)
+        return TieredWriter(self, disk)
 
     def put(self, key: str, meta: StoredResponse, body: bytes) -> Outcome:
         """Store a body held in memory; memory keeps this very bytes object when it fits."""

@@ -121,11 +121,23 @@ class DiskWriter:
     raises: a failure is logged once, later writes are ignored, and commit returns the Outcome.
     """
 
-    def __init__(self, store: DiskStore, key: str, *, max_length: int | None, opener: Opener) -> None:
+    def __init__(
+        self,
+        store: DiskStore,
+        key: str,
+        *,
+        max_length: int | None,
+        opener: Opener,
+        expected_length: int | None = None,
+    ) -> None:
         self.key = key
         self.max_length = max_length
+        self.expected_length = expected_length
+        """The announced body length (Content-Length), reserved in one go; None: reserved step by step."""
         self.written = 0
         """Bytes accepted so far."""
+        self.reserved = 0
+        """Bytes of the disk budget the temp file holds (its apparent size until commit; see budget.py)."""
         self.temp_path: str | None = None
         """The growing temp file once the body outgrew the inline limit (collapsed followers may read it)."""
         self.failure: Outcome | None = None
@@ -143,20 +155,54 @@ class DiskWriter:
         """Accept the next piece of the body; False once the writer has failed (stop feeding it)."""
         if self._done or self.failure is not None:
             return False
-        if self.max_length is not None and self.written + len(chunk) > self.max_length:
+        end = self.written + len(chunk)
+        if self.max_length is not None and end > self.max_length:
             return self._fail(Outcome.TOO_BIG)
         try:
-            if self._file is None and self.written + len(chunk) > self._store.inline_max:
+            if self._file is None and end > self._store.inline_max:
                 self._spill()
             if self._file is None:
                 self._chunks.append(chunk)
             else:
+                if end > self.reserved and not self._reserve(end):
+                    return self._fail(Outcome.NO_ROOM)
+                if self._chunks:
+                    buffered, self._chunks = self._chunks, []
+                    for piece in buffered:
+                        _write_all(self._file, piece)
                 _write_all(self._file, chunk)
         except OSError as e:
             self._store.db.fault(e, f"writing the body of {self.key}")
             return self._fail(Outcome.DISK_ERROR)
         self._hash.update(chunk)
-        self.written += len(chunk)
+        self.written = end
+        return True
+
+    def reserve_ahead(self) -> bool:
+        """Reserve the whole announced length now, before any byte arrives (its temp file is created); False
+        (and the writer failed with NO_ROOM) when it cannot fit, so the caller can say so in the headers."""
+        if self.expected_length is None or self.expected_length <= self._store.inline_max:
+            return self.failure is None
+        try:
+            if self._file is None:
+                self._spill()
+            if not self._reserve(self.expected_length):
+                return self._fail(Outcome.NO_ROOM)
+        except OSError as e:
+            self._store.db.fault(e, f"writing the body of {self.key}")
+            return self._fail(Outcome.DISK_ERROR)
+        return True
+
+    def _reserve(self, end: int) -> bool:
+        """Grow the reservation to hold at least ``end`` bytes (the announced length, or a step beyond)."""
+        assert self._file is not None and self.temp_path is not None
+        expected = self.expected_length
+        want = expected if expected is not None and expected >= end else end + self._store.reserve_step
+        granted = self._store.reserve(self.temp_path, self._file.fileno(), end, want)
+        if granted is None:
+            log.info("not storing %s: %d bytes do not fit within the disk cache's limit", self.key, end)
+            return False
+        self.reserved = granted
         return True
 
     def _spill(self) -> None:
@@ -169,9 +215,6 @@ class DiskWriter:
             raise
         self.temp_path, self._file = path, file
         self._finalizer = weakref.finalize(self, _discard, file, path)
-        buffered, self._chunks = self._chunks, []
-        for piece in buffered:
-            _write_all(file, piece)
 
     def commit(self, meta: StoredResponse) -> Outcome:
         """Make the entry visible atomically if exactly meta.body_length bytes were written."""
@@ -188,8 +231,12 @@ class DiskWriter:
             return Outcome.LENGTH_MISMATCH
         try:
             record_body = b"".join(self._chunks)
-            if self._file is not None and os.fstat(self._file.fileno()).st_size != self.written:
-                raise OSError(errno.EIO, f"temp file of {self.key} does not hold {self.written} bytes")
+            if self._file is not None:
+                size = os.fstat(self._file.fileno()).st_size
+                if size < self.written:
+                    raise OSError(errno.EIO, f"temp file of {self.key} does not hold {self.written} bytes")
+                if size > self.written:
+                    os.ftruncate(self._file.fileno(), self.written)  # give back the reservation's tail
             stamp = codec.new_stamp()
             record = codec.encode(meta, stamp=stamp, digest=self._hash.hexdigest(), inline=record_body)
         except OSError as e:
@@ -205,6 +252,8 @@ class DiskWriter:
             self._finish()
         if outcome is Outcome.STORED:
             self.stamp = stamp
+            if adopt is not None:
+                self._store.written(self.key, stamp, adopt[1])
         return outcome
 
     def abort(self) -> None:

@@ -92,7 +92,7 @@ def test_killed_mid_write_leaves_a_temp_file_that_the_next_open_removes(tmp_path
     child.join(60)
     assert child.exitcode == -signal.SIGKILL
     (leftover,) = files(tmp_path / "tmp", ".part")
-    assert leftover.stat().st_size == 200 * KIB
+    assert leftover.stat().st_size >= 200 * KIB  # its reservation (budget.py) counts until it is removed
     store = DiskStore(tmp_path)
     assert files(tmp_path, ".part") == [] and store.get("k") is None and store.stats().disk.entries == 0
 
