@@ -169,6 +169,10 @@ class CacheCore:
             flow.response.headers["Cache-Status"] = cache.render(
                 self._forward_status(state, stored=state.writer is not None)
             )
+            if state.writer is not None and flow.response.status_code == 200:
+                # Being stored whole, so its hits will answer ranges (RFC 9110 §14.3): say so already, or a
+                # client such as uv fetches the object once more in ranges on its next run.
+                flow.response.headers["Accept-Ranges"] = "bytes"
 
     def _forward_status(self, state: "CacheFlow", *, stored: bool) -> CacheStatus:
         decision = state.decision
@@ -294,6 +298,8 @@ class CacheCore:
         if not flow.response.stream:
             state.fwd_status = resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
+            if stored and resp.status == 200:
+                flow.response.headers["Accept-Ranges"] = "bytes"  # as its hits will say (RFC 9110 §14.3)
 
     def _stale_on_error(self, flow: http.HTTPFlow, state: CacheFlow) -> str:
         """RFC 5861 §4 / --serve-stale-on-error: the reason a stale entry may stand in for this error, or ""."""

@@ -268,6 +268,20 @@ def client(proxy: Proxy, verify: Path | bool = True, **kw: object) -> httpx.Clie
     return httpx.Client(proxy=proxy.url, verify=ctx, trust_env=False, timeout=30, **kw)  # type: ignore[arg-type]
 
 
+class _H2First(ssl.SSLContext):
+    """httpx offers ALPN ["http/1.1", "h2"] and the proxy honours the client's order: put h2 first."""
+
+    def set_alpn_protocols(self, protocols: Iterable[str]) -> None:
+        super().set_alpn_protocols(sorted(protocols, key=lambda p: p != "h2"))
+
+
+def h2_client(proxy: Proxy, verify: Path) -> httpx.Client:
+    """An httpx client that goes through ``proxy`` and speaks HTTP/2 inside intercepted HTTPS tunnels."""
+    ctx = _H2First(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(verify))
+    return httpx.Client(proxy=proxy.url, verify=ctx, trust_env=False, timeout=30, http2=True)
+
+
 def pattern(size: int, seed: int = 0) -> bytes:
     """Deterministic, non-repeating-looking test bytes (so a misplaced chunk is caught)."""
     block = bytes((i * 131 + seed) % 251 for i in range(65536))

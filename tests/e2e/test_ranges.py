@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import email.parser
+import time
+from email.utils import formatdate
+from pathlib import Path
 
 import httpx
 
-from tests.support import Origin, Reply, client
+from tests.support import Origin, Reply, client, h2_client, pattern
 
 BODY = bytes(range(256)) * 4  # 1024 bytes
 
@@ -90,3 +93,118 @@ def test_range_fetch_whole_below(start_proxy, origin: Origin) -> None:
     assert "Range" not in origin.requests[-1].headers
     assert again.status_code == 206 and again.content == BODY[20:30]
     assert origin.hits["/whole"] == 1
+
+
+# -- Accept-Ranges (RFC 9110 §14.3) and If-Range (§13.1.5): what range-downloading clients such as uv rely on
+
+
+def cacheable(body: bytes, **extra: str) -> Reply:
+    return Reply(200, {"Cache-Control": "max-age=60", "ETag": '"a1"'} | extra, body)
+
+
+def test_accept_ranges_on_the_storing_miss_and_memory_hits(start_proxy, origin: Origin) -> None:
+    url = origin.route("/ar", cacheable(BODY))  # the origin itself advertises nothing
+    proxy = start_proxy()
+    with client(proxy) as c:
+        miss = c.get(url)
+        hit = c.get(url)
+        head = c.head(url)
+        part = c.get(url, headers={"Range": "bytes=1000-"})
+    assert "stored" in miss.headers["Cache-Status"] and miss.headers["Accept-Ranges"] == "bytes"
+    assert miss.content == hit.content == BODY
+    assert hit.headers["Cache-Status"].startswith("fwdproxy; hit") and hit.headers["Accept-Ranges"] == "bytes"
+    assert head.headers["Accept-Ranges"] == "bytes"
+    assert part.status_code == 206 and part.content == BODY[1000:]
+    assert part.headers["Accept-Ranges"] == "bytes"
+    assert origin.hits["/ar"] == 1 and all("Range" not in r.headers for r in origin.requests)
+
+
+def test_accept_ranges_on_disk_hits_in_a_new_process(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    url = origin.route("/disk", cacheable(BODY, **{"Accept-Ranges": "none"}))
+    first = start_proxy(cache_dir=tmp_path / "c")
+    with client(first) as c:
+        miss = c.get(url)
+    first.stop()
+    second = start_proxy("--memory-cache-size", "0", cache_dir=tmp_path / "c")
+    with client(second) as c:
+        hit = c.get(url)
+        part = c.get(url, headers={"Range": "bytes=-24"})
+    # The cache answers ranges for what it stored, whatever the origin could do (§14.3).
+    assert miss.headers["Accept-Ranges"] == "bytes"
+    assert hit.headers["Cache-Status"].startswith("fwdproxy; hit") and hit.headers["Accept-Ranges"] == "bytes"
+    assert hit.content == BODY
+    assert part.status_code == 206 and part.content == BODY[-24:] and part.headers["Accept-Ranges"] == "bytes"
+    assert origin.hits["/disk"] == 1
+
+
+def test_accept_ranges_on_a_streamed_miss_and_ranges_from_the_file(start_proxy, origin: Origin) -> None:
+    big = pattern(3 * 1024 * 1024, seed=7)  # past the 1 MiB stream threshold: streamed while stored
+    url = origin.route("/big", cacheable(big))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        miss = c.get(url)
+        parts = [
+            c.get(url, headers={"Range": f"bytes={i * 400_000}-{i * 400_000 + 399_999}"}) for i in range(8)
+        ]
+    assert miss.content == big and miss.headers["Accept-Ranges"] == "bytes"
+    for i, p in enumerate(parts):
+        assert p.status_code == 206 and p.content == big[i * 400_000 : (i + 1) * 400_000]
+        assert p.headers["Accept-Ranges"] == "bytes"
+    assert origin.hits["/big"] == 1
+
+
+def test_no_accept_ranges_claimed_for_unstored_responses(start_proxy, origin: Origin) -> None:
+    plain = origin.route("/nostore", Reply(200, {"Cache-Control": "no-store"}, BODY))
+    told = origin.route("/told", Reply(200, {"Cache-Control": "no-store", "Accept-Ranges": "bytes"}, BODY))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        r = c.get(plain)
+        again = c.get(plain)
+        origin_said = c.get(told)
+    assert r.content == again.content == BODY
+    assert "accept-ranges" not in r.headers and "accept-ranges" not in again.headers
+    assert origin_said.headers["Accept-Ranges"] == "bytes"  # the origin's own claim passes through
+    assert origin.hits["/nostore"] == 2
+
+
+def test_if_range_with_last_modified_needs_a_strong_date(start_proxy, origin: Origin) -> None:
+    now = time.time()
+    # §8.8.2.2: Last-Modified is strong when it is at least a second before the response's Date (which the
+    # origin sets to its clock): an hour before is strong, an hour after is not.
+    strong_lm, weak_lm = formatdate(now - 3600, usegmt=True), formatdate(now + 3600, usegmt=True)
+    strong = origin.route(
+        "/strong", Reply(200, {"Cache-Control": "max-age=60", "Last-Modified": strong_lm}, BODY)
+    )
+    weak = origin.route("/weak", Reply(200, {"Cache-Control": "max-age=60", "Last-Modified": weak_lm}, BODY))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(strong), c.get(weak)
+        ok = c.get(strong, headers={"Range": "bytes=0-9", "If-Range": strong_lm})
+        changed = c.get(
+            strong, headers={"Range": "bytes=0-9", "If-Range": formatdate(now - 7200, usegmt=True)}
+        )
+        unsure = c.get(weak, headers={"Range": "bytes=0-9", "If-Range": weak_lm})
+        etag_for_date = c.get(strong, headers={"Range": "bytes=0-9", "If-Range": '"a1"'})
+    assert ok.status_code == 206 and ok.content == BODY[:10]
+    assert changed.status_code == 200 and changed.content == BODY
+    assert unsure.status_code == 200 and unsure.content == BODY  # a weak validator never allows a range
+    assert etag_for_date.status_code == 200 and etag_for_date.content == BODY  # no ETag stored to compare
+    assert origin.hits["/strong"] == origin.hits["/weak"] == 1
+
+
+def test_ranges_over_http2(start_proxy, tls_origin: Origin, proxy_ca_file: Path) -> None:
+    url = tls_origin.route("/h2", cacheable(BODY)).replace("127.0.0.1", "localhost")
+    proxy = start_proxy("--connect-port", str(tls_origin.port))
+    with h2_client(proxy, proxy_ca_file) as c:
+        miss = c.get(url)
+        part = c.get(url, headers={"Range": "bytes=10-19"})
+        stale_tag = c.get(url, headers={"Range": "bytes=10-19", "If-Range": '"zz"'})
+        weak_tag = c.get(url, headers={"Range": "bytes=10-19", "If-Range": 'W/"a1"'})
+        good_tag = c.get(url, headers={"Range": "bytes=10-19", "If-Range": '"a1"'})
+    assert miss.http_version == "HTTP/2" and miss.headers["Accept-Ranges"] == "bytes"
+    assert part.http_version == "HTTP/2" and part.status_code == 206 and part.content == BODY[10:20]
+    assert part.headers["Content-Range"] == "bytes 10-19/1024" and part.headers["Accept-Ranges"] == "bytes"
+    assert stale_tag.status_code == 200 and stale_tag.content == BODY
+    assert weak_tag.status_code == 200 and weak_tag.content == BODY  # §13.1.5: strong comparison only
+    assert good_tag.status_code == 206 and good_tag.content == BODY[10:20]
+    assert tls_origin.hits["/h2"] == 1
