@@ -324,8 +324,6 @@ class CacheCore:
         else:
             length = len(raw) if raw is not None else -1
             complete = raw is not None and (expected is None or expected == length)
-        # Bytes past the end the framing announced (addons/guard.py): the body may be cut short, never store it.
-        complete = complete and not flow.metadata.get("fwd_excess")
         decision = cache.is_storable(state.request, resp, complete=complete, config=self.config)
         if not decision:
             if state.writer is not None:

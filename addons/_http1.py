@@ -2,7 +2,7 @@
 
 mitmproxy buffers a request or response head without limit (``# FIXME: protect against header size DoS`` in
 ``mitmproxy/proxy/layers/http/_http1.py``), takes the first Content-Length bytes of a response as its body
-without a word about bytes that follow, and has no read timeout. The layer is sans-IO and knows no flows, so
+without a word about bytes that follow (and would keep the connection for the next request), and has no read timeout. The layer is sans-IO and knows no flows, so
 these patches wrap three of its generator methods and talk to the addons (addons/guard.py,
 addons/readtimeout.py) through the two weak registries below. ``install()`` is idempotent.
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import connection, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.layers.http import _http1
@@ -36,7 +37,8 @@ from fwdproxy import guard
 Commands = Generator[commands.Command, Any, None]
 
 EXCESS: weakref.WeakSet[http.Response] = weakref.WeakSet()
-"""Responses whose origin sent more bytes than their framing announced, together with the body's end."""
+"""Responses whose origin sent more bytes than their framing announced, together with the body's end (their
+connection is closed once the body is read)."""
 TIMED_OUT: weakref.WeakKeyDictionary[connection.Connection, http.Response] = weakref.WeakKeyDictionary()
 """Origin connections the read-timeout watchdog closes, and the response (a 504) to give in their stead."""
 
@@ -136,6 +138,8 @@ def _bounded_response_head(read_headers: Callable[..., Commands]) -> Callable[..
 
 def _noting_excess(read_body: Callable[..., Commands]) -> Callable[..., Commands]:
     def wrapper(self: _http1.Http1Client, event: events.Event) -> Commands:
+        excess = False
+        closed = False
         for command in read_body(self, event):
             if (
                 isinstance(command, ReceiveHttp)
@@ -143,10 +147,20 @@ def _noting_excess(read_body: Callable[..., Commands]) -> Callable[..., Commands
                 and self.response is not None
                 and len(self.buf)
             ):
-                # We never pipeline, so nothing may follow a complete response: the framing was wrong (a
-                # Content-Length shorter than the body, or junk after the last chunk). Flag it before the
-                # response hooks run, so the cache does not keep a body that may be cut short.
+                # We never pipeline, so nothing may follow a complete response: the origin sent bytes past
+                # the framing (a Content-Length shorter than the body, or junk after the last chunk). RFC 9112
+                # §6.3: the framed message is complete, so it is served (and cached) as framed; the rest is
+                # not the start of a next response, so it is dropped together with the connection, which must
+                # not be reused. Emptying the buffer keeps mitmproxy from reading it as one ("Unexpected data
+                # from server").
                 EXCESS.add(self.response)
+                self.buf = ReceiveBuffer()
+                excess = True
+            closed = closed or (
+                isinstance(command, commands.CloseConnection) and command.connection is self.conn
+            )
             yield command
+        if excess and not closed and self.conn.state is not ConnectionState.CLOSED:
+            yield commands.CloseConnection(self.conn)
 
     return wrapper

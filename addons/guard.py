@@ -15,7 +15,8 @@ from fwdproxy import guard
 log = logging.getLogger("fwdproxy.guard")
 
 EXCESS = "fwd_excess"
-"""Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
+"""Flow metadata: the origin sent bytes past the end its framing announced (the framed message was kept and
+the origin connection closed, addons/_http1.py)."""
 
 
 class Guard:
@@ -80,7 +81,8 @@ class Guard:
         if flow.response is not None and flow.response in _http1.EXCESS:
             flow.metadata[EXCESS] = True
             log.warning(
-                "%s %s: the origin sent more bytes than its framing announced; served as framed, not cached",
+                "%s %s: the origin sent more bytes than its framing announced; served as framed, extra bytes "
+                "dropped with the connection",
                 flow.request.method,
                 flow.request.pretty_url,
             )

@@ -306,6 +306,8 @@ class RawOrigin:
     def __init__(self, handler: Callable[[bytes, socket.socket], None]) -> None:
         self.handler = handler
         self.hits: Counter[str] = Counter()
+        self.accepts = 0
+        """Accepted TCP connections that carried a request (each carries one: a reused one would hang)."""
         self.open: list[socket.socket] = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
@@ -331,6 +333,7 @@ class RawOrigin:
             while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
                 head += chunk
             if head:
+                self.accepts += 1
                 path = head.split(b" ", 2)[1].decode(errors="replace")
                 self.hits[path.split("?")[0]] += 1
                 self.handler(head, conn)
