@@ -303,8 +303,11 @@ class RawOrigin:
     """A TCP origin whose ``handler(head, sock)`` writes whatever bytes it likes (framing no real server would
     send, resets, silence); counts requests per path. ``stop()`` closes everything still open."""
 
-    def __init__(self, handler: Callable[[bytes, socket.socket], None]) -> None:
+    def __init__(
+        self, handler: Callable[[bytes, socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> None:
         self.handler = handler
+        self.tls = tls
         self.hits: Counter[str] = Counter()
         self.accepts = 0
         """Accepted TCP connections that carried a request (each carries one: a reused one would hang)."""
@@ -315,8 +318,8 @@ class RawOrigin:
         self.port = self.srv.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def _accept(self) -> None:
         while True:
@@ -330,6 +333,9 @@ class RawOrigin:
     def _serve(self, conn: socket.socket) -> None:
         head = b""
         with contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self.open.append(conn)
             while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
                 head += chunk
             if head:
