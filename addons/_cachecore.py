@@ -196,6 +196,13 @@ class CacheCore:
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
+        if state.whole_for_range and (length is None or length > self.fetch_whole_below):
+            # Too big (or of unknown length) to fetch whole for a range: stop reading it; the waiting range
+            # requests go to the origin themselves (_follow sees NOT_SHARED).
+            if flight is not None:
+                flight.set_shape(Shape.NOT_SHARED)
+            flow.kill()
+            return
         if resp.status_code == 304 or state.request.method != "GET" or self._stale_on_error(flow, state):
             if big and resp.status_code != 304:
                 resp.stream = True
@@ -284,17 +291,6 @@ class CacheCore:
         if state.request.method == "HEAD" and resp.status == 200:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
-        if state.whole_for_range and stored and flow.response.raw_content is not None:
-            raw = flow.response.raw_content
-            if len(raw) <= self.fetch_whole_below:
-                listing = self.store.variants(state.primary)
-                whole = next((m for k, m in listing if k == state.key), None)
-                if whole is not None:
-                    status = CacheStatus(
-                        fwd=state.decision.fwd or Fwd.MISS, fwd_status=resp.status, stored=True
-                    )
-                    self._serve(flow, state, whole, raw, status, now)
-                    return
         if not flow.response.stream:
             state.fwd_status = resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))

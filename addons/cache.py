@@ -14,7 +14,16 @@ from mitmproxy import ctx, exceptions, http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
-from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
+from addons._cacheflow import (
+    BACKGROUND,
+    COLLAPSE_WAIT,
+    REMOTE,
+    RESUME,
+    STATE,
+    WHOLE,
+    CacheFlow,
+    background_copy,
+)
 from addons._cachehttp import to_request
 from fwdproxy import cache, store
 from fwdproxy.bodysource import GrowingBody
@@ -164,6 +173,9 @@ class Cache(CacheCore):
         decision = cache.lookup(req, [meta for _, meta in listing], now=now, config=self.config)
         state = CacheFlow(req, decision, primary, request_time=now)
         flow.metadata[STATE] = state
+        if (lead := flow.metadata.pop(WHOLE, None)) is not None:
+            state.flight, state.lock_fd = lead  # our whole fetch for ranges: it leads, whatever happens next
+            state.whole_for_range = True
         selected = next((k for k, m in listing if m is decision.stored), "")
         if flow.metadata.get(BACKGROUND) and decision.stored is not None:
             decision = state.decision = LookupDecision(
@@ -185,7 +197,9 @@ class Cache(CacheCore):
         if decision.verdict is Verdict.GATEWAY_TIMEOUT:
             self._gateway_timeout(flow, state, decision.detail or "only-if-cached")
             return None
-        if collapse and self._collapsible(flow, state):
+        if collapse and self._fetches_whole(flow, state):
+            return self._fetch_whole_for_ranges(flow, state)
+        if collapse and state.flight is None and self._collapsible(flow, state):  # not when it leads already
             if self.locks is not None and primary not in self.flights.table:
                 fd = self.locks.try_lock(primary)
                 if fd is None:
@@ -197,13 +211,46 @@ class Cache(CacheCore):
             state.flight = flight
         if decision.verdict is Verdict.REVALIDATE:
             self._add_validators(flow, state, listing, selected)
-        elif self.fetch_whole_below and req.method == "GET" and "Range" in flow.request.headers:
-            # Squid's range_offset_limit: fetch the whole object so it is stored, then answer the range from
-            # it (response hook); a server may always ignore Range (RFC 9110 §14.2).
-            state.whole_for_range = True
-            flow.request.headers.pop("Range")
-            flow.request.headers.pop("If-Range", None)
         return None
+
+    def _fetches_whole(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
+        """Whether a range request on a miss waits for a whole fetch (--range-fetch-whole-below)."""
+        return (
+            bool(self.fetch_whole_below)
+            and state.request.method == "GET"
+            and "Range" in flow.request.headers
+            and state.decision.verdict is Verdict.FORWARD
+            and state.decision.fwd in (Fwd.URI_MISS, Fwd.VARY_MISS)
+            and state.primary not in self.flights.table  # one is in flight: follow it (_collapsible)
+            and not flow.metadata.get(BACKGROUND)
+            and not flow.is_replay
+        )
+
+    def _fetch_whole_for_ranges(self, flow: http.HTTPFlow, state: CacheFlow) -> Flight | object:
+        """Squid's range_offset_limit, collapsed: fetch the whole object once, in a flow of our own that leads
+        the key's flight, and answer this range (and every range that arrives meanwhile, as uv sends eight at
+        once) from the stored object (RFC 9111 §3.4 lets a cache use a full response for ranges).
+        Returns the flight this request follows, or REMOTE when another process fetches the key."""
+        primary = state.primary
+        fd: int | None = None
+        if self.locks is not None:
+            fd = self.locks.try_lock(primary)
+            if fd is None:
+                return REMOTE
+        flight, _ = self.flights.join(primary)  # nobody is in flight (_fetches_whole): the whole fetch leads
+        flight.followers += 1  # and this request follows it
+        whole = background_copy(flow)  # without Range, If-Range and the client's conditionals
+        whole.metadata[WHOLE] = (flight, fd)
+
+        def abandoned() -> None:
+            # The whole fetch ended without the cache taking the lead (an addon answered it first): land it.
+            if whole.metadata.pop(WHOLE, None) is not None:
+                if fd is not None and self.locks is not None:
+                    self.locks.unlock(primary, fd)
+                self.flights.land(primary, flight, False, body_complete=False)
+
+        self._spawn(whole, abandoned)
+        return flight
 
     def _collapsible(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
         """Whether this request may share one origin request with others for the same key."""

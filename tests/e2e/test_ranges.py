@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.parser
+import threading
 import time
 from email.utils import formatdate
 from pathlib import Path
@@ -208,3 +209,72 @@ def test_ranges_over_http2(start_proxy, tls_origin: Origin, proxy_ca_file: Path)
     assert weak_tag.status_code == 200 and weak_tag.content == BODY  # §13.1.5: strong comparison only
     assert good_tag.status_code == 206 and good_tag.content == BODY[10:20]
     assert tls_origin.hits["/h2"] == 1
+
+
+def ranged_origin(origin: Origin, path: str, body: bytes) -> str:
+    """An origin that answers Range with 206, as registries do."""
+
+    def reply(req) -> Reply:
+        headers = {"Cache-Control": "max-age=60", "ETag": '"w1"', "Accept-Ranges": "bytes"}
+        if (spec := req.headers.get("Range")) is not None:
+            first, last = (int(x) for x in spec.removeprefix("bytes=").split("-"))
+            headers["Content-Range"] = f"bytes {first}-{last}/{len(body)}"
+            return Reply(206, headers, body[first : last + 1])
+        return Reply(200, headers, body)
+
+    return origin.route(path, reply)
+
+
+def parallel_ranges(proxy, url: str, size: int, n: int = 8) -> list[httpx.Response | BaseException]:
+    """n clients at once, each asking its n-th of the object, as uv does for a big wheel."""
+    part = size // n
+    out: list[httpx.Response | BaseException] = [RuntimeError("not run")] * n
+
+    def get(i: int) -> None:
+        try:
+            with client(proxy) as c:
+                out[i] = c.get(url, headers={"Range": f"bytes={i * part}-{(i + 1) * part - 1}"})
+        except httpx.HTTPError as e:
+            out[i] = e
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+def test_parallel_ranges_on_a_cold_cache_cause_one_whole_transfer(start_proxy, origin: Origin) -> None:
+    size = 6 * 1024 * 1024  # past the stream threshold: stored through a temp file while the ranges wait
+    body = pattern(size, seed=11)
+    url = ranged_origin(origin, "/wheel", body)
+    proxy = start_proxy("--range-fetch-whole-below", "64MiB")
+    answers = parallel_ranges(proxy, url, size)
+    part = size // 8
+    for i, r in enumerate(answers):
+        assert isinstance(r, httpx.Response), r
+        assert r.status_code == 206 and r.content == body[i * part : (i + 1) * part]
+        assert r.headers["Content-Range"] == f"bytes {i * part}-{(i + 1) * part - 1}/{size}"
+    assert [r.headers.get("Range") for r in origin.requests] == [None]  # one whole transfer, no ranges
+    with client(proxy) as c:
+        whole = c.get(url)
+    assert whole.headers["Cache-Status"].startswith("fwdproxy; hit") and whole.content == body
+    assert origin.hits["/wheel"] == 1
+
+
+def test_ranges_of_objects_above_the_limit_go_to_the_origin(start_proxy, origin: Origin) -> None:
+    size = 3 * 1024 * 1024
+    body = pattern(size, seed=12)
+    url = ranged_origin(origin, "/huge", body)
+    proxy = start_proxy("--range-fetch-whole-below", "1MiB")
+    answers = parallel_ranges(proxy, url, size, n=4)
+    part = size // 4
+    for i, r in enumerate(answers):
+        assert isinstance(r, httpx.Response), r
+        assert r.status_code == 206 and r.content == body[i * part : (i + 1) * part]
+    # The whole fetch gave up at the headers (3 MiB > 1 MiB); each range was then asked of the origin (a
+    # range that came after the first fetch gave up may have tried a whole fetch of its own).
+    asked = [r.headers.get("Range") for r in origin.requests]
+    assert sorted(a for a in asked if a) == sorted(f"bytes={i * part}-{(i + 1) * part - 1}" for i in range(4))
+    assert 1 <= asked.count(None) <= 4
