@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +132,19 @@ def test_early_hints_to_an_http2_client(
     assert "link" not in first.headers and "link" not in second.headers
     assert second.headers["Cache-Status"].startswith("fwdproxy; hit")
     assert raw.hits["/h2"] == 1
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl with HTTP/2")
+def test_http2_client_sees_the_early_hints(
+    start_proxy, raw_origins: list[RawOrigin], origin_ca: trustme.CA, proxy_ca_file: Path
+) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    raw = origin(raw_origins, HINTS, FINAL, tls=ctx)
+    proxy = start_proxy("--connect-port", str(raw.port))
+    url = raw.url("/curl", host="localhost")
+    argv = ["curl", "-sv", "--http2", "-x", proxy.url, "--cacert", str(proxy_ca_file), url]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    heads = [line.strip() for line in out.stderr.splitlines() if line.startswith(("< HTTP/2", "< link"))]
+    assert heads == ["< HTTP/2 103", "< link: </style.css>; rel=preload", "< HTTP/2 200"], out.stderr
+    assert out.stdout == "final\n"
