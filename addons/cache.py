@@ -5,6 +5,7 @@
 import asyncio
 import logging
 import os
+import secrets
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -25,12 +26,12 @@ from addons._cacheflow import (
     background_copy,
 )
 from addons._cachehttp import to_request
-from fwdproxy import cache, store
+from fwdproxy import cache, ranges, store
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.cache.key import vary_matches
 from fwdproxy.config import read_toml
-from fwdproxy.http_model import StoredResponse
+from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
@@ -292,13 +293,29 @@ class Cache(CacheCore):
         return False
 
     def _stream_from_flight(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
-        """Whether a follower can read the leader's growing body as it is: same variant, whole body, a sidecar."""
+        """Whether a follower can read the leader's growing body as it is: same variant, a sidecar, and the whole
+        body or ranges of it (a 416 waits for the stored entry)."""
         return (
             self.sidecar is not None
             and flight.meta is not None
             and vary_matches(flight.meta, state.request)
-            and "Range" not in flow.request.headers
+            and not isinstance(self._range_of(state, flight.meta), ranges.Unsatisfiable)
             and not cache.client_conditional_matches(state.request, flight.meta)
+        )
+
+    @staticmethod
+    def _range_of(state: CacheFlow, meta: StoredResponse) -> ranges.RangeDecision:
+        """What the follower's Range (and If-Range) asks of the body the leader is storing (RFC 9110 §14.2)."""
+        if meta.status != 200 or meta.body_length < 0 or "range" not in state.request.headers:
+            return ranges.Full()
+        headers = meta.headers
+        return ranges.range_decision(
+            state.request.method,
+            state.request.headers,
+            length=meta.body_length,
+            etag=headers.get("etag"),
+            last_modified=headers.get("last-modified"),
+            date=headers.get("date"),
         )
 
     def _tail(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
@@ -308,10 +325,22 @@ class Cache(CacheCore):
             return False
         meta = flight.meta
         status = CacheStatus(fwd=state.decision.fwd, fwd_status=meta.status, collapsed=True)
-        headers = cache.served_headers(meta, now=time.time()).with_("Content-Length", str(meta.body_length))
-        head = response_head(meta.status, meta.reason, [*headers, ("Cache-Status", cache.render(status))])
+        headers = cache.served_headers(meta, now=time.time())
+        code, reason, parts = meta.status, meta.reason, None
+        if isinstance(wanted := self._range_of(state, meta), ranges.Partial):
+            # A range of the body on its way: a 206 whose parts wait for their bytes (uv's parallel ranges
+            # behind one whole fetch, --range-fetch-whole-below).
+            layout = ranges.partial_body(
+                wanted, meta.body_length, meta.headers.get("content-type"), secrets.token_hex(16)
+            )
+            kept = headers.without("content-length", "content-range", *(k for k, _ in layout.headers))
+            headers, parts = Headers(kept.fields + layout.headers.fields), layout.parts
+            code, reason = 206, "Partial Content"
+        else:
+            headers = headers.with_("Content-Length", str(meta.body_length))
+        head = response_head(code, reason, [*headers, ("Cache-Status", cache.render(status))])
         try:
-            token = self.sidecar.offer(head, GrowingBody(flight.path, flight.progress))
+            token = self.sidecar.offer(head, GrowingBody(flight.path, flight.progress, parts))
         except (OSError, ValueError) as e:  # the temp file was committed (renamed) meanwhile
             log.debug("cannot tail %s: %s", flight.path, e)
             return False

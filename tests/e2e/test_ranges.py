@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.parser
 import threading
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -278,3 +279,35 @@ def test_ranges_of_objects_above_the_limit_go_to_the_origin(start_proxy, origin:
     asked = [r.headers.get("Range") for r in origin.requests]
     assert sorted(a for a in asked if a) == sorted(f"bytes={i * part}-{(i + 1) * part - 1}" for i in range(4))
     assert 1 <= asked.count(None) <= 4
+
+
+def test_waiting_ranges_stream_from_the_body_on_its_way(start_proxy, origin: Origin) -> None:
+    """A range whose bytes have arrived is answered before the whole fetch ends (read from its temp file)."""
+    size = 4 * 1024 * 1024
+    body = pattern(size, seed=13)
+    release = threading.Event()
+
+    def held() -> Iterator[bytes]:
+        yield body[: size // 2]
+        release.wait(20)  # the origin holds the second half until the test has its range
+        yield body[size // 2 :]
+
+    headers = {"Cache-Control": "max-age=60", "ETag": '"g1"'}
+    url = origin.route("/held", Reply(200, headers, chunks=held, length=size))
+    proxy = start_proxy("--range-fetch-whole-below", "64MiB")
+    timer = threading.Timer(15, release.set)  # never leave the origin thread hanging
+    timer.start()
+    try:
+        with client(proxy) as c:
+            early = c.get(url, headers={"Range": "bytes=1000-1999"})
+            answered_while_held = not release.is_set()
+            release.set()
+            late = c.get(url, headers={"Range": f"bytes={size - 10}-"})
+    finally:
+        timer.cancel()
+        release.set()
+    assert early.status_code == 206 and early.content == body[1000:2000]
+    assert early.headers["Content-Range"] == f"bytes 1000-1999/{size}"
+    assert answered_while_held
+    assert late.status_code == 206 and late.content == body[-10:]
+    assert origin.hits["/held"] == 1 and "Range" not in origin.requests[0].headers
