@@ -1,10 +1,11 @@
-"""Patches to mitmproxy's HTTP/1 layer (not an addon): bounded heads, excess body bytes, read-timeout answers.
+"""Patches to mitmproxy's HTTP/1 layer (not an addon): bounded heads, 1xx, excess bytes, read-timeout answers.
 
 mitmproxy buffers a request or response head without limit (``# FIXME: protect against header size DoS`` in
-``mitmproxy/proxy/layers/http/_http1.py``), takes an origin's interim (1xx) response for the final one, takes the first Content-Length bytes of a response as its body
-without a word about bytes that follow (and would keep the connection for the next request), and has no read timeout. The layer is sans-IO and knows no flows, so
-these patches wrap its generator methods and talk to the addons (addons/guard.py,
-addons/readtimeout.py) through the two weak registries below. ``install()`` is idempotent.
+``mitmproxy/proxy/layers/http/_http1.py``), takes an origin's interim (1xx) response for the final one, takes
+the first Content-Length bytes of a response as its body without a word about bytes that follow (and would
+read them as the next response), and has no read timeout. The layer is sans-IO and knows no flows, so these
+patches wrap its generator methods and talk to the addons (addons/guard.py, addons/readtimeout.py) through
+the two weak registries below. ``install()`` is idempotent.
 """
 
 from __future__ import annotations
