@@ -214,6 +214,10 @@ class CacheCore:
             flow.response.headers["Cache-Status"] = cache.render(
                 self._forward_status(state, stored=state.writer is not None)
             )
+            if state.writer is not None and flow.response.status_code == 200:
+                # Being stored whole, so its hits will answer ranges (RFC 9110 §14.3): say so already, or a
+                # client such as uv fetches the object once more in ranges on its next run.
+                flow.response.headers["Accept-Ranges"] = "bytes"
 
     def _forward_status(self, state: "CacheFlow", *, stored: bool) -> CacheStatus:
         decision = state.decision
@@ -237,6 +241,13 @@ class CacheCore:
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
+        if state.whole_for_range and (length is None or length > self.fetch_whole_below):
+            # Too big (or of unknown length) to fetch whole for a range: stop reading it; the waiting range
+            # requests go to the origin themselves (_follow sees NOT_SHARED).
+            if flight is not None:
+                flight.set_shape(Shape.NOT_SHARED)
+            flow.kill()
+            return
         if (
             resp.status_code == 304
             or state.request.method != "GET"
@@ -338,20 +349,11 @@ class CacheCore:
         if state.request.method == "HEAD" and resp.status == 200 and state.decision.fwd is not Fwd.BYPASS:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
-        if state.whole_for_range and stored and flow.response.raw_content is not None:
-            raw = flow.response.raw_content
-            if len(raw) <= self.fetch_whole_below:
-                listing = self.store.variants(state.primary)
-                whole = next((m for k, m in listing if k == state.key), None)
-                if whole is not None:
-                    status = CacheStatus(
-                        fwd=state.decision.fwd or Fwd.MISS, fwd_status=resp.status, stored=True
-                    )
-                    self._serve(flow, state, whole, raw, status, now)
-                    return
         if not flow.response.stream:
             state.fwd_status = resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
+            if stored and resp.status == 200:
+                flow.response.headers["Accept-Ranges"] = "bytes"  # as its hits will say (RFC 9110 §14.3)
 
     def _stale_on_error(self, flow: http.HTTPFlow, state: CacheFlow) -> str:
         """RFC 5861 §4 / --serve-stale-on-error: the reason a stale entry may stand in for this error, or ""."""
@@ -376,8 +378,6 @@ class CacheCore:
         else:
             length = len(raw) if raw is not None else -1
             complete = raw is not None and (expected is None or expected == length)
-        # Bytes past the end the framing announced (addons/guard.py): the body may be cut short, never store it.
-        complete = complete and not flow.metadata.get("fwd_excess")
         decision = cache.is_storable(state.request, resp, complete=complete, config=self.config)
         if not decision:
             if state.writer is not None:

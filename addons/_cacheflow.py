@@ -17,6 +17,9 @@ BACKGROUND = "fwd_background"
 """flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
 RESUME = "fwd_resume"
 """flow.metadata key of our own Range request that finishes a body whose leader's client left (the CacheFlow)."""
+WHOLE = "fwd_whole"
+"""flow.metadata key of our own whole fetch made for range requests on a miss: the (Flight, lock descriptor)
+it leads, taken over by its CacheFlow when the cache sees it (--range-fetch-whole-below)."""
 SIDECAR = "fwd_sidecar"
 """flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
 REMOTE = object()
@@ -53,7 +56,8 @@ class CacheFlow:
     flight: Flight | None = None
     """Set when this flow leads a collapsed request: followers wait on it."""
     whole_for_range: bool = False
-    """The client's Range was removed to fetch the whole object (--range-fetch-whole-below)."""
+    """Our own whole fetch for waiting range requests (--range-fetch-whole-below): given up when the body is
+    bigger than that, or of unannounced length."""
 
 
 def background_copy(flow: http.HTTPFlow) -> http.HTTPFlow:

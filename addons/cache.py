@@ -5,6 +5,7 @@
 import asyncio
 import logging
 import os
+import secrets
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -14,14 +15,23 @@ from mitmproxy import ctx, exceptions, http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
-from addons._cacheflow import BACKGROUND, COLLAPSE_WAIT, REMOTE, RESUME, STATE, CacheFlow, background_copy
+from addons._cacheflow import (
+    BACKGROUND,
+    COLLAPSE_WAIT,
+    REMOTE,
+    RESUME,
+    STATE,
+    WHOLE,
+    CacheFlow,
+    background_copy,
+)
 from addons._cachehttp import close, to_request
-from fwdproxy import cache, store, unkeyed
+from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.cache.key import vary_matches
 from fwdproxy.config import read_toml
-from fwdproxy.http_model import StoredResponse
+from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
@@ -183,6 +193,9 @@ class Cache(CacheCore):
         decision = cache.lookup(req, [meta for _, meta in listing], now=now, config=self.config)
         state = CacheFlow(req, decision, primary, request_time=now)
         flow.metadata[STATE] = state
+        if (lead := flow.metadata.pop(WHOLE, None)) is not None:
+            state.flight, state.lock_fd = lead  # our whole fetch for ranges: it leads, whatever happens next
+            state.whole_for_range = True
         selected = next((k for k, m in listing if m is decision.stored), "")
         if flow.metadata.get(BACKGROUND) and decision.stored is not None:
             decision = state.decision = LookupDecision(
@@ -213,7 +226,9 @@ class Cache(CacheCore):
                 return entry
             if entry is not None:
                 close(entry.body)
-        if collapse and self._collapsible(flow, state):
+        if collapse and self._fetches_whole(flow, state):
+            return self._fetch_whole_for_ranges(flow, state)
+        if collapse and state.flight is None and self._collapsible(flow, state):  # not when it leads already
             if self.locks is not None and primary not in self.flights.table:
                 fd = self.locks.try_lock(primary)
                 if fd is None:
@@ -225,13 +240,46 @@ class Cache(CacheCore):
             state.flight = flight
         if decision.verdict is Verdict.REVALIDATE:
             self._add_validators(flow, state, listing, selected)
-        elif self.fetch_whole_below and req.method == "GET" and "Range" in flow.request.headers:
-            # Squid's range_offset_limit: fetch the whole object so it is stored, then answer the range from
-            # it (response hook); a server may always ignore Range (RFC 9110 §14.2).
-            state.whole_for_range = True
-            flow.request.headers.pop("Range")
-            flow.request.headers.pop("If-Range", None)
         return None
+
+    def _fetches_whole(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
+        """Whether a range request on a miss waits for a whole fetch (--range-fetch-whole-below)."""
+        return (
+            bool(self.fetch_whole_below)
+            and state.request.method == "GET"
+            and "Range" in flow.request.headers
+            and state.decision.verdict is Verdict.FORWARD
+            and state.decision.fwd in (Fwd.URI_MISS, Fwd.VARY_MISS)
+            and state.primary not in self.flights.table  # one is in flight: follow it (_collapsible)
+            and not flow.metadata.get(BACKGROUND)
+            and not flow.is_replay
+        )
+
+    def _fetch_whole_for_ranges(self, flow: http.HTTPFlow, state: CacheFlow) -> Flight | object:
+        """Squid's range_offset_limit, collapsed: fetch the whole object once, in a flow of our own that leads
+        the key's flight, and answer this range (and every range that arrives meanwhile, as uv sends eight at
+        once) from the stored object (RFC 9111 §3.4 lets a cache use a full response for ranges).
+        Returns the flight this request follows, or REMOTE when another process fetches the key."""
+        primary = state.primary
+        fd: int | None = None
+        if self.locks is not None:
+            fd = self.locks.try_lock(primary)
+            if fd is None:
+                return REMOTE
+        flight, _ = self.flights.join(primary)  # nobody is in flight (_fetches_whole): the whole fetch leads
+        flight.followers += 1  # and this request follows it
+        whole = background_copy(flow)  # without Range, If-Range and the client's conditionals
+        whole.metadata[WHOLE] = (flight, fd)
+
+        def abandoned() -> None:
+            # The whole fetch ended without the cache taking the lead (an addon answered it first): land it.
+            if whole.metadata.pop(WHOLE, None) is not None:
+                if fd is not None and self.locks is not None:
+                    self.locks.unlock(primary, fd)
+                self.flights.land(primary, flight, False, body_complete=False)
+
+        self._spawn(whole, abandoned)
+        return flight
 
     def _collapsible(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
         """Whether this request may share one origin request with others for the same key."""
@@ -280,13 +328,29 @@ class Cache(CacheCore):
         return False
 
     def _stream_from_flight(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
-        """Whether a follower can read the leader's growing body as it is: same variant, whole body, a sidecar."""
+        """Whether a follower can read the leader's growing body as it is: same variant, a sidecar, and the whole
+        body or ranges of it (a 416 waits for the stored entry)."""
         return (
             self.sidecar is not None
             and flight.meta is not None
             and vary_matches(flight.meta, state.request)
-            and "Range" not in flow.request.headers
+            and not isinstance(self._range_of(state, flight.meta), ranges.Unsatisfiable)
             and not cache.client_conditional_matches(state.request, flight.meta)
+        )
+
+    @staticmethod
+    def _range_of(state: CacheFlow, meta: StoredResponse) -> ranges.RangeDecision:
+        """What the follower's Range (and If-Range) asks of the body the leader is storing (RFC 9110 §14.2)."""
+        if meta.status != 200 or meta.body_length < 0 or "range" not in state.request.headers:
+            return ranges.Full()
+        headers = meta.headers
+        return ranges.range_decision(
+            state.request.method,
+            state.request.headers,
+            length=meta.body_length,
+            etag=headers.get("etag"),
+            last_modified=headers.get("last-modified"),
+            date=headers.get("date"),
         )
 
     def _tail(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
@@ -296,10 +360,22 @@ class Cache(CacheCore):
             return False
         meta = flight.meta
         status = CacheStatus(fwd=state.decision.fwd, fwd_status=meta.status, collapsed=True)
-        headers = cache.served_headers(meta, now=time.time()).with_("Content-Length", str(meta.body_length))
-        head = response_head(meta.status, meta.reason, [*headers, ("Cache-Status", cache.render(status))])
+        headers = cache.served_headers(meta, now=time.time())
+        code, reason, parts = meta.status, meta.reason, None
+        if isinstance(wanted := self._range_of(state, meta), ranges.Partial):
+            # A range of the body on its way: a 206 whose parts wait for their bytes (uv's parallel ranges
+            # behind one whole fetch, --range-fetch-whole-below).
+            layout = ranges.partial_body(
+                wanted, meta.body_length, meta.headers.get("content-type"), secrets.token_hex(16)
+            )
+            kept = headers.without("content-length", "content-range", *(k for k, _ in layout.headers))
+            headers, parts = Headers(kept.fields + layout.headers.fields), layout.parts
+            code, reason = 206, "Partial Content"
+        else:
+            headers = headers.with_("Content-Length", str(meta.body_length))
+        head = response_head(code, reason, [*headers, ("Cache-Status", cache.render(status))])
         try:
-            token = self.sidecar.offer(head, GrowingBody(flight.path, flight.progress))
+            token = self.sidecar.offer(head, GrowingBody(flight.path, flight.progress, parts))
         except (OSError, ValueError) as e:  # the temp file was committed (renamed) meanwhile
             log.debug("cannot tail %s: %s", flight.path, e)
             return False

@@ -26,7 +26,8 @@ RESOLVE_TIMEOUT = 5.0
 connect resolves it again, and mitmproxy's own check still refuses 127.0.0.1, ::1 and localhost)."""
 
 EXCESS = "fwd_excess"
-"""Flow metadata: the origin sent bytes past the end its framing announced; the cache must not store it."""
+"""Flow metadata: the origin sent bytes past the end its framing announced (the framed message was kept and
+the origin connection closed, addons/_http1.py)."""
 
 
 class Guard:
@@ -187,7 +188,8 @@ class Guard:
         if flow.response is not None and flow.response in _http1.EXCESS:
             flow.metadata[EXCESS] = True
             log.warning(
-                "%s %s: the origin sent more bytes than its framing announced; served as framed, not cached",
+                "%s %s: the origin sent more bytes than its framing announced; served as framed, extra bytes "
+                "dropped with the connection",
                 flow.request.method,
                 flow.request.pretty_url,
             )

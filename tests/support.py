@@ -268,6 +268,20 @@ def client(proxy: Proxy, verify: Path | bool = True, **kw: object) -> httpx.Clie
     return httpx.Client(proxy=proxy.url, verify=ctx, trust_env=False, timeout=30, **kw)  # type: ignore[arg-type]
 
 
+class _H2First(ssl.SSLContext):
+    """httpx offers ALPN ["http/1.1", "h2"] and the proxy honours the client's order: put h2 first."""
+
+    def set_alpn_protocols(self, protocols: Iterable[str]) -> None:
+        super().set_alpn_protocols(sorted(protocols, key=lambda p: p != "h2"))
+
+
+def h2_client(proxy: Proxy, verify: Path) -> httpx.Client:
+    """An httpx client that goes through ``proxy`` and speaks HTTP/2 inside intercepted HTTPS tunnels."""
+    ctx = _H2First(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cafile=str(verify))
+    return httpx.Client(proxy=proxy.url, verify=ctx, trust_env=False, timeout=30, http2=True)
+
+
 def pattern(size: int, seed: int = 0) -> bytes:
     """Deterministic, non-repeating-looking test bytes (so a misplaced chunk is caught)."""
     block = bytes((i * 131 + seed) % 251 for i in range(65536))
@@ -289,9 +303,14 @@ class RawOrigin:
     """A TCP origin whose ``handler(head, sock)`` writes whatever bytes it likes (framing no real server would
     send, resets, silence); counts requests per path. ``stop()`` closes everything still open."""
 
-    def __init__(self, handler: Callable[[bytes, socket.socket], None]) -> None:
+    def __init__(
+        self, handler: Callable[[bytes, socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> None:
         self.handler = handler
+        self.tls = tls
         self.hits: Counter[str] = Counter()
+        self.accepts = 0
+        """Accepted TCP connections that carried a request (each carries one: a reused one would hang)."""
         self.open: list[socket.socket] = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
@@ -299,8 +318,8 @@ class RawOrigin:
         self.port = self.srv.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}{path}"
 
     def _accept(self) -> None:
         while True:
@@ -314,9 +333,13 @@ class RawOrigin:
     def _serve(self, conn: socket.socket) -> None:
         head = b""
         with contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self.open.append(conn)
             while b"\r\n\r\n" not in head and (chunk := conn.recv(65536)):
                 head += chunk
             if head:
+                self.accepts += 1
                 path = head.split(b" ", 2)[1].decode(errors="replace")
                 self.hits[path.split("?")[0]] += 1
                 self.handler(head, conn)

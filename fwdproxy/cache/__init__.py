@@ -10,7 +10,7 @@ from fwdproxy.cache.freshness import (
     record_lifetime,
     recorded_lifetime,
 )
-from fwdproxy.cache.headers import full_headers, served_headers, storable_headers
+from fwdproxy.cache.headers import answers_ranges, full_headers, served_headers, storable_headers
 from fwdproxy.cache.invalidation import invalidated_keys
 from fwdproxy.cache.key import primary_key, secondary_key, select_variant, vary_request_headers
 from fwdproxy.cache.policy import LookupDecision, StaleOnError, Verdict, lookup, stale_on_error
@@ -45,6 +45,7 @@ __all__ = [
     "StaleOnError",
     "StoreDecision",
     "Verdict",
+    "answers_ranges",
     "client_conditional_matches",
     "conditional_request_headers",
     "current_age",

@@ -46,8 +46,16 @@ def age_value(age: float) -> str:
     return str(max(0, math.floor(age)))
 
 
+def answers_ranges(stored: StoredResponse) -> bool:
+    """Whether the cache answers Range requests from this stored response itself (RFC 9110 §14.2): a
+    complete 200 body (only complete bodies are stored). Other statuses are served whole."""
+    return stored.status == 200
+
+
 def served_headers(stored: StoredResponse, *, now: float) -> Headers:
-    """§5.1: the stored fields with Age set to the current age; Date and everything else untouched.
+    """§5.1: the stored fields with Age set to the current age; Date and everything else untouched, except
+    ``Accept-Ranges: bytes`` when the cache answers ranges for it (RFC 9110 §14.3), whatever the origin said:
+    clients such as uv only ask ranges of a server that advertises them.
 
     The same object for every call within one second of Age (a hot entry's hits share it)."""
     return _served(stored, age_value(current_age(stored, now)))
@@ -61,7 +69,8 @@ def full_headers(stored: StoredResponse, *, now: float) -> Headers:
 
 
 def _with_age(stored: StoredResponse, age: str) -> Headers:
-    return stored.headers.with_("Age", age)
+    headers = stored.headers.with_("Age", age)
+    return headers.with_("Accept-Ranges", "bytes") if answers_ranges(stored) else headers
 
 
 def _with_age_and_length(stored: StoredResponse, age: str) -> Headers:

@@ -118,17 +118,34 @@ def _ci(name: str, pattern: str, *, regex: bool = False) -> Rule:
     return Rule(pattern, regex=regex, immutable=True, name=f"ci-{name}")
 
 
+METADATA_MAX_TTL = 300.0
+"""Registry metadata (indexes, version lists, tags) under --preset ci is fresh for at most five minutes, then
+revalidated (a 304 is cheap): a CI job sees a release published minutes ago, however long a heuristic
+freshness from Last-Modified would have been. The origin's own shorter freshness still applies."""
+
+
+def _meta(name: str, pattern: str) -> Rule:
+    return Rule(pattern, regex=True, max_ttl=METADATA_MAX_TTL, name=f"ci-{name}-metadata")
+
+
 _MAVEN_HOSTS = r"(?:repo1\.maven\.org|repo\.maven\.apache\.org)"
+_NPM_HOSTS = r"registry\.(?:npmjs\.org|yarnpkg\.com)"
+_GEM_HOSTS = r"(?:rubygems\.org|index\.rubygems\.org)"
+_CONDA_BASES = r"(?:conda\.anaconda\.org|repo\.anaconda\.com/pkgs)"
+_DISTS = r"^https?://[^/?#]+/(?:[^?#]*/)?dists/[^?#]+/"
+_DIGEST = r"sha256:[0-9a-f]{64}"
 
 PRESET_CI: tuple[Rule, ...] = (
-    # Content-addressed or never-rewritten artifacts: a given URL always names the same bytes. Index and
-    # metadata pages (pypi.org/simple/, registry.npmjs.org/<pkg>, dists/*, @v/list, maven-metadata.xml)
-    # match none of these and stay under plain RFC 9111 rules.
+    # Content-addressed or never-rewritten artifacts: a given URL always names the same bytes, so they are
+    # immutable. The order matters where patterns overlap: by-hash files before the dists/ metadata.
     _ci("pypi", "https://files.pythonhosted.org/packages/*"),
-    _ci("npm", r"^https://registry\.(?:npmjs\.org|yarnpkg\.com)/[^?#]+/-/[^/?#]+\.tgz$", regex=True),
+    _ci("npm", rf"^https://{_NPM_HOSTS}/[^?#]+/-/[^/?#]+\.tgz$", regex=True),
     _ci("debian", r"^https?://[^/?#]+/(?:[^?#]*/)?pool/[^?#]+\.(?:deb|udeb|dsc|tar\.[a-z0-9]+)$", regex=True),
+    # apt's Acquire-By-Hash: index files named by their own digest (Release lists them).
+    _ci("debian-by-hash", rf"{_DISTS}by-hash/(?:MD5Sum|SHA1|SHA256|SHA512)/[0-9a-f]{{32,128}}$", regex=True),
     _ci("crates", "https://static.crates.io/crates/*"),
-    _ci("go", r"^https://proxy\.golang\.org/[^?#]+/@v/[^/?#]+\.(?:zip|mod)$", regex=True),
+    # The Go module proxy protocol: a version's .info, .mod and .zip never change once served.
+    _ci("go", r"^https://proxy\.golang\.org/[^?#]+/@v/[^/?#]+\.(?:zip|mod|info)$", regex=True),
     # groupId/artifactId/version/artifactId-version[-classifier].ext: only files inside a version
     # directory whose name starts with artifactId-version, so maven-metadata.xml and listings never match;
     # SNAPSHOT versions are rewritten in place, so they are left out.
@@ -137,6 +154,40 @@ PRESET_CI: tuple[Rule, ...] = (
         rf"^https://{_MAVEN_HOSTS}/maven2/(?:[^/?#]+/)+(?P<a>[^/?#]+)/(?P<v>(?![^/]*SNAPSHOT)[^/?#]+)/(?P=a)-(?P=v)[^/?#]*$",
         regex=True,
     ),
+    # RubyGems refuses to re-push a name-version, so the .gem and its gemspec never change.
+    _ci(
+        "rubygems",
+        rf"^https://{_GEM_HOSTS}/(?:gems/[^/?#]+\.gem|quick/Marshal\.4\.8/[^/?#]+\.gemspec\.rz)$",
+        regex=True,
+    ),
+    # channel/subdir/name-version-build.conda (or .tar.bz2): a build string is never reused.
+    _ci(
+        "conda",
+        rf"^https://{_CONDA_BASES}/(?:[^/?#]+/)+[^/?#]+-[^-/?#]+-[^-/?#]+\.(?:conda|tar\.bz2)$",
+        regex=True,
+    ),
+    # OCI distribution spec: blobs and manifests fetched by digest are content-addressed.
+    _ci("oci", rf"^https://[^/?#]+/v2/[^?#]+/(?:blobs|manifests)/{_DIGEST}$", regex=True),
+    # Metadata: indexes, version lists, tags. Fresh for METADATA_MAX_TTL at most, then revalidated.
+    _meta("pypi", r"^https://pypi\.org/(?:simple/[^?#]*|pypi/[^/?#]+(?:/[^/?#]+)?/json)$"),
+    _meta("npm", rf"^https://{_NPM_HOSTS}/(?:@[^/?#]+(?:/|%2[fF]))?[^-/?#@][^/?#]*$"),
+    _meta(
+        "debian",
+        rf"{_DISTS}(?:InRelease|Release(?:\.gpg)?|(?:[^?#]*/)?(?:Packages|Sources|Contents-[^/?#]+|"
+        r"Translation-[^/?#]+|Components-[^/?#]+\.yml|icons-[^/?#]+\.tar)(?:\.(?:gz|xz|bz2|lz4|zst))?)$",
+    ),
+    _meta("crates", r"^https://index\.crates\.io/[^?#]+$"),
+    _meta("go", r"^https://proxy\.golang\.org/[^?#]+/(?:@v/list|@latest)$"),
+    _meta(
+        "maven",
+        rf"^https://{_MAVEN_HOSTS}/maven2/(?:[^/?#]+/)+maven-metadata\.xml(?:\.(?:md5|sha1|sha256|sha512))?$",
+    ),
+    _meta(
+        "rubygems",
+        rf"^https://{_GEM_HOSTS}/(?:info/[^/?#]+|versions|names|(?:latest_|prerelease_)?specs\.4\.8\.gz)$",
+    ),
+    _meta("conda", rf"^https://{_CONDA_BASES}/(?:[^/?#]+/)+(?:current_)?repodata\.json(?:\.(?:bz2|zst))?$"),
+    _meta("oci", r"^https://[^/?#]+/v2/[^?#]+/(?:manifests/[^/?#:]+|tags/list)$"),
 )
 """The ``--preset ci`` rules."""
 

@@ -118,25 +118,63 @@ def test_absolute_url_wins_over_host(start_proxy, origin: Origin) -> None:
     assert [r.headers["Host"] for r in origin.requests] == [f"127.0.0.1:{origin.port}"]
 
 
-def test_body_longer_than_content_length_is_served_as_framed_never_stored(
+def test_body_longer_than_content_length_is_stored_as_framed_on_a_fresh_connection(
     start_proxy, raw_origins: list[RawOrigin]
 ) -> None:
+    """RFC 9112 §6.3: the first Content-Length bytes are the whole message; the rest is dropped with the
+    connection, so it never becomes the next request's response."""
+
     def too_long(head: bytes, sock: socket.socket) -> None:
-        sock.sendall(
-            b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello, and more"
-        )
+        if b" /long " in head:
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\n"
+                b"helloHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
+            )
+        else:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
 
     raw = RawOrigin(too_long)
     raw_origins.append(raw)
     proxy = start_proxy()
-    with client(proxy) as c:
+    with client(proxy) as c:  # one client connection: the proxy would reuse its origin connection if it could
         first = c.get(raw.url("/long"))
+        other = c.get(raw.url("/other"))
         second = c.get(raw.url("/long"))
     assert first.content == second.content == b"hello"
-    assert "stored" not in first.headers["Cache-Status"]
-    assert "hit" not in second.headers["Cache-Status"]
-    assert raw.hits["/long"] == 2
+    assert "stored" in first.headers["Cache-Status"]
+    assert (
+        second.headers["Cache-Status"].startswith("fwdproxy; hit") and second.headers["Content-Length"] == "5"
+    )
+    assert other.content == b"right"  # not the "smuggled" tail of /long
+    assert raw.hits["/long"] == 1 and raw.hits["/other"] == 1
+    assert raw.accepts == 2  # /other went over a new connection
     assert "more bytes than its framing announced" in proxy.log()
+    assert "Unexpected data from server" not in proxy.log()
+
+
+def test_junk_after_the_last_chunk_is_dropped_with_the_connection(
+    start_proxy, raw_origins: list[RawOrigin]
+) -> None:
+    def junk(head: bytes, sock: socket.socket) -> None:
+        if b" /chunked " in head:
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\njunk"
+            )
+        else:
+            sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nright")
+
+    raw = RawOrigin(junk)
+    raw_origins.append(raw)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        first = c.get(raw.url("/chunked"))
+        other = c.get(raw.url("/other"))
+        again = c.get(raw.url("/chunked"))
+    assert first.content == again.content == b"hello"
+    assert other.content == b"right"
+    assert again.headers["Cache-Status"].startswith("fwdproxy; hit")
+    assert raw.accepts == 2 and raw.hits["/chunked"] == 1
 
 
 def test_body_shorter_than_content_length_is_never_stored(start_proxy, raw_origins: list[RawOrigin]) -> None:

@@ -75,7 +75,12 @@ def test_served_headers_set_age_and_keep_date() -> None:
         NOW - 100,
         0,
     )
-    assert served_headers(s, now=NOW).fields == (("Date", date), ("Age", "105"), ("X", "1"))
+    assert served_headers(s, now=NOW).fields == (
+        ("Date", date),
+        ("Age", "105"),
+        ("X", "1"),
+        ("Accept-Ranges", "bytes"),
+    )
 
 
 def test_served_and_full_headers_are_shared_within_a_second_of_age() -> None:
@@ -86,8 +91,29 @@ def test_served_and_full_headers_are_shared_within_a_second_of_age() -> None:
     later = served_headers(s, now=NOW + 1)
     assert later.get("age") == "11" and later is not first
     full = full_headers(s, now=NOW + 1)
-    assert full.fields == (("X", "1"), ("Age", "11"), ("Content-Length", "7"))
+    assert full.fields == (("X", "1"), ("Age", "11"), ("Accept-Ranges", "bytes"), ("Content-Length", "7"))
     assert full_headers(s, now=NOW + 1.9) is full
     assert full_headers(s, now=NOW + 2).get("age") == "12"
     other = StoredResponse("http://a/", 200, "OK", Headers.of([("X", "2")]), NOW - 10, NOW - 10, 3)
-    assert full_headers(other, now=NOW + 2).fields == (("X", "2"), ("Age", "12"), ("Content-Length", "3"))
+    assert full_headers(other, now=NOW + 2).fields == (
+        ("X", "2"),
+        ("Age", "12"),
+        ("Accept-Ranges", "bytes"),
+        ("Content-Length", "3"),
+    )
+
+
+@pytest.mark.parametrize(
+    "status, stored_value, expected",
+    [
+        pytest.param(200, None, "bytes", id="RFC9110-14.3 a stored 200 answers ranges"),
+        pytest.param(200, "none", "bytes", id="RFC9110-14.3 the cache answers even if the origin would not"),
+        pytest.param(404, None, None, id="RFC9110-14.2 other statuses are served whole: no claim"),
+        pytest.param(301, "bytes", "bytes", id="the origin's own field is kept as stored"),
+    ],
+)
+def test_accept_ranges_served(status: int, stored_value: str | None, expected: str | None) -> None:
+    fields = [("X", "1")] + ([("Accept-Ranges", stored_value)] if stored_value else [])
+    s = StoredResponse("http://a/", status, "", Headers.of(fields), NOW, NOW, 3)
+    assert served_headers(s, now=NOW).get("accept-ranges") == expected
+    assert full_headers(s, now=NOW).get("accept-ranges") == expected
