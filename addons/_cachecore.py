@@ -188,7 +188,8 @@ class CacheCore:
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
-        state.fwd_status = resp.status_code
+        # An answer we made for a failed origin (fwd_error) is no status the origin sent (RFC 9211 §2.3).
+        state.fwd_status = None if "fwd_error" in flow.metadata else resp.status_code
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
@@ -292,7 +293,7 @@ class CacheCore:
                     self._serve(flow, state, whole, raw, status, now)
                     return
         if not flow.response.stream:
-            state.fwd_status = resp.status
+            state.fwd_status = None if "fwd_error" in flow.metadata else resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
 
     def _stale_on_error(self, flow: http.HTTPFlow, state: CacheFlow) -> str:

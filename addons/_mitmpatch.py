@@ -12,6 +12,10 @@ What mitmproxy 12.3 does, and what we change (``install()`` applies all three on
 2. Every other error mitmproxy renders for an HTTP/2 client is an HTML page (``Http2Server`` in
    ``_http2.py``, via ``_base.format_error``); we send fwdproxy's short text/plain response instead.
 3. The same for HTTP/1 clients: ``_http1.make_error_response`` builds the HTML page; ours is plain text.
+4. ``HttpLayer.get_connection`` keeps a failed origin connection for the life of the client connection and
+   fails every later request to that origin on it at once, with the old error and without trying again: a
+   keep-alive client (npm, uv) would see one blip for as long as it stays connected. We drop a failed
+   connection that is finished (never opened, or closed and done) before looking, so the next request tries.
 
 Each patch is checked by tests/e2e/test_origin_failures.py (stale on every kind of failure, text/plain errors
 on HTTP/1 and HTTP/2 clients alike): they fail when a mitmproxy upgrade makes a patch stop taking effect.
@@ -24,7 +28,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from mitmproxy import http, version
+from mitmproxy import connection, http, version
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers import http as http_layer
@@ -73,6 +77,8 @@ def install(answer: Answer) -> None:
     server = _http2.Http2Server
     server._handle_event = _marked(_plain_h2_errors(server._handle_event))  # type: ignore[method-assign]
     _http1.make_error_response = _plain_h1_error
+    layer = http_layer.HttpLayer
+    layer.get_connection = _marked(_forgetting_failures(layer.get_connection))  # type: ignore[method-assign]
 
 
 def _marked(func: Callable[..., Commands]) -> Callable[..., Commands]:
@@ -146,3 +152,18 @@ def _plain_h1_error(status_code: int, message: str = "") -> bytes:
         status_code, message or _respond.REASONS.get(status_code, "error"), {"Connection": "close"}
     )
     return http1.assemble_response(resp)
+
+
+def _forgetting_failures(original: Callable[..., Commands]) -> Callable[..., Commands]:
+    def get_connection(self: http_layer.HttpLayer, event: Any, *, reuse: bool = True) -> Commands:
+        for conn in [c for c in self.connections if isinstance(c, connection.Server) and c.error is not None]:
+            finished = conn.timestamp_tcp_setup is None or conn.timestamp_end is not None
+            if (
+                finished
+                and conn not in self.waiting_for_establishment
+                and event.connection_spec_matches(conn)
+            ):
+                del self.connections[conn]
+        return original(self, event, reuse=reuse)
+
+    return get_connection
