@@ -45,11 +45,14 @@ class CacheCore:
         body: bytes | storage.BodyFile,
         status: CacheStatus,
         now: float,
+        *,
+        stream: bool = True,
     ) -> None:
-        """Answer from a stored entry: in memory, or through the sidecar when the body is a file."""
+        """Answer from a stored entry: in memory, or through the sidecar when the body is a file (``stream``:
+        only before the flow has gone to the origin)."""
         ans = answer(state.request, meta, body, now)
         state.served = True
-        if ans.file is not None and self.sidecar is not None:
+        if ans.file is not None and self.sidecar is not None and stream:
             head = response_head(
                 ans.status, ans.reason, [*ans.headers, ("Cache-Status", cache.render(status))]
             )
@@ -275,7 +278,8 @@ class CacheCore:
             meta = state.candidates[0][1]
             fwd_status = None if "fwd_error" in flow.metadata else resp.status
             status = CacheStatus(fwd=Fwd.STALE, fwd_status=fwd_status, detail=allowed)
-            self._serve(flow, state, meta, state.body, status, now)
+            # The response phase: the sidecar would need a request of its own, so a body on disk is read whole.
+            self._serve(flow, state, meta, state.body, status, now, stream=False)
             return
         close(state.body)
         if state.request.method == "HEAD" and resp.status == 200:

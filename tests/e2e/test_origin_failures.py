@@ -33,6 +33,7 @@ class Switchable:
 
     def __init__(self, cache_control: str = "max-age=0", tls: ssl.SSLContext | None = None) -> None:
         self.mode = "ok"
+        self.body = BODY
         self.cache_control = cache_control
         self.tls = tls
         self.accepts = 0
@@ -112,7 +113,8 @@ class Switchable:
         if f"if-none-match: {ETAG}".encode() in head.lower():
             conn.sendall(f"HTTP/1.1 304 Not Modified\r\n{fields}\r\n".encode())
         else:
-            conn.sendall(f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {len(BODY)}\r\n\r\n".encode() + BODY)
+            body = self.body
+            conn.sendall(f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {len(body)}\r\n\r\n".encode() + body)
         return True
 
     def refuse(self) -> None:
@@ -144,7 +146,7 @@ def _stored(proxy: Proxy, origin: Switchable) -> None:
     """Fetch once so the entry is stored (max-age=0: every later request revalidates)."""
     with client(proxy) as c:
         r = c.get(origin.url())
-    assert r.status_code == 200 and r.content == BODY
+    assert r.status_code == 200 and r.content == origin.body
     assert "stored" in r.headers["Cache-Status"]
 
 
@@ -454,3 +456,17 @@ def test_a_response_head_mitmproxy_rejects_is_our_text(
     r = _curl(proxy, proxy_ca_file, tls_switchable.url(host="localhost"), http2)
     assert r.text.startswith("fwdproxy: "), r.text
     _assert_ours(r, http2, r.text.removeprefix("fwdproxy: ").removesuffix("\n"))
+
+
+def test_a_big_stale_entry_on_disk_is_served_whole(start_proxy, switchable: Switchable) -> None:
+    """Bodies above --memory-object-max live on disk and are normally streamed by the sidecar, which needs a
+    request of its own: after a failure, the stale body is read from disk and sent instead."""
+    big = bytes(range(256)) * (3 * 4096)  # 3 MiB
+    switchable.body = big
+    proxy = start_proxy()
+    _stored(proxy, switchable)
+    switchable.mode = "close"
+    with client(proxy) as c:
+        r = c.get(switchable.url())
+    assert r.status_code == 200 and r.content == big
+    assert r.headers["Cache-Status"] == "fwdproxy; fwd=stale; detail=origin-error"
