@@ -105,7 +105,9 @@ OPTIONS: tuple[Option, ...] = (
         "range_fetch_whole_below", Kind.SIZE, "on a miss, fetch objects this small whole to answer a range"
     ),
     Option(
-        "serve_stale_on_error", Kind.DURATION, "serve any stored entry up to this stale when the origin fails"
+        "serve_stale_on_error",
+        Kind.DURATION,
+        "serve any stored entry up to this stale when the origin cannot be reached; set, also on 5xx; 0: off",
     ),
     Option("offline", Kind.BOOL, "answer only from the cache (504 on a miss); never contact an origin"),
     Option(
