@@ -90,11 +90,14 @@ class CacheCore:
         body: bytes | storage.BodyFile,
         status: CacheStatus,
         now: float,
+        *,
+        stream: bool = True,
     ) -> None:
-        """Answer from a stored entry: in memory, or through the sidecar when the body is a file."""
+        """Answer from a stored entry: in memory, or through the sidecar when the body is a file (``stream``:
+        only before the flow has gone to the origin)."""
         ans = answer(state.request, meta, body, now)
         state.served = True
-        if ans.file is not None and self.sidecar is not None:
+        if ans.file is not None and self.sidecar is not None and stream:
             head = response_head(
                 ans.status, ans.reason, [*ans.headers, ("Cache-Status", cache.render(status))]
             )
@@ -237,7 +240,8 @@ class CacheCore:
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
-        state.fwd_status = resp.status_code
+        # An answer we made for a failed origin (fwd_error) is no status the origin sent (RFC 9211 §2.3).
+        state.fwd_status = None if "fwd_error" in flow.metadata else resp.status_code
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
@@ -343,14 +347,15 @@ class CacheCore:
             meta = state.candidates[0][1]
             fwd_status = None if "fwd_error" in flow.metadata else resp.status
             status = CacheStatus(fwd=Fwd.STALE, fwd_status=fwd_status, detail=allowed)
-            self._serve(flow, state, meta, state.body, status, now)
+            # The response phase: the sidecar would need a request of its own, so a body on disk is read whole.
+            self._serve(flow, state, meta, state.body, status, now, stream=False)
             return
         close(state.body)
         if state.request.method == "HEAD" and resp.status == 200 and state.decision.fwd is not Fwd.BYPASS:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
         if not flow.response.stream:
-            state.fwd_status = resp.status
+            state.fwd_status = None if "fwd_error" in flow.metadata else resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
             if stored and resp.status == 200:
                 flow.response.headers["Accept-Ranges"] = "bytes"  # as its hits will say (RFC 9110 §14.3)

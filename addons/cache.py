@@ -39,6 +39,18 @@ from fwdproxy.units import parse_duration, parse_size
 log = logging.getLogger("fwdproxy.cache")
 
 
+STALE_ON_ERROR_DEFAULT = "1d"
+"""fwd_serve_stale_on_error's default: connection failures only (see CacheConfig.stale_if_disconnected)."""
+
+
+def _stale_on_error(value: str) -> tuple[float, float]:
+    """CacheConfig's (stale_if_disconnected, serve_stale_on_error) for the option: the default covers
+    unreachable origins only (RFC 9111 §4.2.4); a value set on purpose extends to 5xx too (registry outage
+    mode), and 0 turns both off."""
+    seconds = parse_duration(value or "0")
+    return (seconds, 0.0) if value == STALE_ON_ERROR_DEFAULT else (seconds, seconds)
+
+
 class Cache(CacheCore):
     """A shared cache (RFC 9111): fresh hits answered here, stale entries revalidated, responses stored."""
 
@@ -67,7 +79,10 @@ class Cache(CacheCore):
         )
         loader.add_option("fwd_negative_ttl", str, "60s", "Cap on the heuristic freshness of a 404/410.")
         loader.add_option(
-            "fwd_serve_stale_on_error", str, "0", "Serve entries this stale when the origin fails."
+            "fwd_serve_stale_on_error",
+            str,
+            STALE_ON_ERROR_DEFAULT,
+            "Serve entries this stale when the origin cannot be reached; set, also on a 5xx; 0: off.",
         )
         loader.add_option("fwd_offline", bool, False, "Answer only from the cache; 504 on a miss.")
         loader.add_option(
@@ -82,9 +97,11 @@ class Cache(CacheCore):
     def configure(self, updated: set[str]) -> None:
         sizes = {"fwd_cache_dir", "fwd_memory_cache_size", "fwd_disk_cache_size", "fwd_memory_object_max"}
         try:
+            disconnected, on_error = _stale_on_error(ctx.options.fwd_serve_stale_on_error)
             self.config = CacheConfig(
                 negative_ttl=parse_duration(ctx.options.fwd_negative_ttl),
-                serve_stale_on_error=parse_duration(ctx.options.fwd_serve_stale_on_error or "0"),
+                stale_if_disconnected=disconnected,
+                serve_stale_on_error=on_error,
                 offline=ctx.options.fwd_offline,
                 rules=self._rules() if updated & {"fwd_preset", "fwd_config"} else self.config.rules,
             )
@@ -400,9 +417,6 @@ class Cache(CacheCore):
             return  # gone, or its body file changed since it was checked: fetch it whole
         state.body = entry.body
         state.candidates = [(selected, entry.meta)] + [(k, m) for k, m in listing if k != selected]
-        flow.metadata["fwd_probe"] = (
-            True  # addons/errors.py: check the origin, so an outage can be answered stale
-        )
         cond = cache.conditional_request_headers(state.request, [m for _, m in state.candidates])
         for name in ("If-None-Match", "If-Modified-Since"):
             value = cond.get(name)

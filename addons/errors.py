@@ -1,54 +1,44 @@
-"""Readable origin errors: DNS failure, refused connection and timeout become plain-text 502/504 naming the host."""
+"""Readable origin errors: failures on the real origin connection become plain-text 502/504 naming the host."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
-from collections.abc import Coroutine
-from typing import Any
 
-from mitmproxy import ctx, exceptions, http
-from mitmproxy.net.http import http1
-from mitmproxy.proxy.layers.http import _http1, _http2
+from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy.proxy import server_hooks
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
+from addons import _mitmpatch, _respond
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
 
 log = logging.getLogger("fwdproxy.errors")
 
-GOOD_FOR = 30.0
-"""Seconds an origin address counts as reachable after a connection to it worked. Within that window no probe
-is made, so a busy origin costs one probe connection per half minute, not one per request."""
+CONNECT_TIMED_OUT = "connect timeout"
+"""The cancel message of a connection attempt that outlived --connect-timeout (mitmproxy reports it as the error)."""
 
-
-def _plain_error_response(status_code: int, message: str = "") -> bytes:
-    """Stands in for mitmproxy's HTML error page on HTTP/1 (errors found after our probe, e.g. origin TLS)."""
-    resp = _respond.text(
-        status_code, message or _respond.REASONS.get(status_code, "error"), {"Connection": "close"}
-    )
-    return http1.assemble_response(resp)
-
-
-def _plain_error_body(status_code: int, message: str) -> bytes:
-    """Stands in for mitmproxy's HTML error body on HTTP/2 (mitmproxy still labels it text/html): one line
-    that names fwdproxy, as on HTTP/1, e.g. for an origin certificate that does not cover the host asked for."""
-    return f"fwdproxy: {message or _respond.REASONS.get(status_code, 'error')}\n".encode()
+REMEMBERED = 512
+"""Described failures kept for the streams that wait on (or later reuse) the failed connection."""
 
 
 class OriginErrors:
-    """Checks that an origin accepts connections before mitmproxy connects, so failures get a clear answer.
+    """Bounds mitmproxy's connect with ``fwd_connect_timeout`` and answers origin failures in plain text.
 
-    mitmproxy reports a failed origin connection with an HTML page that often omits the host, and waits for the
-    operating system's connect timeout (minutes). A short probe on the first request to an address answers
-    DNS failures, refusals and timeouts ourselves, for HTTP/1 and HTTP/2 clients alike.
+    mitmproxy has no connect timeout (the operating system's is minutes) and reports a failed origin with an
+    HTML page that often omits the host. Nothing is probed beforehand: the failure is seen on the connection
+    mitmproxy opens for the request, described here from the exception or TLS error, and answered through
+    addons/_mitmpatch.py as an ordinary response marked ``fwd_error``, so the cache can serve a stored
+    response in its place (RFC 9111 §4.2.4).
     """
 
     def __init__(self) -> None:
         self.timeout = 10.0
-        self.good_until: dict[tuple[str, int], float] = {}
+        self.failures: dict[tuple[str, int, str], tuple[int, str]] = {}
+        """(host, port, mitmproxy's error text) -> our status and sentence, from the connection's hooks."""
+        self.timed_out: set[connection.Server] = set()
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -57,9 +47,7 @@ class OriginErrors:
             "10s",
             "How long to wait for an origin to accept a connection (504 after).",
         )
-        _http1.make_error_response = _plain_error_response
-        # _http2 imported format_error from _base; its error responses call it by that module-level name.
-        _http2.format_error = _plain_error_body  # type: ignore[attr-defined]
+        _mitmpatch.install(self.answer)
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_connect_timeout" in updated:
@@ -68,48 +56,72 @@ class OriginErrors:
             except ValueError as e:
                 raise exceptions.OptionsError(f"fwd_connect_timeout: {e}") from e
 
-    def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        """A coroutine probing the origin, or None when no probe is needed (sync for hits and known origins)."""
-        if (
-            flow.response is not None
-            or flow.server_conn.via is not None
-            or flow.server_conn.connected
-            or flow.metadata.get("fwd_sidecar")
-        ):
-            return None
-        address = (flow.request.host, flow.request.port)
-        now = time.monotonic()
-        # A flow with a stale entry behind it (the cache set fwd_probe) is always probed: if the origin is down,
-        # the cache can still answer from that entry (RFC 5861 stale-if-error), which mitmproxy's own
-        # connection error would not let it do.
-        if self.good_until.get(address, 0.0) > now and not flow.metadata.get("fwd_probe"):
-            return None
-        return self._probe(flow, address, now)
+    # -- the connect timeout ------------------------------------------------------------------------------
 
-    async def _probe(self, flow: http.HTTPFlow, address: tuple[str, int], now: float) -> None:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(*address), self.timeout)
-        except (OSError, TimeoutError) as e:
-            status, message = errors.describe_connect_error(address[0], address[1], e, self.timeout)
-            log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, message)
-            flow.response = _respond.text(status, message)
-            flow.metadata["fwd_error"] = message
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        # mitmproxy runs this hook inline in the task that then opens the connection (ConnectionHandler.
+        # open_connection in mitmproxy/proxy/server.py); cancelling that task is how the attempt is cut short.
+        task = asyncio.current_task()
+        if task is not None and self.timeout > 0:
+            asyncio.get_running_loop().call_later(self.timeout, self._check_connect, data.server, task)
+
+    def _check_connect(self, server: connection.Server, task: asyncio.Task[None]) -> None:
+        if task.done() or server.timestamp_tcp_setup is not None or server.error is not None:
             return
-        writer.close()
-        if len(self.good_until) > 10_000:
-            self.good_until = {k: v for k, v in self.good_until.items() if v > now}
-        self.good_until[address] = now + GOOD_FOR
+        if server.timestamp_start is None:
+            # Still queued behind mitmproxy's five connections per origin (an HTTP/2 client's streams): the
+            # timeout counts from the attempt itself, not from the wait for a free slot.
+            asyncio.get_running_loop().call_later(self.timeout, self._check_connect, server, task)
+            return
+        left = server.timestamp_start + self.timeout - time.time()
+        if left > 0.01:
+            asyncio.get_running_loop().call_later(left, self._check_connect, server, task)
+            return
+        self.timed_out.add(server)
+        task.cancel(CONNECT_TIMED_OUT)
 
-    def response(self, flow: http.HTTPFlow) -> None:
-        if (
-            flow.server_conn.via is None
-            and flow.server_conn.timestamp_start
-            and "fwd_error" not in flow.metadata
-        ):
-            self.good_until[(flow.request.host, flow.request.port)] = time.monotonic() + GOOD_FOR
+    # -- describing failures ------------------------------------------------------------------------------
+
+    def server_connect_error(self, data: server_hooks.ServerConnectionHookData) -> None:
+        server = data.server
+        if server.address is None or server.error is None:
+            return
+        # mitmproxy calls this hook from inside its ``except`` clause, so the exception itself is at hand.
+        exc = sys.exc_info()[1]
+        if server in self.timed_out:
+            self.timed_out.discard(server)
+            exc = TimeoutError()
+        host, port = server.address
+        if exc is None:
+            exc = OSError(server.error)
+        self._remember(host, port, server.error, errors.describe_connect_error(host, port, exc, self.timeout))
+
+    def tls_failed_server(self, data: tls.TlsData) -> None:
+        server = data.conn
+        if not isinstance(server, connection.Server) or server.address is None or server.error is None:
+            return
+        host, port = server.address
+        self._remember(host, port, server.error, (502, errors.describe_tls_error(host, port, server.error)))
+
+    def _remember(self, host: str, port: int, error: str, described: tuple[int, str]) -> None:
+        if len(self.failures) >= REMEMBERED:
+            del self.failures[next(iter(self.failures))]  # the oldest: its streams were answered long ago
+        self.failures[(host, port, error)] = described
+
+    def answer(self, flow: http.HTTPFlow, message: str) -> http.Response:
+        """The response for a request whose origin failed before its response head (addons/_mitmpatch.py)."""
+        host, port = flow.request.host, flow.request.port
+        if (known := flow.metadata.get("fwd_error")) is not None:
+            status, text = 504, str(known)  # the read timeout (addons/readtimeout.py) cut this connection
+        elif (described := self.failures.get((host, port, message))) is not None:
+            status, text = described
+        else:
+            status, text = errors.describe_origin_failure(host, port, message)
+        log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, text)
+        flow.metadata["fwd_error"] = text  # the cache may answer from a stored response instead
+        return _respond.text(status, text)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        self.good_until.pop((flow.request.host, flow.request.port), None)
         if flow.error and flow.request.host:
             log.info("%s %s failed: %s", flow.request.method, flow.request.pretty_url, flow.error.msg)
 

@@ -133,7 +133,9 @@ OPTIONS: tuple[Option, ...] = (
         "range_fetch_whole_below", Kind.SIZE, "on a miss, fetch objects this small whole to answer a range"
     ),
     Option(
-        "serve_stale_on_error", Kind.DURATION, "serve any stored entry up to this stale when the origin fails"
+        "serve_stale_on_error",
+        Kind.DURATION,
+        "serve any stored entry up to this stale when the origin cannot be reached; set, also on 5xx; 0: off",
     ),
     Option("offline", Kind.BOOL, "answer only from the cache (504 on a miss); never contact an origin"),
     Option(
@@ -218,7 +220,10 @@ class Settings:
     stream_threshold: int = 1024**2
     """Above 1 MiB a body is not held in memory: it streams to the client and to disk as it arrives."""
     range_fetch_whole_below: int = 0
-    serve_stale_on_error: float = 0.0
+    serve_stale_on_error: float = 86400.0
+    """A day: when the origin cannot be reached at all, an entry up to a day stale beats an error (RFC 9111
+    §4.2.4). Left at the default it does not cover 5xx answers (those need the response's stale-if-error);
+    set explicitly, it does; 0 turns it off."""
     offline: bool = False
     allow_purge: tuple[str, ...] = access.LOOPBACK
     """PURGE empties entries for everyone, so like Squid only the local machine may send it by default."""

@@ -167,7 +167,10 @@ def mitm_options(s: Settings) -> dict[str, Any]:
         "fwd_preset": list(s.preset),
         "fwd_stream_threshold": str(s.stream_threshold),
         "fwd_range_fetch_whole_below": str(s.range_fetch_whole_below),
-        "fwd_serve_stale_on_error": f"{s.serve_stale_on_error:g}s",
+        # Left unset, the addon's default ("1d") stands, which covers unreachable origins only (not 5xx).
+        "fwd_serve_stale_on_error": (
+            f"{s.serve_stale_on_error:g}s" if "serve_stale_on_error" in s.explicit else "1d"
+        ),
         "fwd_offline": s.offline,
         "fwd_config": s.config or "",
         "fwd_upstreams": list(s.upstream),

@@ -24,9 +24,30 @@ def describe_connect_error(host: str, port: int, exc: BaseException, timeout: fl
     return 502, f"cannot connect to {where}: {exc}"
 
 
-def describe_tls_error(host: str, message: str) -> str:
-    """A message for a failed TLS handshake with the origin."""
-    return f"TLS handshake with {host} failed: {message}"
+def describe_tls_error(host: str, port: int, message: str) -> str:
+    """A message for a failed TLS handshake with the origin (``message`` is mitmproxy's)."""
+    where = f"{host}:{port}"
+    if message.startswith(VERIFY_FAILED):
+        return f"{where} presented a certificate that is not trusted ({message[len(VERIFY_FAILED) :]})"
+    if message.startswith("The remote server does not speak TLS"):
+        return f"{where} does not speak TLS (is it a plain-HTTP port?)"
+    return f"TLS handshake with {where} failed: {message}"
+
+
+VERIFY_FAILED = "Certificate verify failed: "
+"""How mitmproxy's TLS layer words an origin certificate it does not trust (mitmproxy/proxy/layers/tls.py)."""
+
+
+def describe_origin_failure(host: str, port: int, message: str) -> tuple[int, str]:
+    """Status and sentence for an origin that failed before its response head, from mitmproxy's message."""
+    where = f"{host}:{port}"
+    if message in ("server closed connection", "connection closed early"):
+        return 502, f"{where} closed the connection before sending a response"
+    if message.startswith(("Cannot parse HTTP response", "unexpected server response")):
+        return 502, f"{where} sent a malformed response ({message})"
+    if "reset" in message.lower():
+        return 502, f"{where} reset the connection before sending a response"
+    return 502, f"{where} failed: {message}"
 
 
 class Stall(enum.Enum):

@@ -17,8 +17,12 @@ class CacheConfig:
     heuristic_cap: float = 86400.0
     """Cap on any heuristic freshness lifetime (§4.2.2), seconds; a day, the classic browser bound."""
     serve_stale_on_error: float = 0.0
-    """Serve any stored entry up to this many seconds stale when the origin fails (registry outage mode);
-    0 leaves it to the response's own stale-if-error."""
+    """Serve any stored entry up to this many seconds stale when the origin fails, 5xx included (the flag set
+    explicitly: registry outage mode); 0 leaves 5xx to the response's own stale-if-error."""
+    stale_if_disconnected: float = 86400.0
+    """Serve any stored entry up to this many seconds stale when the origin cannot be reached at all (DNS,
+    refused, timeouts, TLS, a connection closed before the response head): §4.2.4 lets a disconnected cache
+    do so. A day covers an outage overnight, yet does not hide a vanished origin for weeks; 0 turns it off."""
     offline: bool = False
     """Answer only from the cache; never contact an origin (504 on a miss)."""
     rules: tuple[Rule, ...] = ()

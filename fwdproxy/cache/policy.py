@@ -203,8 +203,9 @@ def stale_on_error(
 
     ``status`` is the origin's status, or None when the connection failed or timed out. Only 500, 502,
     503 and 504 count as failures. must-revalidate, proxy-revalidate, s-maxage and no-cache still forbid
-    it (§4.2.4), and so does a request no-cache; the configured duration extends the response's own
-    stale-if-error to every other entry.
+    it (§4.2.4), and so do a request no-cache and a request max-age the entry is older than (without
+    max-stale). ``serve_stale_on_error`` extends the response's own stale-if-error to every other entry;
+    ``stale_if_disconnected`` does so for failures without a status only.
     """
     if status is not None and status not in ORIGIN_ERRORS:
         return StaleOnError(False, "not-an-error")
@@ -217,14 +218,22 @@ def stale_on_error(
         return StaleOnError(False, "authorization")  # as in lookup()
     if forbid := stale_forbidden(stored, lifetime):
         return StaleOnError(False, forbid)
-    staleness = current_age(stored, now) - lifetime.seconds
+    age = current_age(stored, now)
+    max_stale = _max_stale(rcc)
+    client_max_age = rcc.seconds("max-age", invalid=0)
+    if client_max_age is not None and age > client_max_age and max_stale is None:
+        # §5.2.1.1: the client refuses anything older (max-age=0: it insists on a validated answer).
+        return StaleOnError(False, "request-max-age")
+    staleness = age - lifetime.seconds
     if staleness < 0:
         return StaleOnError(True, "fresh")  # revalidation was the client's wish; the entry is fresh
     windows = (
         ("stale-if-error", cc.seconds("stale-if-error", invalid=None)),
         ("stale-if-error", rcc.seconds("stale-if-error", invalid=None)),  # RFC 5861 §4 request form
-        ("max-stale", _max_stale(rcc)),
+        ("max-stale", max_stale),
         ("serve-stale-on-error", config.serve_stale_on_error or None),
+        # §4.2.4: a cache that cannot reach the origin (no status at all) may serve stale when disconnected.
+        ("origin-error", (config.stale_if_disconnected or None) if status is None else None),
     )
     for name, window in windows:
         if window is not None and staleness <= window:

@@ -115,6 +115,21 @@ def test_bad_options_rejected(ctx_cache) -> None:
         tctx.configure(cache, fwd_memory_cache_size="lots")
 
 
+@pytest.mark.parametrize(
+    "value, disconnected, on_5xx",
+    [
+        pytest.param("1d", 86400, 0, id="default: unreachable origins only"),
+        pytest.param("86400s", 86400, 86400, id="set explicitly (fwdproxy run passes seconds): 5xx too"),
+        pytest.param("7d", 7 * 86400, 7 * 86400, id="registry outage mode"),
+        pytest.param("0", 0, 0, id="0 turns it off"),
+    ],
+)
+def test_serve_stale_on_error_option(ctx_cache, value: str, disconnected: float, on_5xx: float) -> None:
+    tctx, cache = ctx_cache
+    tctx.configure(cache, fwd_serve_stale_on_error=value)
+    assert (cache.config.stale_if_disconnected, cache.config.serve_stale_on_error) == (disconnected, on_5xx)
+
+
 def test_rule_file_errors_name_the_key(ctx_cache, tmp_path: Path) -> None:
     tctx, cache = ctx_cache
     cfg = tmp_path / "f.toml"

@@ -150,3 +150,10 @@ def test_serve_freezes_the_start_up_heap_and_raises_the_gc_threshold(monkeypatch
         gc.set_threshold(*before)
     assert seen["thresholds"] == engine.GC_THRESHOLDS != before
     assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
+
+
+def test_serve_stale_on_error_is_passed_on_only_when_set() -> None:
+    """Left at its default the addon keeps "1d" (unreachable origins only); set, it covers 5xx as well."""
+    assert engine.mitm_options(Settings())["fwd_serve_stale_on_error"] == "1d"
+    explicit = Settings(serve_stale_on_error=86400.0, explicit=frozenset({"serve_stale_on_error"}))
+    assert engine.mitm_options(explicit)["fwd_serve_stale_on_error"] == "86400s"

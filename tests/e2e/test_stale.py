@@ -69,15 +69,19 @@ def test_serve_stale_on_error_when_origin_is_down(start_proxy, tmp_path: Path) -
     assert miss.status_code == 502
 
 
-def test_without_serve_stale_on_error_the_error_shows(start_proxy) -> None:
+def test_serve_stale_on_error_0_lets_the_error_show(start_proxy) -> None:
     origin = Origin()
     url = origin.route("/pkg", Reply(200, {"Cache-Control": "max-age=0"}, b"package\n"))
-    proxy = start_proxy()
+    proxy = start_proxy("--serve-stale-on-error", "0")
     with client(proxy) as c:
         c.get(url)
         origin.close()
         r = c.get(url)
     assert r.status_code == 502
+    assert (
+        r.text
+        == f"fwdproxy: 127.0.0.1:{origin.port} refused the connection (nothing listens there, or a firewall rejects it)\n"
+    )
 
 
 def test_offline_serves_stored_and_504s_the_rest(start_proxy, origin: Origin, tmp_path: Path) -> None:

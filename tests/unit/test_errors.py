@@ -7,7 +7,14 @@ import socket
 
 import pytest
 
-from fwdproxy.errors import Stall, describe_connect_error, describe_read_timeout, read_stall
+from fwdproxy.errors import (
+    Stall,
+    describe_connect_error,
+    describe_origin_failure,
+    describe_read_timeout,
+    describe_tls_error,
+    read_stall,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +61,49 @@ def test_read_timeout_messages_name_the_origin() -> None:
     assert "h.example:80 stopped sending the body for 1.5 s" in describe_read_timeout(
         "h.example", 80, 1.5, Stall.MID_BODY
     )
+
+
+@pytest.mark.parametrize(
+    "message, text",
+    [
+        pytest.param(
+            "Certificate verify failed: unable to get local issuer certificate",
+            "h.example:443 presented a certificate that is not trusted (unable to get local issuer certificate)",
+            id="untrusted certificate",
+        ),
+        pytest.param(
+            "The remote server does not speak TLS.",
+            "h.example:443 does not speak TLS (is it a plain-HTTP port?)",
+            id="plain HTTP on a TLS port",
+        ),
+        pytest.param(
+            "OpenSSL Error([('SSL routines', '', 'unexpected eof')])",
+            "TLS handshake with h.example:443 failed: OpenSSL Error(",
+            id="anything else names the host",
+        ),
+    ],
+)
+def test_describe_tls_error(message: str, text: str) -> None:
+    assert describe_tls_error("h.example", 443, message).startswith(text)
+
+
+@pytest.mark.parametrize(
+    "message, text",
+    [
+        ("server closed connection", "h.example:80 closed the connection before sending a response"),
+        ("connection closed early", "h.example:80 closed the connection before sending a response"),
+        (
+            "Cannot parse HTTP response: Bad HTTP response line: b'SSH-2.0'",
+            "h.example:80 sent a malformed response (Cannot parse HTTP response: Bad HTTP response line",
+        ),
+        (
+            "[Errno 104] Connection reset by peer",
+            "h.example:80 reset the connection before sending a response",
+        ),
+        ("something new", "h.example:80 failed: something new"),
+    ],
+)
+def test_describe_origin_failure(message: str, text: str) -> None:
+    status, got = describe_origin_failure("h.example", 80, message)
+    assert status == 502
+    assert got.startswith(text)
