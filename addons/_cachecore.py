@@ -345,8 +345,12 @@ class CacheCore:
             return
         if (allowed := self._stale_on_error(flow, state)) and state.body is not None:
             meta = state.candidates[0][1]
-            fwd_status = None if "fwd_error" in flow.metadata else resp.status
-            status = CacheStatus(fwd=Fwd.STALE, fwd_status=fwd_status, detail=allowed)
+            failed = "fwd_error" in flow.metadata
+            # Issue 17's contract: an entry standing in for an origin that gave no response at all says
+            # `hit; fwd=stale; detail=origin-error` (the body is the cache's; the request did go forward).
+            status = CacheStatus(
+                hit=failed, fwd=Fwd.STALE, fwd_status=None if failed else resp.status, detail=allowed
+            )
             # The response phase: the sidecar would need a request of its own, so a body on disk is read whole.
             self._serve(flow, state, meta, state.body, status, now, stream=False)
             return

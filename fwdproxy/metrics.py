@@ -39,8 +39,11 @@ class Outcome(enum.StrEnum):
 FROM_CACHE = frozenset({Outcome.HIT, Outcome.STALE, Outcome.REVALIDATED, Outcome.COLLAPSED})
 """Outcomes whose body the origin did not send: they count as hits and as bytes saved."""
 FROM_ORIGIN = frozenset({Outcome.REFRESH, Outcome.MISS, Outcome.BYPASS})
-STALE_SERVED = frozenset({"stale-while-revalidate", "stale-if-error"})
-"""Cache-Status details with which a stale entry answered (RFC 5861)."""
+STALE_SERVED = frozenset(
+    {"stale-while-revalidate", "stale-if-error", "max-stale", "serve-stale-on-error", "origin-error", "fresh"}
+)
+"""Cache-Status details with which a stored entry answered in the origin's stead (RFC 5861; the reasons
+cache.stale_on_error gives, "fresh" for a fresh entry whose revalidation failed)."""
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Time-to-first-byte buckets (seconds): prometheus_client's defaults, plus 30 s for slow registries."""
@@ -82,12 +85,12 @@ def classify(cache_status: str | None, cache_name: str = CACHE_NAME) -> Outcome:
         return Outcome.NONE
     if "collapsed" in params:
         return Outcome.COLLAPSED
+    fwd = params.get("fwd", "miss")
+    if params.get("detail") in STALE_SERVED and fwd == "stale":
+        return Outcome.STALE  # before "hit": an entry standing in for a failed origin says both
     if "hit" in params:
         return Outcome.HIT
-    fwd = params.get("fwd", "miss")
     fwd_status = params.get("fwd-status")
-    if params.get("detail") in STALE_SERVED:
-        return Outcome.STALE
     if fwd_status == "304" and fwd in ("stale", "request"):
         return Outcome.REVALIDATED
     if fwd in ("bypass", "method"):

@@ -65,7 +65,7 @@ def test_serve_stale_on_error_when_origin_is_down(start_proxy, tmp_path: Path) -
         r = c.get(url)
         miss = c.get(miss_url)
     assert r.status_code == 200 and r.content == b"package\n"
-    assert r.headers["Cache-Status"] == "fwdproxy; fwd=stale; detail=serve-stale-on-error"
+    assert r.headers["Cache-Status"] == "fwdproxy; hit; fwd=stale; detail=serve-stale-on-error"
     assert miss.status_code == 502
 
 

@@ -250,3 +250,16 @@ def test_worker_rows_and_their_exposition() -> None:
     per = {x.labels["worker"]: x.value for x in f["fwdproxy_worker_requests"].samples}
     assert per == {"1": 3, "2": 2}
     assert sum(x.value for x in f["fwdproxy_requests"].samples) == 5
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "fwdproxy; hit; fwd=stale; detail=origin-error",
+        "fwdproxy; hit; fwd=stale; detail=serve-stale-on-error",
+        "fwdproxy; fwd=stale; fwd-status=503; detail=serve-stale-on-error",
+        "fwdproxy; fwd=stale; fwd-status=503; detail=stale-if-error",
+    ],
+)
+def test_an_entry_standing_in_for_a_failed_origin_counts_as_stale(value: str) -> None:
+    assert classify(value) is Outcome.STALE
