@@ -63,7 +63,12 @@ class OriginErrors:
         # open_connection in mitmproxy/proxy/server.py); cancelling that task is how the attempt is cut short.
         task = asyncio.current_task()
         if task is not None and self.timeout > 0:
-            asyncio.get_running_loop().call_later(self.timeout, self._check_connect, data.server, task)
+            timer = asyncio.get_running_loop().call_later(
+                self.timeout, self._check_connect, data.server, task
+            )
+            # Once connected (or failed) the timer has nothing to do: drop it with the task, not 10 s later
+            # (it holds the task and the connection, and a busy proxy opens many).
+            task.add_done_callback(lambda _: timer.cancel())
 
     def _check_connect(self, server: connection.Server, task: asyncio.Task[None]) -> None:
         if task.done() or server.timestamp_tcp_setup is not None or server.error is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -20,6 +21,10 @@ from fwdproxy import __version__, runtime, trust
 from fwdproxy.units import parse_duration
 
 log = logging.getLogger("fwdproxy")
+
+
+FULL_COLLECTION_EVERY = 5.0
+"""Seconds between full garbage collections (see Lifecycle._collect_periodically)."""
 
 
 class Lifecycle:
@@ -39,6 +44,7 @@ class Lifecycle:
         self.master: Any = None
         self.stopping: asyncio.Task[None] | None = None
         self.checker: asyncio.Task[None] | None = None
+        self.collector: asyncio.Task[None] | None = None
         self.runtime: runtime.Running | None = None
         """What this process wrote to its runtime file (``fwd_role=run``), removed at a clean stop."""
 
@@ -133,10 +139,13 @@ class Lifecycle:
                 loop.add_signal_handler(sig, self.stop)
         if self.check_every > 0:
             self.checker = loop.create_task(self._check_store_periodically())
+        self.collector = loop.create_task(self._collect_periodically())
 
     async def done(self) -> None:
         if self.checker is not None:
             self.checker.cancel()
+        if self.collector is not None:
+            self.collector.cancel()
         if self.runtime is not None:
             runtime.remove(self.runtime)
             self.runtime = None
@@ -173,6 +182,22 @@ class Lifecycle:
                 "between this proxy and an origin can impersonate it, and the cache will serve what they send "
                 "to every client"
             )
+
+    # -- garbage ---------------------------------------------------------------------------------------
+
+    async def _collect_periodically(self) -> None:
+        """A full garbage collection every FULL_COLLECTION_EVERY seconds.
+
+        mitmproxy's flows and layers are reference cycles, freed only by the collector. A flow that lives a
+        while (a download streaming for seconds) is promoted to the oldest generation, which Python collects
+        only once it has grown by a quarter since the last full collection: on a busy proxy its body chunks
+        and buffers then wait for minutes. Measured with scripts/soak (50 connections, 40 s): RSS ended at
+        274 MiB without this, 158-174 MiB with a full collection every 3-5 s. The start-up heap is frozen
+        (engine.tune_gc), so a full collection walks only what came since: 20-90 ms under that load, under
+        2 % of the CPU at one every 5 s."""
+        while True:
+            await asyncio.sleep(FULL_COLLECTION_EVERY)
+            gc.collect()
 
     # -- the cache's health ---------------------------------------------------------------------------
 
