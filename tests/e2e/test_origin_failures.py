@@ -245,7 +245,8 @@ def test_stale_is_served_on_a_read_timeout_before_the_head(start_proxy, switchab
         r = c.get(switchable.url())
     assert r.status_code == 200 and r.content == BODY
     assert r.headers["Cache-Status"] == "fwdproxy; hit; fwd=stale; detail=origin-error"
-    assert 1 <= time.monotonic() - started < 5
+    took = time.monotonic() - started
+    assert took >= 1 and took < 5
 
 
 def test_stale_is_served_on_a_connect_timeout(start_proxy, switchable: Switchable) -> None:
@@ -275,7 +276,7 @@ def test_stale_is_served_on_a_connect_timeout(start_proxy, switchable: Switchabl
         srv.close()
     assert r.status_code == 200 and r.content == BODY
     assert r.headers["Cache-Status"] == "fwdproxy; hit; fwd=stale; detail=origin-error"
-    assert 1 <= waited < 5
+    assert waited >= 1 and waited < 5
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

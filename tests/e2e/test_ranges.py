@@ -278,7 +278,7 @@ def test_ranges_of_objects_above_the_limit_go_to_the_origin(start_proxy, origin:
     # range that came after the first fetch gave up may have tried a whole fetch of its own).
     asked = [r.headers.get("Range") for r in origin.requests]
     assert sorted(a for a in asked if a) == sorted(f"bytes={i * part}-{(i + 1) * part - 1}" for i in range(4))
-    assert 1 <= asked.count(None) <= 4
+    assert asked.count(None) >= 1 and asked.count(None) <= 4
 
 
 def test_waiting_ranges_stream_from_the_body_on_its_way(start_proxy, origin: Origin) -> None:
