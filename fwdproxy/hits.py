@@ -9,10 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from fwdproxy import jsonfile
 
 FILENAME = "hits.json"
 MAX_KEYS = 100_000
@@ -39,15 +40,7 @@ def _save(path: Path, counts: Mapping[str, int]) -> None:
     if len(counts) > MAX_KEYS:
         counts = dict(Counter(counts).most_common(MAX_KEYS // 2))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".hits-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(counts, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    jsonfile.write_atomically(path, counts)
 
 
 def add(path: Path, deltas: Mapping[str, int]) -> None:

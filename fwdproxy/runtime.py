@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from fwdproxy import jsonfile
+
 CACHE_DIR_NAME = "fwdproxy.run.json"
 FORMAT = 1
 """Bumped when a field changes meaning; a file of another format is ignored (as if no proxy ran)."""
@@ -82,14 +84,11 @@ def paths(running: Running, environ: dict[str, str] | None = None) -> tuple[Path
 
 def write(running: Running, environ: dict[str, str] | None = None) -> list[Path]:
     """Write both files atomically; returns those written (a directory we cannot write is skipped)."""
-    text = json.dumps(asdict(running), indent=1, sort_keys=True) + "\n"
     written = []
     for path in paths(running, environ):
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            jsonfile.write_atomically(path, asdict(running), indent=1)
             written.append(path)
         except OSError:
             continue

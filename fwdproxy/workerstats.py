@@ -15,12 +15,12 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fwdproxy import jsonfile
 from fwdproxy.store import TierStats
 
 STATS_EVERY = 1.0
@@ -70,15 +70,7 @@ def write(
     doc = {"worker": index, "pid": pid, "updated": updated, "stats": state}
     if memory is not None:
         doc["memory"] = dataclasses.asdict(memory)
-    fd, tmp = tempfile.mkstemp(prefix=".worker-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    jsonfile.write_atomically(path, doc)
 
 
 def read(path: Path) -> WorkerFile | None:
