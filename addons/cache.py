@@ -13,7 +13,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo, _respond, _wideread
+from addons import _flowinfo, _respond
 from addons._cachecore import CacheCore
 from addons._cacheflow import (
     BACKGROUND,
@@ -26,6 +26,7 @@ from addons._cacheflow import (
     background_copy,
 )
 from addons._cachehttp import close, to_request
+from addons._mitm import wideread as _wideread
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict

@@ -7,6 +7,7 @@ import logging
 from mitmproxy import exceptions
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _mitm
 from addons.access import Access
 from addons.accesslog import AccessLog
 from addons.admin import Admin
@@ -23,7 +24,10 @@ from addons.tunnel import Tunnel
 
 
 def chain() -> list[object]:
-    """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
+    """Fresh instances of every fwdproxy addon, in the order their hooks must run.
+
+    Raises UnsupportedMitmproxy (an OptionsError) on a mitmproxy the patches were not written for."""
+    _mitm.install()  # every adaptation of mitmproxy's internals, checked first (addons/_mitm/__init__.py)
     anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.

@@ -6,7 +6,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import _http1
+from addons._mitm import http1 as _http1
 from addons.strict import Strict
 
 
