@@ -86,7 +86,7 @@ PATCHES: tuple[Patch, ...] = (
     # mark_done sit inside pool's, as when the addons installed them one by one.
     Patch(
         "HTTP/1 heads, body errors, header timeout, 1xx, excess bytes (addons/_mitm/http1.py)",
-        "§18",
+        "§15",
         (
             Target(_H1S, "read_headers", "generator", _GEN_EVENT, ("buf", "state")),
             Target(_H1S, "read_body", "generator", _GEN_EVENT),
@@ -103,7 +103,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "absolute-form requests to an upstream proxy (addons/_mitm/via.py)",
-        "§25",
+        "§18",
         (
             Target(
                 _upstream_proxy, "HttpUpstreamProxy", "class", ("self", "ctx", "tunnel_conn", "send_connect")
@@ -142,13 +142,13 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "time of each connection's last read (addons/_mitm/readstamp.py)",
-        "§26",
+        "§19",
         (Target(_CH, "server_event", "coroutine", _GEN_EVENT),),
         readstamp.apply,
     ),
     Patch(
         "shared origin connections and cached DNS (addons/_mitm/pool.py)",
-        "§24",
+        "§17",
         (
             Target(
                 _CH,
@@ -178,7 +178,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "wide reads from the cache's sidecar (addons/_mitm/wideread.py)",
-        "§23",
+        "§16",
         (
             Target(_CH, "__init__", "function", ("self", "context"), ("transports",)),
             Target(
@@ -194,7 +194,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "hooks looked up once per chain (addons/_mitm/dispatch.py, fwdproxy run only)",
-        "§27",
+        "§20",
         (
             Target(addonmanager.AddonManager, "trigger_event", "coroutine", _GEN_EVENT, replaced=False),
             Target(addonmanager.AddonManager, "handle_lifecycle", "coroutine", _GEN_EVENT, replaced=False),
@@ -208,7 +208,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "one port for all workers (addons/_mitm/sharedport.py, fwdproxy run --workers)",
-        "§28",
+        "§21",
         (
             Target(mode_servers.RegularInstance, "listen", "coroutine", ("self", "host", "port")),
             Target(
@@ -226,7 +226,7 @@ PATCHES: tuple[Patch, ...] = (
     ),
     Patch(
         "internals the addons read or drive (proxyserver, ReplayHandler)",
-        "§29",
+        "§22",
         (
             Target(
                 proxyserver.Proxyserver,
@@ -253,8 +253,9 @@ PATCHES: tuple[Patch, ...] = (
 _installed = False
 
 
-def check_version(running: str = version.VERSION) -> None:
-    """Raise UnsupportedMitmproxy unless ``running`` is within SUPPORTED."""
+def check_version(running: str | None = None) -> None:
+    """Raise UnsupportedMitmproxy unless ``running`` (default: the imported mitmproxy's) is within SUPPORTED."""
+    running = version.VERSION if running is None else running
     try:
         release = tuple(int(part) for part in running.split(".")[:2])
     except ValueError:

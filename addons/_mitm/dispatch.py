@@ -2,7 +2,7 @@
 
 Not a patch of mitmproxy's classes (mitmdump's manager is left alone): ``fwdproxy run`` builds its Master
 (fwdproxy/engine.py ``build``) with this subclass, which overrides the dispatch methods listed in the
-register (addons/_mitm/__init__.py; docs/mitmproxy-notes.md §27).
+register (addons/_mitm/__init__.py; docs/mitmproxy-notes.md §20).
 """
 
 from __future__ import annotations

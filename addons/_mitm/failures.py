@@ -1,7 +1,7 @@
 """Adaptations of mitmproxy's HTTP layer for origin failures (not an addon): an addon answers them, in plain text.
 
 What mitmproxy 12.3 does, and what we change (``apply()`` makes all four changes; addons/_mitm/__init__.py calls
-it once per process, after checking the targets; docs/mitmproxy-notes.md §14-§17):
+it once per process, after checking the targets; docs/mitmproxy-notes.md §14):
 
 1. An origin that cannot give a response head (connect or TLS failure, a close, reset or garbage before the
    status line) reaches ``HttpStream.handle_protocol_error`` (mitmproxy/proxy/layers/http/__init__.py) as a

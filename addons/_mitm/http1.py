@@ -7,7 +7,7 @@ the first Content-Length bytes of a response as its body without a word about by
 read them as the next response), and has no read timeout. The layer is sans-IO and knows no flows, so these
 patches wrap its generator methods and talk to the addons (addons/guard.py, addons/readtimeout.py) through
 the two weak registries below. ``apply()`` makes the changes; addons/_mitm/__init__.py calls it once per
-process, after checking the targets (docs/mitmproxy-notes.md §18-§22).
+process, after checking the targets (docs/mitmproxy-notes.md §15).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 TLS connections and connections through an upstream proxy are not pooled: their state (the OpenSSL object,
 the CONNECT tunnel) lives in layers of the client's stack, which cannot be moved to another client. They
 still get cached DNS and close with their client as before. :func:`apply` makes the changes;
-addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §24).
+addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §17).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ mitmproxy keeps no such time per connection; its own ``tcp_timeout`` watches a c
 minutes by default. ``ConnectionHandler.server_event`` is wrapped to stamp the connection of every
 ``DataReceived`` with ``time.monotonic()`` (attribute :data:`LAST_READ`), which the read-timeout addon
 (addons/readtimeout.py) compares with its clock. :func:`apply` makes the change; addons/_mitm/__init__.py
-calls it once per process, after checking the target (docs/mitmproxy-notes.md §26).
+calls it once per process, after checking the target (docs/mitmproxy-notes.md §19).
 """
 
 from __future__ import annotations

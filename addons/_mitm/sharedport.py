@@ -2,7 +2,7 @@
 
 ``fwdproxy run --workers N`` (fwdproxy/workers.py) starts N proxies whose listeners join one SO_REUSEPORT
 group; fwdproxy/engine.py ``build`` attaches a :class:`SharedPort` to a worker's Master. Listed in the
-register (addons/_mitm/__init__.py; docs/mitmproxy-notes.md §28).
+register (addons/_mitm/__init__.py; docs/mitmproxy-notes.md §21).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ setattr(AbsoluteForm, PATCHED, True)
 
 def apply() -> None:
     """Make mitmproxy build :class:`AbsoluteForm` for every connection via an upstream proxy (once per process:
-    addons/_mitm/__init__.py checks the target first; docs/mitmproxy-notes.md §25)."""
+    addons/_mitm/__init__.py checks the target first; docs/mitmproxy-notes.md §18)."""
     # get_connection looks the class up on the module at call time, so replacing the attribute is enough.
     _upstream_proxy.HttpUpstreamProxy = AbsoluteForm  # type: ignore[misc]
 

@@ -13,7 +13,7 @@ class of the ``asyncio.StreamReader`` of a connection to a marked address for :c
 mitmproxy registers it, which is before mitmproxy first reads from it. Addresses, not connection objects,
 are marked: mitmproxy opens a ``Server`` of its own for a flow (``HttpLayer.get_connection``) and keeps
 only the flow's address. :func:`apply` makes the change; addons/_mitm/__init__.py calls it once per process,
-after checking the target (docs/mitmproxy-notes.md §23).
+after checking the target (docs/mitmproxy-notes.md §16).
 """
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ def diskcache_problems() -> list[tuple[str, str]]:
     """What no longer matches diskcache 5.6 among the internals used here, as (name, why) pairs.
 
     The queries use ``Cache._sql`` and ``Cache._con`` (private) and the Cache table's columns; BodyDisk
-    overrides ``Disk.store``/``fetch`` and reads ``Disk._directory``. Listed in docs/mitmproxy-notes.md §30;
+    overrides ``Disk.store``/``fetch`` and reads ``Disk._directory``. Listed in docs/mitmproxy-notes.md §23;
     addons/_mitm/__init__.py refuses to start the proxy when this is not empty.
     """
     found: list[tuple[str, str]] = []
