@@ -113,12 +113,8 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
 async def serve(s: Settings, *, shared_port: bool = False) -> int:
     """Run the proxy until SIGINT/SIGTERM; the exit status is 0, or 1 when it could not start.
 
-    With ``s.workers`` > 1 this process supervises that many proxy processes on one port (workers.py).
+    One process: ``fwdproxy run --workers N`` (cli.py) supervises N of these instead (workers.py).
     """
-    if s.workers > 1:
-        from fwdproxy import workers
-
-        return await workers.supervise(s, s.workers)
     try:
         master, lifecycle = build(s, shared_port=shared_port)
     except (exceptions.OptionsError, KeyError) as e:
