@@ -38,8 +38,9 @@ from fwdproxy.store.record import (
     TierStats,
     Verification,
 )
+from fwdproxy.store.tempfiles import Opener, clean_stale, open_unbuffered
 from fwdproxy.store.verify import verify
-from fwdproxy.store.writer import DiskWriter, Opener, clean_stale, open_unbuffered
+from fwdproxy.store.writer import DiskWriter
 
 log = logging.getLogger("fwdproxy.store")
 

@@ -21,7 +21,7 @@ import diskcache
 
 from fwdproxy.store import backend
 from fwdproxy.store.backend import Fault
-from fwdproxy.store.writer import clean_stale
+from fwdproxy.store.tempfiles import clean_stale
 
 log = logging.getLogger("fwdproxy.store")
 
