@@ -12,21 +12,6 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo, _respond
-from addons._cachecore import CacheCore
-from addons._cacheflow import (
-    BACKGROUND,
-    COLLAPSE_WAIT,
-    REMOTE,
-    RESUME,
-    STATE,
-    WHOLE,
-    CacheFlow,
-    background_copy,
-)
-from addons._cachehttp import close, to_request
-from addons._mitm import wideread as _wideread
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
@@ -36,6 +21,20 @@ from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
+from fwdproxy_addons import _flowinfo, _respond
+from fwdproxy_addons._cachecore import CacheCore
+from fwdproxy_addons._cacheflow import (
+    BACKGROUND,
+    COLLAPSE_WAIT,
+    REMOTE,
+    RESUME,
+    STATE,
+    WHOLE,
+    CacheFlow,
+    background_copy,
+)
+from fwdproxy_addons._cachehttp import close, to_request
+from fwdproxy_addons._mitm import wideread as _wideread
 
 log = logging.getLogger("fwdproxy.cache")
 

@@ -15,12 +15,11 @@ from mitmproxy import flow as mflow
 from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _check, _flowinfo, _mitm, _respond
-from addons._mitm import via as _via
 from fwdproxy import balance
 from fwdproxy.cache.key import primary_key
 from fwdproxy.config import read_toml
+from fwdproxy_addons import _check, _flowinfo, _mitm, _respond
+from fwdproxy_addons._mitm import via as _via
 
 log = logging.getLogger("fwdproxy.egress")
 

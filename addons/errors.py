@@ -10,11 +10,10 @@ import time
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _mitm, _respond
-from addons._mitm import failures
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import failures
 
 log = logging.getLogger("fwdproxy.errors")
 

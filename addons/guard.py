@@ -15,10 +15,9 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _mitm, _respond
-from addons._mitm import http1 as _http1
 from fwdproxy import guard, target
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import http1 as _http1
 
 log = logging.getLogger("fwdproxy.guard")
 

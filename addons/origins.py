@@ -7,11 +7,10 @@ import time
 
 from mitmproxy import ctx, exceptions
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _mitm
-from addons._mitm import pool as _origins
 from fwdproxy.dnscache import NEGATIVE_TTL, DnsCache
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import pool as _origins
 
 log = logging.getLogger("fwdproxy.origins")
 

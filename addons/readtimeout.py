@@ -12,11 +12,11 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons import _mitm, _respond
-from addons._mitm import http1 as _http1
-from addons._mitm.readstamp import LAST_READ
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._mitm.readstamp import LAST_READ
 
 log = logging.getLogger("fwdproxy.errors")
 

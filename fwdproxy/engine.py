@@ -94,9 +94,9 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
     With ``shared_port`` the listener joins a SO_REUSEPORT group (one of ``--workers N`` processes).
     """
     # Imported here: addons/ may import mitmproxy, fwdproxy/ stays pure.
-    from addons._mitm.dispatch import HookTable
-    from addons._mitm.sharedport import SharedPort
-    from addons.fwdproxy import chain
+    from fwdproxy_addons._mitm.dispatch import HookTable
+    from fwdproxy_addons._mitm.sharedport import SharedPort
+    from fwdproxy_addons.fwdproxy import chain
 
     master = Master(options.Options())
     master.addons = HookTable(master)

@@ -24,9 +24,9 @@ from mitmproxy.proxy import mode_servers, server
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers.http import _http1, _http2, _upstream_proxy
 
-from addons._mitm import failures, http1, pool, readstamp, via, wideread
-from addons._mitm.mark import is_ours
 from fwdproxy.store import backend
+from fwdproxy_addons._mitm import failures, http1, pool, readstamp, via, wideread
+from fwdproxy_addons._mitm.mark import is_ours
 
 SUPPORTED = ((12, 3), (12, 4))
 """mitmproxy releases the patches were written for: from 12.3 up to, not including, 12.4 (as pyproject)."""

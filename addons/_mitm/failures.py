@@ -43,8 +43,8 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 
-from addons import _respond
-from addons._mitm.mark import marked
+from fwdproxy_addons import _respond
+from fwdproxy_addons._mitm.mark import marked
 
 log = logging.getLogger("fwdproxy")
 

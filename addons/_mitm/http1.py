@@ -36,10 +36,10 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.utils import human
 
-from addons import _respond
-from addons._mitm.mark import marked
 from fwdproxy import guard, strictness
 from fwdproxy.cache.headers import HOP_BY_HOP
+from fwdproxy_addons import _respond
+from fwdproxy_addons._mitm.mark import marked
 
 Commands = Generator[commands.Command, Any, None]
 

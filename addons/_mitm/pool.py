@@ -44,10 +44,10 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ResponseHeaders
 from mitmproxy.utils import human
 
-from addons._mitm import wideread
-from addons._mitm.mark import marked
 from fwdproxy.dnscache import Addresses, DnsCache
 from fwdproxy.originpool import DEFAULT_IDLE_TIMEOUT, OriginPool, PoolKey
+from fwdproxy_addons._mitm import wideread
+from fwdproxy_addons._mitm.mark import marked
 
 log = logging.getLogger("fwdproxy.origins")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from mitmproxy.proxy import events, server
 
-from addons._mitm.mark import marked
+from fwdproxy_addons._mitm.mark import marked
 
 LAST_READ = "fwd_last_read"
 """Attribute set on every mitmproxy Connection when bytes arrive on it: time.monotonic() of the last read."""

@@ -14,7 +14,7 @@ from typing import Any
 from mitmproxy.addons import proxyserver
 from mitmproxy.proxy import mode_servers
 
-from addons._mitm.mark import marked
+from fwdproxy_addons._mitm.mark import marked
 
 
 class SharedPort:

@@ -25,7 +25,7 @@ from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.tunnel import TunnelState
 
-from addons._mitm.mark import PATCHED
+from fwdproxy_addons._mitm.mark import PATCHED
 
 log = logging.getLogger("fwdproxy.egress")
 

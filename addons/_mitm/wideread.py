@@ -24,7 +24,7 @@ from typing import Any
 from mitmproxy import connection
 from mitmproxy.proxy import server
 
-from addons._mitm.mark import marked
+from fwdproxy_addons._mitm.mark import marked
 
 WIDE_READ = 1024 * 1024
 """Most bytes one read of a marked connection returns; what is buffered is far less, so this rarely binds."""

@@ -11,9 +11,9 @@ from mitmproxy import exceptions
 from mitmproxy.proxy.layers.http import HttpRequestHook
 from mitmproxy.test import tflow
 
-from addons._mitm.dispatch import HookTable
 from fwdproxy import engine
 from fwdproxy.config import Settings
+from fwdproxy_addons._mitm.dispatch import HookTable
 
 LEAN = ["core", "proxyserver", "nextlayer", "tlsconfig"]
 """mitmproxy's own addons, and no more (mitmproxy-notes §12): a new one here costs every flow."""

@@ -20,9 +20,9 @@ from mitmproxy import connection, options
 from mitmproxy.proxy import events, mode_specs, server
 from mitmproxy.proxy.layers.http import _http1, _upstream_proxy
 
-from addons import _mitm
-from addons._mitm import readstamp, via, wideread
-from addons._mitm.mark import is_ours
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import readstamp, via, wideread
+from fwdproxy_addons._mitm.mark import is_ours
 from tests.support import REPO, Proxy, RawOrigin, fwdproxy_argv, pattern
 
 EFFECTS: dict[str, tuple[str, ...]] = {
@@ -134,7 +134,7 @@ def test_a_drifted_target_refuses_install_before_anything_changes() -> None:
         "def read_body(self, event, limit): yield from ()\n"
         "_http1.Http1Server.read_body = read_body\n"
         "untouched = (_http1.Http1Server.read_headers, _http1.make_error_response)\n"
-        "from addons import _mitm\n"
+        "from fwdproxy_addons import _mitm\n"
         "try:\n"
         "    _mitm.install()\n"
         "except _mitm.UnsupportedMitmproxy as e:\n"

@@ -8,9 +8,9 @@ from mitmproxy.proxy import server
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons
 
-from addons import _mitm
-from addons._mitm import pool as _origins
-from addons.origins import Origins
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import pool as _origins
+from fwdproxy_addons.origins import Origins
 
 
 def test_options_configure_the_shared_state() -> None:

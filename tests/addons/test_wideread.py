@@ -12,10 +12,10 @@ import pytest
 from mitmproxy import connection, options
 from mitmproxy.proxy import mode_specs, server
 
-from addons import _mitm
-from addons._mitm import wideread as _wideread
 from fwdproxy import engine
 from fwdproxy.config import Settings
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import wideread as _wideread
 from tests.support import Origin, Reply, pattern
 
 

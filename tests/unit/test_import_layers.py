@@ -9,15 +9,16 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-PACKAGES = ("fwdproxy", "addons")
+PACKAGES = {"fwdproxy": "fwdproxy", "fwdproxy_addons": "addons"}
+"""Package name -> its folder (pyproject maps addons/ to fwdproxy_addons)."""
 
 
 def modules(root: Path = REPO) -> dict[str, Path]:
     """Dotted module name -> file, for every module of PACKAGES (a package is its __init__.py)."""
     found: dict[str, Path] = {}
-    for top in PACKAGES:
-        for path in (root / top).rglob("*.py"):
-            parts = list(path.relative_to(root).with_suffix("").parts)
+    for package, folder in PACKAGES.items():
+        for path in (root / folder).rglob("*.py"):
+            parts = [package, *path.relative_to(root / folder).with_suffix("").parts]
             if parts[-1] == "__init__":
                 parts.pop()
             found[".".join(parts)] = path
@@ -113,7 +114,9 @@ def test_function_level_and_relative_imports_are_arrows(tmp_path: Path) -> None:
 
 def test_no_import_circles_in_fwdproxy_and_addons() -> None:
     arrows = graph()
-    assert {"fwdproxy.store.disk", "addons.fwdproxy", "addons._mitm.http1"} <= set(arrows)  # both packages read
+    assert {"fwdproxy.store.disk", "fwdproxy_addons.fwdproxy", "fwdproxy_addons._mitm.http1"} <= set(
+        arrows
+    )  # both packages read
     assert cycles(arrows) == []
 
 
@@ -135,6 +138,6 @@ def test_only_the_shell_reaches_into_addons() -> None:
     reaching = {
         m
         for m, targets in arrows.items()
-        if m.startswith("fwdproxy") and any(t.startswith("addons") for t in targets)
+        if m.startswith("fwdproxy.") and any(t.startswith("fwdproxy_addons") for t in targets)
     }
     assert reaching == {"fwdproxy.engine"}
