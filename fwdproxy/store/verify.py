@@ -94,19 +94,9 @@ def _remove_orphans(store: Checked, owned: set[str], *, min_age: float) -> int:
 def verify_all(store: Checked, *, orphan_age: float = ORPHAN_AGE) -> VerifyReport:
     """Verify every entry (deleting damaged ones), then remove body files no entry owns."""
     checked = bad = 0
-    after = 0
-    while (cache := store.db.live()) is not None:
-        try:
-            rows = backend.page(cache, after, 256)
-        except ERRORS as e:
-            store.db.fault(e, "verifying the cache")
-            break
-        if not rows:
-            break
-        for rowid, key, filename, record in rows:
-            after = rowid
-            checked += 1
-            bad += _check(store, key, backend.Row(filename, record)) is Verification.BAD
+    for _, key, filename, record in store.db.rows("verifying the cache"):
+        checked += 1
+        bad += _check(store, key, backend.Row(filename, record)) is Verification.BAD
     orphans = 0
     if (cache := store.db.live()) is not None:
         try:
