@@ -16,8 +16,14 @@ def _make_importable() -> None:
     out of the way, before anything else. An installed fwdproxy (editable or not) provides both packages; in a
     source checkout that is not installed, the repository root (this folder's parent) is added to
     ``sys.path`` once and this folder is registered as ``fwdproxy_addons``. Nothing else in the folder
-    touches ``sys.path``.
+    touches ``sys.path``: a single addon loaded alone (``mitmdump -s addons/egress.py``) gets here through
+    its own ``import fwdproxy``.
     """
+    if __name__ == "fwdproxy":
+        # Another script of this folder, loaded alone (mitmdump -s addons/egress.py), imported the package
+        # while the folder was first on sys.path and found this file: the package takes its place (the import
+        # statement hands over whatever sys.modules holds once this file has run).
+        del sys.modules["fwdproxy"]
     if hasattr(sys.modules.get("fwdproxy"), "__path__") and "fwdproxy_addons" in sys.modules:
         return  # imported as fwdproxy_addons.fwdproxy (fwdproxy run), or loaded again
     here = os.path.dirname(os.path.abspath(__file__))
@@ -104,4 +110,5 @@ _script_log = logging.getLogger("mitmproxy.addons.script")
 if not any(isinstance(f, _OptionErrorInOneLine) for f in _script_log.filters):
     _script_log.addFilter(_OptionErrorInOneLine())
 
-addons = chain()
+if __name__ != "fwdproxy":  # not while standing in for the package (see _make_importable)
+    addons = chain()
