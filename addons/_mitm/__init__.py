@@ -98,6 +98,14 @@ PATCHES: tuple[Patch, ...] = (
                 h11._receivebuffer.ReceiveBuffer, "maybe_extract_lines", "function", ("self",), replaced=False
             ),
             Target(h11._receivebuffer, "blank_line_regex", "attribute", replaced=False),
+            Target(
+                h11._receivebuffer.ReceiveBuffer,
+                "__init__",
+                "function",
+                ("self",),
+                ("_data", "_multiple_lines_search"),
+                replaced=False,
+            ),
         ),
         http1.apply,
     ),

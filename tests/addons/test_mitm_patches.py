@@ -15,11 +15,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import diskcache
+import h11._receivebuffer
 import pytest
 from mitmproxy import connection, options
 from mitmproxy.proxy import events, mode_specs, server
 from mitmproxy.proxy.layers.http import _http1, _upstream_proxy
 
+from fwdproxy.store import backend
 from fwdproxy_addons import _mitm
 from fwdproxy_addons._mitm import readstamp, via, wideread
 from fwdproxy_addons._mitm.mark import is_ours
@@ -146,6 +149,22 @@ def test_a_drifted_target_refuses_install_before_anything_changes() -> None:
     assert "Http1Server.read_body" in done.stdout and "§15" in done.stdout
     assert "('self', 'event', 'limit'), written for ('self', 'event')" in done.stdout
     assert "untouched: True" in done.stdout
+
+
+def test_drifted_diskcache_internals_are_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert backend.diskcache_problems() == []
+    monkeypatch.setattr(diskcache.Disk, "store", lambda self, value, read: None)
+    monkeypatch.delattr(diskcache.Cache, "_sql")
+    found = dict(backend.diskcache_problems())
+    assert set(found) == {"diskcache.Disk.store", "diskcache.Cache._sql"}
+    assert [p for p in _mitm.problems() if p.startswith("diskcache.")] == [
+        f"{k}: {v}" for k, v in found.items()
+    ]
+
+
+def test_a_drifted_h11_buffer_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(h11._receivebuffer.ReceiveBuffer, "__init__", lambda self: None)
+    assert any("ReceiveBuffer.__init__" in p and "_multiple_lines_search" in p for p in _mitm.problems())
 
 
 def test_fwdproxy_run_refuses_an_unsupported_mitmproxy(tmp_path: Path) -> None:
