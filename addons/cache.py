@@ -21,7 +21,7 @@ from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.units import parse_duration, parse_size
-from fwdproxy_addons import _flowinfo, _respond
+from fwdproxy_addons import _flowinfo, _mitm, _respond
 from fwdproxy_addons._cachecore import CacheCore
 from fwdproxy_addons._cacheflow import (
     BACKGROUND,
@@ -139,6 +139,7 @@ class Cache(CacheCore):
     async def running(self) -> None:
         self.sidecar = Sidecar()
         await self.sidecar.start()
+        _mitm.install()  # the wide reads (addons/_mitm/wideread.py), also when this addon is loaded alone
         _wideread.widen(("127.0.0.1", self.sidecar.port))  # our own loopback server: read it in wide gulps
 
     async def done(self) -> None:
