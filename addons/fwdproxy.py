@@ -7,6 +7,7 @@ import logging
 from mitmproxy import exceptions
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons._settings import SettingsSource
 from addons.access import Access
 from addons.accesslog import AccessLog
 from addons.admin import Admin
@@ -20,27 +21,35 @@ from addons.origins import Origins
 from addons.readtimeout import ReadTimeout
 from addons.strict import Strict
 from addons.tunnel import Tunnel
+from fwdproxy.config import Settings
 
 
-def chain() -> list[object]:
-    """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
-    anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
+def chain(settings: Settings | None = None) -> list[object]:
+    """Fresh instances of every fwdproxy addon, in the order their hooks must run.
+
+    ``settings``: typed, from `fwdproxy run` (flags and the TOML file); None under mitmdump, where the
+    ``fwd_*`` options are parsed with the same table. Addons that need each other are handed over here.
+    """
+    source = SettingsSource(settings)
+    anonymize = Anonymize(source)  # requests before the cache; anonymize.last has the last word on responses
+    cache, egress = Cache(source), Egress(source)
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
+    admin = Admin(source, cache=cache, egress=egress)
     return [
-        Lifecycle(),
-        Access(),
-        Strict(),
-        Guard(),
-        Tunnel(),
+        Lifecycle(source, cache=cache, admin=admin),
+        Access(source),
+        Strict(source),
+        Guard(admin),
+        Tunnel(source),
         anonymize,
-        Cache(),
-        Egress(),
-        OriginErrors(),
-        ReadTimeout(),
-        Origins(),
-        Admin(),
-        AccessLog(),
+        cache,
+        egress,
+        OriginErrors(source),
+        ReadTimeout(source),
+        Origins(source),
+        admin,
+        AccessLog(source),
         anonymize.last,
     ]
 

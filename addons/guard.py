@@ -17,6 +17,7 @@ from mitmproxy import ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1, _respond
+from addons._neighbours import HasPort
 from fwdproxy import guard, target
 
 log = logging.getLogger("fwdproxy.guard")
@@ -36,7 +37,9 @@ class Guard:
     def load(self, loader):  # type: ignore[no-untyped-def]
         _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
 
-    def __init__(self) -> None:
+    def __init__(self, admin: HasPort | None = None) -> None:
+        self.admin_addon = admin
+        """The admin addon, whose port is ours too (a request to it through the proxy loops); None: none."""
         self.addresses: tuple[tuple[str, int], ...] = ()
         self.admin: tuple[tuple[str, int], ...] = ()
         self.ports: frozenset[int] = frozenset()
@@ -51,7 +54,7 @@ class Guard:
             return
         proxyserver = ctx.master.addons.get("proxyserver")
         self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
-        admin_port = ctx.options.fwd_admin_port if "fwd_admin_port" in ctx.options else 0
+        admin_port = self.admin_addon.port if self.admin_addon is not None else 0
         host = ctx.options.listen_host
         # addons/admin.py listens on the listen host, or everywhere (both families) when it is empty.
         self.admin = ((host, admin_port),) if host else (("0.0.0.0", admin_port), ("::", admin_port))

@@ -11,13 +11,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 from mitmproxy.proxy import events, server
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1, _respond
+from addons._settings import SettingsSource
 from fwdproxy import errors
-from fwdproxy.units import parse_duration
 
 log = logging.getLogger("fwdproxy.errors")
 
@@ -53,27 +53,19 @@ class _Watch:
 class ReadTimeout:
     """Watches every request that goes to an origin, from its ``request`` hook to its ``response`` or ``error``."""
 
-    def __init__(self) -> None:
-        self.timeout = 60.0
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.timeout = self.source.given.read_timeout
         self.watched: dict[str, _Watch] = {}
         self.sweeper: asyncio.Task[None] | None = None
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_read_timeout",
-            str,
-            "60s",
-            "How long an origin may send nothing, before its response or inside its body (504 or cut); 0: off.",
-        )
+        self.source.declare(loader, "fwd_read_timeout")
         _http1.install()  # the 504 handed to a stream whose origin connection we close
         _track_reads()
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_read_timeout" in updated:
-            try:
-                self.timeout = parse_duration(ctx.options.fwd_read_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_read_timeout: {e}") from e
+        self.timeout = self.source.current().read_timeout
 
     def running(self) -> None:
         self.sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1, _respond
+from addons._settings import SettingsSource
 from fwdproxy import strictness
-from fwdproxy.units import parse_duration
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -19,21 +19,15 @@ log = logging.getLogger("fwdproxy.guard")
 class Strict:
     """Declares ``fwd_header_timeout`` and refuses HTTP/2 requests that HTTP/1 origins could misread."""
 
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_header_timeout",
-            str,
-            "30s",
-            "How long a client may take to send a complete request head (then 408 and close); 0: off.",
-        )
+        self.source.declare(loader, "fwd_header_timeout")
         _http1.install()  # strict HTTP/1 heads and the header timeout live in the layer patches
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_header_timeout" in updated:
-            try:
-                _http1.HEADER_TIMEOUT.seconds = parse_duration(ctx.options.fwd_header_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_header_timeout: {e}") from e
+        _http1.HEADER_TIMEOUT.seconds = self.source.current().header_timeout
 
     def client_connected(self, client: connection.Client) -> None:
         # mitmproxy picks the HTTP layer (whose timer enforces the timeout, see _http1) on the first bytes;
