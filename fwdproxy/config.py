@@ -254,7 +254,8 @@ def resolve(
     try:
         cli = parse_cli_upstreams(s.upstream, s.balance)
     except ValueError as e:
-        raise ValueError(f"{label('upstream')}: {e}") from None
+        named = label("upstream")  # "--upstream 'URL': ..." as before; "fwd_upstreams: 'URL': ..."
+        raise ValueError(f"{named} {e}" if named.startswith("--") else f"{named}: {e}") from None
     try:
         egress = parse_upstreams(
             sections.get("upstreams", {}), sections.get("routes", []), extra_groups=cli.groups
