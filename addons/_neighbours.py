@@ -4,7 +4,9 @@ An addon never looks a neighbour up by name (``ctx.master.addons.get("cache")``)
 ``getattr``; run alone under ``mitmdump -s``, it gets None and does without.
 """
 
-from typing import Protocol
+from typing import Any, Protocol
+
+from mitmproxy.addons.proxyserver import Proxyserver
 
 from fwdproxy.balance import MemberStats
 from fwdproxy.store import TieredStore
@@ -34,3 +36,13 @@ class HasPort(Protocol):
     """The admin addon, as Lifecycle and Guard see it: the port of its endpoint (0: off)."""
 
     port: int
+
+
+def proxyserver(master: Any) -> Proxyserver | None:
+    """mitmproxy's own Proxyserver addon (its listeners and live connections), or None without one.
+
+    The one neighbour ``chain()`` cannot hand over: mitmdump, or `fwdproxy run`'s engine, makes it before our
+    addons exist. Looked up here only, by the type it has, so a rename in mitmproxy fails in one place.
+    """
+    found = master.addons.get("proxyserver")
+    return found if isinstance(found, Proxyserver) else None

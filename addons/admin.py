@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo
+from addons import _flowinfo, _neighbours
 from addons._neighbours import HasMembers, HasStore
 from addons._settings import SettingsSource
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
@@ -87,7 +87,7 @@ class Admin:
             )
 
     async def running(self) -> None:
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         if proxyserver is not None and not proxyserver.listen_addrs():
             return  # the proxy could not listen and is stopping (Lifecycle said why): no status page
         self.master = ctx.master
@@ -261,7 +261,7 @@ class Admin:
     def _pac(self, reached: str) -> str:
         """The PAC file for the proxy's own listening address (the one reached, for a wildcard listener)."""
         master = self.master or ctx.master
-        proxyserver = master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(master)
         addrs = proxyserver.listen_addrs() if proxyserver else []
         host, port = (
             (addrs[0][0], addrs[0][1]) if addrs else (ctx.options.listen_host, ctx.options.listen_port)

@@ -16,7 +16,7 @@ from typing import Any
 from mitmproxy import ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
+from addons import _http1, _neighbours, _respond
 from addons._neighbours import HasPort
 from fwdproxy import guard, target
 
@@ -52,7 +52,7 @@ class Guard:
         now = time.monotonic()
         if now < self.addresses_until:
             return
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
         admin_port = self.admin_addon.port if self.admin_addon is not None else 0
         host = ctx.options.listen_host

@@ -17,6 +17,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from addons import _neighbours
 from addons._neighbours import HasPort, StoreCheck
 from addons._settings import SettingsSource
 from fwdproxy import __version__, runtime, trust
@@ -96,7 +97,7 @@ class Lifecycle:
                 ctx.options.ssl_verify_upstream_trusted_ca = bundle
 
     def running(self) -> None:
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         addrs = proxyserver.listen_addrs() if proxyserver else []
         if not addrs:
             message = runtime.listen_failure(ctx.options.listen_host, ctx.options.listen_port)
@@ -231,7 +232,7 @@ class Lifecycle:
         self.stopping = asyncio.get_running_loop().create_task(self._stop_gracefully())
 
     async def _stop_gracefully(self) -> None:
-        proxyserver = self.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(self.master)
         for instance in list(proxyserver.servers) if proxyserver else []:
             if instance.is_running:
                 try:

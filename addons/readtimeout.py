@@ -15,7 +15,7 @@ from mitmproxy import ctx, http
 from mitmproxy.proxy import events, server
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
+from addons import _http1, _neighbours, _respond
 from addons._settings import SettingsSource
 from fwdproxy import errors
 
@@ -102,7 +102,7 @@ class ReadTimeout:
 
     def sweep(self, now: float) -> None:
         """Answer or cut every watched request whose origin has been silent for the timeout."""
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         connections: dict[Any, Any] = getattr(proxyserver, "connections", {})
         for flow_id, watch in list(self.watched.items()):
             flow = watch.flow

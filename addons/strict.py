@@ -9,7 +9,7 @@ import logging
 from mitmproxy import connection, ctx, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
+from addons import _http1, _neighbours, _respond
 from addons._settings import SettingsSource
 from fwdproxy import strictness
 
@@ -38,7 +38,7 @@ class Strict:
     def _close_if_silent(self, client: connection.Client) -> None:
         if client in _http1.HTTP_STARTED or client.state is connection.ConnectionState.CLOSED:
             return
-        connections = getattr(ctx.master.addons.get("proxyserver"), "connections", {})
+        connections = getattr(_neighbours.proxyserver(ctx.master), "connections", {})
         handler = connections.get(client.id)
         io = handler.transports.get(client) if handler is not None else None
         if io is not None and io.handler is not None:
