@@ -10,6 +10,7 @@ same, so the chain's dozen addons parse (and read the TOML file) once per change
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from mitmproxy import ctx, exceptions
@@ -74,6 +75,4 @@ class SettingsSource:
 
 
 def _with_resolved(s: Settings) -> Settings:
-    import dataclasses
-
     return dataclasses.replace(s, resolved=resolved(s))
