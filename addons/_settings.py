@@ -15,7 +15,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions
 
-from fwdproxy import options
+from fwdproxy import config, options
 from fwdproxy.config import Resolved, Settings, from_mitm, resolved
 
 
@@ -26,6 +26,8 @@ class SettingsSource:
         self.given = given if given is not None else Settings()
         self._seen: tuple[tuple[str, Any], ...] | None = None
         self._current = self.given
+        self._files: dict[tuple[str, str], dict[str, Any]] = {}
+        """The TOML files fwd_config and fwd_anonymize_config name, as read (while the option stays)."""
 
     def declare(self, loader: Any, *names: str) -> None:
         """``loader.add_option`` for these ``fwd_*`` options, from the table (once per mitmproxy instance)."""
@@ -56,11 +58,19 @@ class SettingsSource:
         seen = tuple(changed)
         if seen != self._seen:
             try:
-                self._current = from_mitm(self.given, dict(seen)) if seen else self._given_resolved()
+                values = dict(seen)
+                named = {values.get("fwd_config"), values.get("fwd_anonymize_config")}
+                self._files = {k: doc for k, doc in self._files.items() if k[0] in named}
+                self._current = from_mitm(self.given, values, self._read) if seen else self._given_resolved()
             except ValueError as e:
                 raise exceptions.OptionsError(str(e)) from e
             self._seen = seen
         return self._current
+
+    def _read(self, path: str, where: str) -> dict[str, Any]:
+        if (path, where) not in self._files:
+            self._files[path, where] = config.read_toml(path, where)
+        return self._files[path, where]
 
     def _given_resolved(self) -> Settings:
         if self.given.resolved is None:

@@ -158,19 +158,23 @@ def from_file_and_flags(
     return dataclasses.replace(settings, resolved=resolve(settings))
 
 
-def from_mitm(base: Settings, values: Mapping[str, Any]) -> Settings:
+def from_mitm(
+    base: Settings, values: Mapping[str, Any], read: Callable[[str, str], dict[str, Any]] | None = None
+) -> Settings:
     """``base`` with the ``fwd_*`` mitmproxy options in ``values`` (those that differ from their defaults).
 
     This is how ``mitmdump -s addons/fwdproxy.py --set fwd_...`` (and a ``--set fwd_...`` given to ``fwdproxy
     run``) reaches the typed settings: parsed with the same table, errors named after the mitmproxy option.
-    The files ``fwd_config`` and ``fwd_anonymize_config`` name are read here, once per change.
+    The files ``fwd_config`` and ``fwd_anonymize_config`` name are read with ``read`` (default:
+    ``read_toml``; the addons pass one that keeps a file's tables while its option stays the same).
     """
+    read = read or read_toml
     typed = parse_mitm(values)
     sections = dict(base.sections)
     where = {}
     if "config" in typed:
         path = typed["config"]
-        doc = read_toml(path, f"fwd_config: {path}")
+        doc = read(path, f"fwd_config: {path}")
         for name in ("cache", "upstreams", "routes"):  # [anonymize] comes from fwd_anonymize_config
             sections.pop(name, None)
             if name in doc:
@@ -178,7 +182,7 @@ def from_mitm(base: Settings, values: Mapping[str, Any]) -> Settings:
             where[name] = f"fwd_config: {path}"
     if "anonymize_config" in typed:
         path = typed["anonymize_config"]
-        doc = read_toml(path, f"fwd_anonymize_config: {path}")
+        doc = read(path, f"fwd_anonymize_config: {path}")
         sections.pop("anonymize", None)
         if "anonymize" in doc:
             sections["anonymize"] = doc["anonymize"]
