@@ -20,9 +20,9 @@ class Access:
 
     def __init__(self, source: SettingsSource | None = None) -> None:
         self.source = source or SettingsSource()
-        self.networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+        self.networks: tuple[access.IPNetwork, ...] = access.parse_networks(self.source.given.allow)
         self.credentials: access.Credentials | None = None
-        self.ports: frozenset[int] = frozenset({443})
+        self.ports: frozenset[int] = frozenset(self.source.given.connect_port)
         self.authenticated: set[str] = set()
         """Client connections that passed authentication in their CONNECT (requests inside need none)."""
         self.allowed: dict[str, bool] = {}

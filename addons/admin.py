@@ -50,8 +50,10 @@ class Admin:
         """The egress addon (the upstream members' counters); None when Admin runs without it."""
         self.stats = metrics.Stats(time.time())
         self.registry = exposition.registry(self.snapshot)
-        self.purge_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
-        self.admin_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+        self.purge_networks: tuple[access.IPNetwork, ...] = access.parse_networks(
+            self.source.given.allow_purge
+        )
+        self.admin_networks: tuple[access.IPNetwork, ...] = access.parse_networks(self.source.given.allow)
         self.credentials: access.Credentials | None = None
         """--auth: the admin port asks for the same user (Basic, 401); through the proxy Access asks (407)."""
         self.port = self.source.given.admin_port

@@ -56,9 +56,10 @@ class Cache(CacheCore):
         """(directory, memory size, memory object max, disk size) of the open store."""
         self.store: store.TieredStore | None = None
         self.config = CacheConfig()
-        self.max_object = 1024**3
-        self.stream_threshold = 1024**2
-        self.fetch_whole_below = 0
+        given = self.source.given
+        self.max_object = given.max_object_size
+        self.stream_threshold = given.stream_threshold
+        self.fetch_whole_below = given.range_fetch_whole_below
         self.revalidating: set[str] = set()
         """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
         self.tasks: set[asyncio.Task[None]] = set()
