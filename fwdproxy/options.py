@@ -1,7 +1,7 @@
 """The options table: each setting once, with its flag, TOML key, mitmproxy option, type, default and help.
 
 The argparse flags (fwdproxy.config), the addons' ``loader.add_option`` calls (addons/_settings.py) and the
-README's two options tables (``readme_tables``, checked by tests/unit/test_readme.py) are all derived from it.
+README's two options tables (fwdproxy/optiondocs.py, checked by tests/unit/test_readme.py) are all derived from it.
 """
 
 from __future__ import annotations
@@ -614,57 +614,11 @@ def mitm_help(opt: Option) -> str:
     return text if text.endswith(".") else text + "."
 
 
-# -- the README's tables -------------------------------------------------------------------------------------
-
-
-def _flag_cell(opt: Option) -> str:
-    flag = f"`{opt.flag_name} {opt.metavar or _metavar(opt)}`".replace(" `", "`")
-    return f"`{opt.short}`, {flag}" if opt.short else flag
-
-
-def _metavar(opt: Option) -> str:
-    return {Kind.SIZE: "SIZE", Kind.DURATION: "DURATION"}.get(opt.kind, "")
-
-
-def _toml_cell(opt: Option) -> str:
-    section, dot, key = opt.key.partition(".")
-    if not opt.key:
-        return "—"
-    return f"`{key}` in `[{section}]`" if dot else f"`{opt.key}`"
-
-
-def _default_cell(opt: Option) -> str:
-    if opt.shown:
-        return opt.shown
-    if opt.kind in (Kind.BOOL, Kind.COUNT):
-        return "off"
-    text = default_text(opt)
-    return f"`{text}`" if text else "none"
-
-
 def metavar(opt: Option) -> str:
-    """The flag's placeholder in --help and the README."""
-    return opt.metavar or _metavar(opt) or opt.name.upper()
-
-
-def readme_run_table() -> str:
-    """The ``fwdproxy run`` options table of the README (flag, TOML key, default, meaning)."""
-    rows = ["| flag | TOML key | default | meaning |", "| --- | --- | --- | --- |"]
-    for opt in OPTIONS:
-        if opt.flag:
-            cells = (_flag_cell(opt), _toml_cell(opt), _default_cell(opt), opt.doc or opt.help)
-            rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
-
-
-def readme_mitm_table() -> str:
-    """The mitmdump table of the README: each ``fwd_*`` option and the flag it mirrors."""
-    rows = ["| mitmproxy option | flag it mirrors |", "| --- | --- |"]
-    for opt in OPTIONS:
-        if opt.ours:
-            repeat = " (repeatable)" if opt.kind in (Kind.STR_LIST, Kind.INT_LIST) else ""
-            rows.append(f"| `{opt.mitm_name}`{repeat} | {opt.mitm_note or f'`{opt.flag_name}`'} |")
-    return "\n".join(rows)
+    """The flag's placeholder in --help and the README ("" for a switch)."""
+    if opt.kind in (Kind.BOOL, Kind.COUNT):
+        return ""
+    return opt.metavar or {Kind.SIZE: "SIZE", Kind.DURATION: "DURATION"}.get(opt.kind) or opt.name.upper()
 
 
 def parse_mitm(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -674,7 +628,3 @@ def parse_mitm(values: Mapping[str, Any]) -> dict[str, Any]:
         opt = BY_MITM[name]
         out[opt.name] = convert(opt, list(value) if isinstance(value, tuple) else value, name)
     return out
-
-
-if __name__ == "__main__":  # `python -m fwdproxy.options`: the README's tables, to paste after a change
-    print(readme_run_table(), readme_mitm_table(), sep="\n\n")

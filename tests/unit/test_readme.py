@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from fwdproxy import options
+from fwdproxy import optiondocs, options
 from tests.support import REPO
 
-FIX = "regenerate with `.venv/bin/python -m fwdproxy.options` and paste it into README.md"
+FIX = "regenerate with `.venv/bin/python -m fwdproxy.optiondocs` and paste it into README.md"
 
 
 def test_run_options_table_is_derived_from_the_options_table() -> None:
     readme = (REPO / "README.md").read_text()
-    assert options.readme_run_table() in readme, FIX
+    assert optiondocs.readme_run_table() in readme, FIX
 
 
 def test_mitmdump_options_table_is_derived_from_the_options_table() -> None:
     readme = (REPO / "README.md").read_text()
-    assert options.readme_mitm_table() in readme, FIX
+    assert optiondocs.readme_mitm_table() in readme, FIX
 
 
 def test_every_flag_and_fwd_option_is_in_the_tables() -> None:
-    tables = options.readme_run_table() + options.readme_mitm_table()
+    tables = optiondocs.readme_run_table() + optiondocs.readme_mitm_table()
     for opt in options.OPTIONS:
         if opt.flag:
             assert f"`{opt.flag_name}" in tables, opt.name
