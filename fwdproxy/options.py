@@ -542,8 +542,6 @@ def convert(opt: Option, value: Any, where: str) -> Any:
                 raise fail("a list of strings")
             return tuple(items)
         case Kind.WORKERS:
-            from fwdproxy.workers import worker_count
-
             try:
                 return worker_count(value, os.cpu_count())
             except ValueError as e:
@@ -559,6 +557,25 @@ def convert(opt: Option, value: Any, where: str) -> Any:
             if len(ports) != len(items) or any(not 0 < p < 65536 for p in ports):
                 raise fail("a list of port numbers (1-65535)")
             return ports
+
+
+def worker_count(value: str | int, cores: int | None) -> int:
+    """``auto`` is the number of cores; otherwise a positive integer.
+
+    Raises:
+        ValueError: neither.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, cores or 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a number of workers; try e.g. 2, or auto for one per core"
+        ) from None
+    if n < 1:
+        raise ValueError(f"{value!r} is not a number of workers; use 1 or more, or auto")
+    return n
 
 
 def default_text(opt: Option) -> str:

@@ -51,25 +51,6 @@ RESTART_WINDOW = 60.0
 LISTENING = "fwdproxy listening at "
 
 
-def worker_count(value: str | int, cores: int | None) -> int:
-    """``auto`` is the number of cores; otherwise a positive integer.
-
-    Raises:
-        ValueError: neither.
-    """
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return max(1, cores or 1)
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{value!r} is not a number of workers; try e.g. 2, or auto for one per core"
-        ) from None
-    if n < 1:
-        raise ValueError(f"{value!r} is not a number of workers; use 1 or more, or auto")
-    return n
-
-
 def reserve(host: str, port: int) -> socket.socket:
     """A bound, never listening SO_REUSEPORT socket holding the port for the workers.
 

@@ -7,7 +7,8 @@ import socket
 import pytest
 
 from fwdproxy.config import from_file_and_flags
-from fwdproxy.workers import reserve, worker_count
+from fwdproxy.options import worker_count
+from fwdproxy.workers import reserve
 
 
 @pytest.mark.parametrize(
