@@ -266,3 +266,14 @@ def test_mitm_config_file_tables(tmp_path: Path) -> None:
     assert s.listen_port == 8080  # under mitmdump the file gives only its tables
     with pytest.raises(ValueError, match=r"fwd_config: .*: cache.rule\[0\]"):
         config.from_mitm(config.Settings(), {"fwd_config": write(tmp_path, "[[cache.rule]]\nnope = 1\n")})
+
+
+def test_library_defaults_agree_with_the_options_table() -> None:
+    # These classes keep a default of their own (for use without the proxy); it must be the table's.
+    from fwdproxy import dnscache, originpool
+    from fwdproxy.cache import CacheConfig
+
+    assert CacheConfig().negative_ttl == options.BY_NAME["negative_ttl"].default
+    assert dnscache.DEFAULT_TTL == options.BY_NAME["dns_ttl"].default
+    assert originpool.DEFAULT_IDLE_TIMEOUT == options.BY_NAME["origin_idle_timeout"].default
+    assert originpool.DEFAULT_MAX_PER_ORIGIN == options.BY_NAME["origin_max_connections"].default
