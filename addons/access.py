@@ -4,80 +4,46 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import http
 
 from fwdproxy import access
 from fwdproxy_addons import _respond
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.access")
-
-MAX_CONNECTIONS = 1024
-"""Open client connections per process. Each costs two descriptors (client and origin side), and 1024 is the
-usual soft RLIMIT_NOFILE; far above what a team's clients keep open, far below what a request that loops
-back through the proxy (or a runaway client) would open."""
 
 
 class Access:
     """Answers 403/407 before anything else sees a request from a client that may not use the proxy."""
 
-    def __init__(self) -> None:
-        self.networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.networks: tuple[access.IPNetwork, ...] = access.parse_networks(self.source.given.allow)
         self.credentials: access.Credentials | None = None
-        self.ports: frozenset[int] = frozenset({443})
+        self.ports: frozenset[int] = frozenset(self.source.given.connect_port)
         self.authenticated: set[str] = set()
         """Client connections that passed authentication in their CONNECT (requests inside need none)."""
         self.allowed: dict[str, bool] = {}
         """Client connection id → its address is in --allow (asked once per connection, not per request)."""
-        self.max_connections = MAX_CONNECTIONS
+        self.max_connections = self.source.given.max_connections
         self.open: set[str] = set()
         """Ids of the client connections accepted and not yet closed (refused ones are not counted)."""
         self.refused = 0
         self.refused_logged = 0.0
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_allow",
-            Sequence[str],
-            list(access.LOOPBACK),
-            "Client networks (CIDR) allowed to use the proxy.",
-        )
-        loader.add_option("fwd_auth", str, "", "Require proxy authentication, USER:PASS (Basic).")
-        loader.add_option(
-            "fwd_connect_ports", Sequence[str], ["443"], "Ports CONNECT may reach; others get 403."
-        )
-        loader.add_option(
-            "fwd_max_connections",
-            int,
-            MAX_CONNECTIONS,
-            "Open client connections allowed at once (per process); more are closed at once. 0: no limit.",
-        )
+        self.source.declare(loader, "fwd_allow", "fwd_auth", "fwd_connect_ports", "fwd_max_connections")
 
     def configure(self, updated: set[str]) -> None:
-        try:
-            if "fwd_allow" in updated:
-                self.networks = access.parse_networks(ctx.options.fwd_allow)
-                self.allowed.clear()
-            if "fwd_auth" in updated:
-                self.credentials = (
-                    access.Credentials.parse(ctx.options.fwd_auth) if ctx.options.fwd_auth else None
-                )
-            if "fwd_connect_ports" in updated:
-                ports = set()
-                for p in ctx.options.fwd_connect_ports:
-                    if not str(p).isdigit() or not 0 < int(p) < 65536:
-                        raise ValueError(f"{p!r} is not a port number (1-65535)")
-                    ports.add(int(p))
-                self.ports = frozenset(ports)
-            if "fwd_max_connections" in updated:
-                if ctx.options.fwd_max_connections < 0:
-                    raise ValueError(
-                        f"fwd_max_connections: {ctx.options.fwd_max_connections} is negative; use 0 for no limit"
-                    )
-                self.max_connections = ctx.options.fwd_max_connections
-        except ValueError as e:
-            raise exceptions.OptionsError(str(e)) from e
+        s = self.source.current()
+        networks = access.parse_networks(s.allow)  # checked by the source; a tuple of a few networks
+        if networks != self.networks:
+            self.networks = networks
+            self.allowed.clear()
+        self.credentials = access.Credentials.parse(s.auth) if s.auth else None
+        self.ports = frozenset(s.connect_port)
+        self.max_connections = s.max_connections
 
     def _refuse(self, flow: http.HTTPFlow) -> bool:
         """Set a 403/407 on flows that may not pass; True when refused."""

@@ -9,12 +9,13 @@ import sys
 import time
 from typing import TextIO
 
-from mitmproxy import ctx, exceptions, http, tls
+from mitmproxy import exceptions, http, tls
 
 from fwdproxy import accesslog, logs
 from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode
 from fwdproxy.metrics import Outcome
 from fwdproxy_addons import _flowinfo
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.accesslog")
 requests_log = logging.getLogger(logs.REQUESTS)
@@ -28,7 +29,10 @@ BUFFER = 1 << 16
 class AccessLog:
     """Writes a line for every answered request once its response is final (so it sits after the cache)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.target: str | None = None
+        """The --access-log file now open ("-": stderr; None: none)."""
         self.out: TextIO | None = None
         self.owned = False
         """The file is ours to close (not stderr)."""
@@ -40,21 +44,14 @@ class AccessLog:
         self.flusher: asyncio.Task[None] | None = None
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option("fwd_access_log", str, "", 'Access log file; "-" is stderr, "" turns it off.')
-        loader.add_option(
-            "fwd_log_format",
-            str,
-            LogFormat.SQUID.value,
-            "Access log format: squid (Squid's native format) or json.",
-            choices=[f.value for f in LogFormat],
-        )
+        self.source.declare(loader, "fwd_access_log", "fwd_log_format")
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_log_format" in updated:
-            self.format = LogFormat(ctx.options.fwd_log_format)
-        if "fwd_access_log" in updated:
+        s = self.source.current()
+        self.format = LogFormat(s.log_format)
+        if s.access_log != self.target:
             self._close()
-            target = ctx.options.fwd_access_log
+            self.target = target = s.access_log
             if target == "-":
                 self.out = sys.stderr
             elif target:
@@ -62,6 +59,7 @@ class AccessLog:
                 try:
                     self.out = open(path, "a", buffering=BUFFER, encoding="utf-8")
                 except OSError as e:
+                    self.target = None
                     raise exceptions.OptionsError(
                         f"fwd_access_log: cannot open {path} for appending: {e.strerror}"
                     ) from e

@@ -9,16 +9,18 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
-from fwdproxy_addons import _flowinfo
+from fwdproxy_addons import _flowinfo, _neighbours
+from fwdproxy_addons._neighbours import HasMembers, HasStore
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.admin")
 
@@ -34,20 +36,31 @@ class Admin:
     """PURGE, the status page and metrics. Sits after the cache so its ``response`` hook sees the final
     Cache-Status; it answers in ``requestheaders``, which runs before the cache's ``request`` lookup."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        source: SettingsSource | None = None,
+        cache: HasStore | None = None,
+        egress: HasMembers | None = None,
+    ) -> None:
+        self.source = source or SettingsSource()
+        self.cache = cache
+        """The cache addon (PURGE, tier sizes); None when Admin runs without it."""
+        self.egress = egress
+        """The egress addon (the upstream members' counters); None when Admin runs without it."""
         self.stats = metrics.Stats(time.time())
         self.registry = exposition.registry(self.snapshot)
-        self.purge_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
-        self.admin_networks: tuple[access.IPNetwork, ...] = access.parse_networks(access.LOOPBACK)
+        self.purge_networks: tuple[access.IPNetwork, ...] = access.parse_networks(
+            self.source.given.allow_purge
+        )
+        self.admin_networks: tuple[access.IPNetwork, ...] = access.parse_networks(self.source.given.allow)
         self.credentials: access.Credentials | None = None
         """--auth: the admin port asks for the same user (Basic, 401); through the proxy Access asks (407)."""
-        self.port = 8081
+        self.port = self.source.given.admin_port
         self.server: asyncio.Server | None = None
         self.master: Any = None
         self.hits_path: Path | None = None
         self.hit_deltas: Counter[str] = Counter()
         self.flusher: asyncio.Task[None] | None = None
-        self.upstream_error_logged = False
         self.worker = 0
         """Which of --workers N this process is (0: the only one)."""
         self.stats_dir: Path | None = None
@@ -56,61 +69,26 @@ class Admin:
         self.stats_error_logged = False
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_allow_purge",
-            Sequence[str],
-            list(access.LOOPBACK),
-            "Client networks (CIDR) whose PURGE requests remove cache entries; others get 403.",
-        )
-        loader.add_option(
-            "fwd_admin_port",
-            int,
-            8081,
-            "Port of the status page and /metrics, on the listen host; 0 turns it off.",
-        )
-        loader.add_option(
-            "fwd_worker", int, 0, "Set by --workers: this process's index (1-based); 0 for a single process."
-        )
-        loader.add_option(
-            "fwd_worker_run",
-            str,
-            "",
-            "Set by --workers: names the run whose workers add up their counters in the cache directory.",
-        )
+        self.source.declare(loader, "fwd_allow_purge", "fwd_admin_port", "fwd_worker", "fwd_worker_run")
 
     def configure(self, updated: set[str]) -> None:
-        try:
-            if "fwd_allow_purge" in updated:
-                self.purge_networks = access.parse_networks(ctx.options.fwd_allow_purge)
-            if "fwd_allow" in updated and "fwd_allow" in ctx.options:
-                self.admin_networks = access.parse_networks(ctx.options.fwd_allow)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"fwd_allow_purge: {e}") from e
-        if "fwd_auth" in updated and "fwd_auth" in ctx.options:
-            try:
-                auth = ctx.options.fwd_auth
-                self.credentials = access.Credentials.parse(auth) if auth else None
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_auth: {e}") from e
-        if "fwd_admin_port" in updated:
-            if not 0 <= ctx.options.fwd_admin_port < 65536:
-                raise exceptions.OptionsError(
-                    f"fwd_admin_port: {ctx.options.fwd_admin_port} is not a port; use 1-65535, or 0 for off"
-                )
-            self.port = ctx.options.fwd_admin_port
+        s = self.source.current()
+        self.purge_networks = access.parse_networks(s.allow_purge)  # checked by the source already
+        self.admin_networks = access.parse_networks(s.allow)
+        self.credentials = access.Credentials.parse(s.auth) if s.auth else None
+        if s.admin_port != self.port:
+            self.port = s.admin_port
             if self.master is not None:  # changed while running: move the endpoint
                 asyncio.get_running_loop().create_task(self._restart())
-        if "fwd_cache_dir" in updated and "fwd_cache_dir" in ctx.options:
-            self.hits_path = hits.path_for(ctx.options.fwd_cache_dir)
-        if updated & {"fwd_worker", "fwd_worker_run", "fwd_cache_dir"} and "fwd_cache_dir" in ctx.options:
-            self.worker = ctx.options.fwd_worker
-            run = ctx.options.fwd_worker_run
+        if self.cache is not None:  # hit counts and worker counters live in the cache directory
+            self.hits_path = hits.path_for(s.cache_dir)
+            self.worker = s.worker
             self.stats_dir = (
-                workerstats.run_dir(ctx.options.fwd_cache_dir, run) if self.worker > 0 and run else None
+                workerstats.run_dir(s.cache_dir, s.worker_run) if s.worker > 0 and s.worker_run else None
             )
 
     async def running(self) -> None:
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         if proxyserver is not None and not proxyserver.listen_addrs():
             return  # the proxy could not listen and is stopping (Lifecycle said why): no status page
         self.master = ctx.master
@@ -159,7 +137,7 @@ class Admin:
             text = f"fwdproxy: PURGE from {client} is not allowed (see --allow-purge)\n"
             self._answer(flow, 403, "text/plain; charset=utf-8", text.encode())
             return
-        store = getattr(ctx.master.addons.get("cache"), "store", None)
+        store = self.cache.store if self.cache is not None else None
         if store is None:
             self._answer(flow, 503, "text/plain; charset=utf-8", b"fwdproxy: the cache is not loaded\n")
             return
@@ -212,8 +190,7 @@ class Admin:
 
     def snapshot(self) -> dict[str, Any]:
         """The stats of every worker added up, with the cache's tier sizes and the balancer's members."""
-        master = self.master or ctx.master
-        store = getattr(master.addons.get("cache"), "store", None)
+        store = self.cache.store if self.cache is not None else None
         now = time.time()
         stats, workers, memories = self._all_workers(now)
         store_stats = store.stats() if store is not None else None
@@ -225,7 +202,7 @@ class Admin:
         return stats.snapshot(
             now,
             store=store_stats,
-            upstreams=self._upstreams(master.addons.get("egress")),
+            upstreams=self._upstreams(),
             workers=workers,
         )
 
@@ -252,20 +229,10 @@ class Admin:
                 )
         return total, sorted(rows, key=lambda r: int(r["worker"])), memories
 
-    def _upstreams(self, egress: Any) -> list[Mapping[str, Any]] | None:
-        if egress is None or not hasattr(egress, "stats"):
+    def _upstreams(self) -> list[Mapping[str, Any]] | None:
+        if self.egress is None:
             return None
-        try:
-            try:
-                members = egress.stats()
-            except TypeError:  # the balancer's own stats() wants the time
-                members = egress.stats(now=time.time())
-            return [_member_dict(m) for m in members]
-        except (TypeError, ValueError, AttributeError) as e:
-            if not self.upstream_error_logged:
-                log.warning("cannot read the egress addon's stats (%s); upstreams are left out", e)
-                self.upstream_error_logged = True
-            return None
+        return [dict(m.as_dict()) for m in self.egress.stats()]
 
     def page(self, method: str, target: str, reached: str = "") -> tuple[int, str, bytes]:
         """(status, content type, body) for an admin request (HEAD too: the caller drops the body).
@@ -295,7 +262,7 @@ class Admin:
     def _pac(self, reached: str) -> str:
         """The PAC file for the proxy's own listening address (the one reached, for a wildcard listener)."""
         master = self.master or ctx.master
-        proxyserver = master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(master)
         addrs = proxyserver.listen_addrs() if proxyserver else []
         host, port = (
             (addrs[0][0], addrs[0][1]) if addrs else (ctx.options.listen_host, ctx.options.listen_port)
@@ -392,9 +359,8 @@ class Admin:
         if self.stats_dir is None:
             return None
         path = workerstats.path_for(self.stats_dir, self.worker)
-        memory = getattr(
-            getattr(self.master and self.master.addons.get("cache"), "store", None), "memory", None
-        )
+        store = self.cache.store if self.cache is not None else None
+        memory = store.memory if store is not None else None
         tier = memory.stats() if memory is not None else None  # a lock and two lengths: cheap
         return path, self.worker, os.getpid(), time.time(), self.stats.state(), tier
 
@@ -451,14 +417,6 @@ def _authorization(lines: list[str]) -> str | None:
         if sep and name.strip().lower() == "authorization":
             return value.strip()
     return None
-
-
-def _member_dict(member: Any) -> Mapping[str, Any]:
-    if isinstance(member, Mapping):
-        return member
-    if hasattr(member, "as_dict"):
-        return dict(member.as_dict())
-    return dataclasses.asdict(member)
 
 
 addons = [Admin()]

@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import tomllib
-from collections.abc import Mapping
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import http
 
 from fwdproxy.anonymize import (
     AnonymizeConfig,
     Level,
     anonymize_request,
     anonymize_response,
-    parse_anonymize,
     touched,
 )
 from fwdproxy.http_model import Headers
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.anonymize")
 
@@ -29,25 +25,6 @@ def _str(b: bytes) -> str:
 
 def _bytes(s: str) -> bytes:
     return s.encode("utf-8", "surrogateescape")
-
-
-def read_table(path: str) -> Mapping[str, object]:
-    """The ``[anonymize]`` table of a TOML file ({} when it has none); ValueError says what is wrong."""
-    try:
-        with open(os.path.expanduser(path), "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValueError("no such file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"not valid TOML: {e}") from None
-    except OSError as e:
-        raise ValueError(f"cannot read it: {e.strerror}") from None
-    table = doc.get("anonymize", {})
-    if not isinstance(table, dict):
-        raise ValueError(
-            f'anonymize: {table!r} is not a table; write [anonymize] and level = "strict" under it'
-        )
-    return table
 
 
 class Anonymize:
@@ -61,7 +38,8 @@ class Anonymize:
     Put this addon before the cache and ``self.last`` after every other addon (see AnonymizeResponses).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
         self._apply(AnonymizeConfig())
         self.last = AnonymizeResponses(self)
 
@@ -74,45 +52,22 @@ class Anonymize:
         self.response_names = frozenset(_bytes(n) for n in t.response)
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_anonymize",
-            str,
-            Level.STANDARD.value,
-            "How much of the client a forwarded request may reveal: off (only Proxy-* headers removed), "
-            "standard (client addresses and the proxy chain removed) or strict (also one User-Agent and "
-            "Accept-Language for all, Referer trimmed, backend names removed from responses).",
-            choices=[lv.value for lv in Level],
-        )
-        loader.add_option(
-            "fwd_anonymize_config",
-            str,
-            "",
-            "TOML file (e.g. the one fwdproxy run --config reads) whose [anonymize] table adds custom rules: "
-            "user_agent, accept_language, remove, set, keep, response_remove. The level is fwd_anonymize.",
-        )
+        self.source.declare(loader, "fwd_anonymize", "fwd_anonymize_config")
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & {"fwd_anonymize", "fwd_anonymize_config"}:
-            return
-        level, path = ctx.options.fwd_anonymize, ctx.options.fwd_anonymize_config
-        if level not in {lv.value for lv in Level}:
-            raise exceptions.OptionsError(
-                f"fwd_anonymize: {level!r} is not one of {', '.join(lv.value for lv in Level)}"
-            )
-        try:
-            table = read_table(path) if path else {}
-            cfg = parse_anonymize(table)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"fwd_anonymize_config: {path}: {e}") from e
-        if "level" in table and table["level"] != level:
+        s = self.source.current()
+        cfg = self.source.resolved().anonymize
+        file_level = s.sections.get("anonymize", {}).get("level")
+        if cfg != self.cfg and file_level not in (None, s.anonymize):
             # Flags override the file, as everywhere in fwdproxy; say so rather than surprise a mitmdump user.
             log.info(
                 "anonymize level %s (fwd_anonymize) overrides anonymize.level = %r in %s",
-                level,
-                table["level"],
-                path,
+                s.anonymize,
+                file_level,
+                s.anonymize_config or s.config,
             )
-        self._apply(dataclasses.replace(cfg, level=Level(level)))
+        if cfg != self.cfg:
+            self._apply(cfg)
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:

@@ -7,20 +7,19 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import exceptions, http
 
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
 from fwdproxy.cache.key import vary_matches
-from fwdproxy.config import read_toml
+from fwdproxy.config import Settings
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
-from fwdproxy.units import parse_duration, parse_size
 from fwdproxy_addons import _flowinfo, _mitm, _respond
 from fwdproxy_addons._cachecore import CacheCore
 from fwdproxy_addons._cacheflow import (
@@ -35,31 +34,32 @@ from fwdproxy_addons._cacheflow import (
 )
 from fwdproxy_addons._cachehttp import close, to_request
 from fwdproxy_addons._mitm import wideread as _wideread
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.cache")
 
 
-STALE_ON_ERROR_DEFAULT = "1d"
-"""fwd_serve_stale_on_error's default: connection failures only (see CacheConfig.stale_if_disconnected)."""
-
-
-def _stale_on_error(value: str) -> tuple[float, float]:
-    """CacheConfig's (stale_if_disconnected, serve_stale_on_error) for the option: the default covers
-    unreachable origins only (RFC 9111 §4.2.4); a value set on purpose extends to 5xx too (registry outage
-    mode), and 0 turns both off."""
-    seconds = parse_duration(value or "0")
-    return (seconds, 0.0) if value == STALE_ON_ERROR_DEFAULT else (seconds, seconds)
+def _stale_on_error(s: Settings) -> tuple[float, float]:
+    """CacheConfig's (stale_if_disconnected, serve_stale_on_error): the default covers unreachable origins
+    only (RFC 9111 §4.2.4); a value set on purpose extends to 5xx too (registry outage mode), and 0 turns
+    both off."""
+    seconds = s.serve_stale_on_error
+    return (seconds, seconds) if "serve_stale_on_error" in s.explicit else (seconds, 0.0)
 
 
 class Cache(CacheCore):
     """A shared cache (RFC 9111): fresh hits answered here, stale entries revalidated, responses stored."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.opened: tuple[str, int, int, int] | None = None
+        """(directory, memory size, memory object max, disk size) of the open store."""
         self.store: store.TieredStore | None = None
         self.config = CacheConfig()
-        self.max_object = 1024**3
-        self.stream_threshold = 1024**2
-        self.fetch_whole_below = 0
+        given = self.source.given
+        self.max_object = given.max_object_size
+        self.stream_threshold = given.stream_threshold
+        self.fetch_whole_below = given.range_fetch_whole_below
         self.revalidating: set[str] = set()
         """Primary keys with a background revalidation in flight (once per key, RFC 5861 §3)."""
         self.tasks: set[asyncio.Task[None]] = set()
@@ -69,72 +69,63 @@ class Cache(CacheCore):
         self.checks = {}
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option("fwd_cache_dir", str, "~/.cache/fwdproxy", "Where the disk cache lives.")
-        loader.add_option("fwd_memory_cache_size", str, "256MiB", "Bytes the memory tier may hold.")
-        loader.add_option("fwd_disk_cache_size", str, "10GiB", "Bytes the disk tier may hold.")
-        loader.add_option("fwd_max_object_size", str, "1GiB", "Bigger responses pass through unstored.")
-        loader.add_option("fwd_memory_object_max", str, "1MiB", "Bigger objects stay on disk only.")
-        loader.add_option(
-            "fwd_stream_threshold", str, "1MiB", "Bodies bigger than this stream to the client."
-        )
-        loader.add_option("fwd_negative_ttl", str, "60s", "Cap on the heuristic freshness of a 404/410.")
-        loader.add_option(
+        self.source.declare(
+            loader,
+            "fwd_cache_dir",
+            "fwd_memory_cache_size",
+            "fwd_disk_cache_size",
+            "fwd_max_object_size",
+            "fwd_memory_object_max",
+            "fwd_stream_threshold",
+            "fwd_negative_ttl",
             "fwd_serve_stale_on_error",
-            str,
-            STALE_ON_ERROR_DEFAULT,
-            "Serve entries this stale when the origin cannot be reached; set, also on a 5xx; 0: off.",
-        )
-        loader.add_option("fwd_offline", bool, False, "Answer only from the cache; 504 on a miss.")
-        loader.add_option(
+            "fwd_offline",
             "fwd_range_fetch_whole_below",
-            str,
-            "0",
-            "On a miss, fetch objects this small whole to answer a range.",
+            "fwd_preset",
+            "fwd_config",
         )
-        loader.add_option("fwd_preset", Sequence[str], [], "Bundles of cache rules, e.g. ci.")
-        loader.add_option("fwd_config", str, "", "fwdproxy TOML file whose [[cache.rule]] tables apply.")
 
     def configure(self, updated: set[str]) -> None:
-        sizes = {"fwd_cache_dir", "fwd_memory_cache_size", "fwd_disk_cache_size", "fwd_memory_object_max"}
-        try:
-            disconnected, on_error = _stale_on_error(ctx.options.fwd_serve_stale_on_error)
-            self.config = CacheConfig(
-                negative_ttl=parse_duration(ctx.options.fwd_negative_ttl),
-                stale_if_disconnected=disconnected,
-                serve_stale_on_error=on_error,
-                offline=ctx.options.fwd_offline,
-                rules=self._rules() if updated & {"fwd_preset", "fwd_config"} else self.config.rules,
-            )
-            self.max_object = parse_size(ctx.options.fwd_max_object_size)
-            self.stream_threshold = parse_size(ctx.options.fwd_stream_threshold)
-            self.fetch_whole_below = parse_size(ctx.options.fwd_range_fetch_whole_below)
-            if updated & sizes or self.store is None:
-                directory = os.path.expanduser(ctx.options.fwd_cache_dir)
+        s = self.source.current()
+        disconnected, on_error = _stale_on_error(s)
+        self.config = CacheConfig(
+            negative_ttl=s.negative_ttl,
+            stale_if_disconnected=disconnected,
+            serve_stale_on_error=on_error,
+            offline=s.offline,
+            rules=self.source.resolved().rules,
+        )
+        self.max_object = s.max_object_size
+        self.stream_threshold = s.stream_threshold
+        self.fetch_whole_below = s.range_fetch_whole_below
+        wanted = (
+            os.path.expanduser(s.cache_dir),
+            s.memory_cache_size,
+            s.memory_object_max,
+            s.disk_cache_size,
+        )
+        if wanted != self.opened or self.store is None:
+            directory = wanted[0]
+            try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)  # it holds decrypted HTTPS responses
                 if self.store is not None:
                     self.store.close()
                 self.locks = KeyLocks(directory)
                 self.store = store.TieredStore.open(
-                    directory,
-                    memory_size=parse_size(ctx.options.fwd_memory_cache_size),
-                    memory_object_max=parse_size(ctx.options.fwd_memory_object_max),
-                    disk_size=parse_size(ctx.options.fwd_disk_cache_size),
+                    directory, memory_size=wanted[1], memory_object_max=wanted[2], disk_size=wanted[3]
                 )
-        except (ValueError, OSError) as e:
-            raise exceptions.OptionsError(f"cache: {e}") from e
+            except (ValueError, OSError) as e:
+                raise exceptions.OptionsError(f"cache: {e}") from e
+            self.opened = wanted
 
-    def _rules(self) -> tuple[cache.Rule, ...]:
-        rules: list[cache.Rule] = []
-        if ctx.options.fwd_config:
-            section = read_toml(ctx.options.fwd_config).get("cache", {})
-            if not isinstance(section, dict) or set(section) - {"rule"}:
-                raise ValueError(f"{ctx.options.fwd_config}: [cache] holds only [[cache.rule]] tables")
-            rules += cache.parse_rules(section.get("rule", []))
-        for name in ctx.options.fwd_preset:
-            if name not in cache.PRESETS:
-                raise ValueError(f"preset {name!r} is unknown; known presets: {', '.join(cache.PRESETS)}")
-            rules += cache.PRESETS[name]
-        return tuple(rules)
+    async def check_store(self) -> bool | None:
+        """Check the store's database (SQLite's quick_check); None when no store is open."""
+        if self.store is None:
+            return None
+        # TieredStore.check() is quick_check plus following a reopened database with the memory tier. The
+        # quick_check reads the whole file, so it runs in a thread; the memory tier is not thread-safe and
+        # follows by itself at its next lookup (tiered.FOLLOW_INTERVAL), so only the disk part runs there.
+        return await asyncio.to_thread(self.store.disk.check)
 
     async def running(self) -> None:
         self.sidecar = Sidecar()

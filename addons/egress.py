@@ -7,19 +7,19 @@ import logging
 import re
 import time
 import weakref
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine
 from typing import Any
 
-from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy import connection, http, tls
 from mitmproxy import flow as mflow
 from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
 from fwdproxy import balance
 from fwdproxy.cache.key import primary_key
-from fwdproxy.config import read_toml
 from fwdproxy_addons import _check, _flowinfo, _mitm, _respond
 from fwdproxy_addons._mitm import via as _via
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.egress")
 
@@ -96,8 +96,10 @@ def blames_member(message: str) -> bool:
 class Egress:
     """Sends flows and pass-through tunnels through the upstream proxy group their host routes to."""
 
-    def __init__(self) -> None:
-        self.egress = balance.Egress(balance.EgressConfig())
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.config = balance.EgressConfig()
+        self.egress = balance.Egress(self.config)
         self.auth: dict[tuple[str, int], str | None] = {}
         """Proxy-Authorization per member address (the CONNECT hook knows only the address)."""
         self.good_until: dict[tuple[str, int], float] = {}
@@ -112,52 +114,15 @@ class Egress:
     # -- options ---------------------------------------------------------------------------------------
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_upstreams",
-            Sequence[str],
-            [],
-            "Upstream proxy URL[,WEIGHT] of the default group (repeatable); none: leave directly.",
-        )
-        loader.add_option(
-            "fwd_balance",
-            str,
-            balance.Algorithm.ROUND_ROBIN.value,
-            "How the default group picks a member.",
-            choices=[a.value for a in balance.Algorithm],
-        )
-        if "fwd_config" not in loader.master.options:  # the cache addon declares it too; options are global
-            loader.add_option(
-                "fwd_config", str, "", "fwdproxy TOML file; its [upstreams.*] and [[routes]] tables apply."
-            )
+        self.source.declare(loader, "fwd_upstreams", "fwd_balance", "fwd_config")
         _mitm.install()  # absolute-form requests to an upstream proxy (addons/_mitm/via.py)
 
     def configure(self, updated: set[str]) -> None:
-        if not updated & {"fwd_upstreams", "fwd_balance", "fwd_config"}:
-            return
-        try:
-            cli = balance.parse_cli_upstreams(ctx.options.fwd_upstreams, ctx.options.fwd_balance)
-        except ValueError as e:
-            raise exceptions.OptionsError(f"fwd_upstreams: {e}") from e
-        path = ctx.options.fwd_config
-        try:
-            tables = read_toml(path) if path else {}
-            config = balance.parse_upstreams(
-                tables.get("upstreams", {}), tables.get("routes", []), extra_groups=cli.groups
-            )
-        except ValueError as e:
-            raise exceptions.OptionsError(f"fwd_config: {path}: {e}") from e
-        auth: dict[tuple[str, int], str | None] = {}
-        owner: dict[tuple[str, int], str] = {}
-        for group in config.groups:
-            for m in group.members:
-                if m.address in auth and auth[m.address] != m.proxy_authorization:
-                    # The CONNECT hook sees only the proxy's address, so it could not tell which to send.
-                    raise exceptions.OptionsError(
-                        f"fwd_config: {m.name} is in groups {owner[m.address]!r} and {group.name!r} with "
-                        "different credentials; use the same URL in both"
-                    )
-                auth[m.address], owner[m.address] = m.proxy_authorization, group.name
-        self.egress, self.auth = balance.Egress(config), auth
+        resolved = self.source.resolved()  # checked when the settings were made, with the file's name
+        if resolved.egress == self.config:
+            return  # unchanged: keep the members' health and counters
+        self.config, self.auth = resolved.egress, dict(resolved.upstream_auth)
+        self.egress = balance.Egress(self.config)
         if self.is_running:
             self._start_checks()
 

@@ -7,13 +7,13 @@ import logging
 import sys
 import time
 
-from mitmproxy import connection, ctx, exceptions, http, tls
+from mitmproxy import connection, http, tls
 from mitmproxy.proxy import server_hooks
 
 from fwdproxy import errors
-from fwdproxy.units import parse_duration
 from fwdproxy_addons import _mitm, _respond
 from fwdproxy_addons._mitm import failures
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.errors")
 
@@ -34,28 +34,20 @@ class OriginErrors:
     response in its place (RFC 9111 §4.2.4).
     """
 
-    def __init__(self) -> None:
-        self.timeout = 10.0
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.timeout = self.source.given.connect_timeout
         self.failures: dict[tuple[str, int, str], tuple[int, str]] = {}
         """(host, port, mitmproxy's error text) -> our status and sentence, from the connection's hooks."""
         self.timed_out: set[connection.Server] = set()
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_connect_timeout",
-            str,
-            "10s",
-            "How long to wait for an origin to accept a connection (504 after).",
-        )
+        self.source.declare(loader, "fwd_connect_timeout")
         _mitm.install()
         failures.answer_with(self.answer)
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_connect_timeout" in updated:
-            try:
-                self.timeout = parse_duration(ctx.options.fwd_connect_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_connect_timeout: {e}") from e
+        self.timeout = self.source.current().connect_timeout
 
     # -- the connect timeout ------------------------------------------------------------------------------
 

@@ -51,7 +51,9 @@ _make_importable()
 
 from mitmproxy import exceptions
 
+from fwdproxy.config import Settings
 from fwdproxy_addons import _mitm
+from fwdproxy_addons._settings import SettingsSource
 from fwdproxy_addons.access import Access
 from fwdproxy_addons.accesslog import AccessLog
 from fwdproxy_addons.admin import Admin
@@ -67,28 +69,34 @@ from fwdproxy_addons.strict import Strict
 from fwdproxy_addons.tunnel import Tunnel
 
 
-def chain() -> list[object]:
+def chain(settings: Settings | None = None) -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run.
 
-    Raises UnsupportedMitmproxy (an OptionsError) on a mitmproxy the patches were not written for."""
+    ``settings``: typed, from `fwdproxy run` (flags and the TOML file); None under mitmdump, where the
+    ``fwd_*`` options are parsed with the same table. Addons that need each other are handed over here.
+    Raises UnsupportedMitmproxy (an OptionsError) on a mitmproxy the patches were not written for.
+    """
     _mitm.install()  # every adaptation of mitmproxy's internals, checked first (addons/_mitm/__init__.py)
-    anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
+    source = SettingsSource(settings)
+    anonymize = Anonymize(source)  # requests before the cache; anonymize.last has the last word on responses
+    cache, egress = Cache(source), Egress(source)
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
+    admin = Admin(source, cache=cache, egress=egress)
     return [
-        Lifecycle(),
-        Access(),
-        Strict(),
-        Guard(),
-        Tunnel(),
+        Lifecycle(source, cache=cache, admin=admin),
+        Access(source),
+        Strict(source),
+        Guard(admin),
+        Tunnel(source),
         anonymize,
-        Cache(),
-        Egress(),
-        OriginErrors(),
-        ReadTimeout(),
-        Origins(),
-        Admin(),
-        AccessLog(),
+        cache,
+        egress,
+        OriginErrors(source),
+        ReadTimeout(source),
+        Origins(source),
+        admin,
+        AccessLog(source),
         anonymize.last,
     ]
 

@@ -16,8 +16,9 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from fwdproxy import guard, target
-from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons import _mitm, _neighbours, _respond
 from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._neighbours import HasPort
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -36,7 +37,9 @@ class Guard:
     def load(self, loader):  # type: ignore[no-untyped-def]
         _mitm.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502 (addons/_mitm/http1.py)
 
-    def __init__(self) -> None:
+    def __init__(self, admin: HasPort | None = None) -> None:
+        self.admin_addon = admin
+        """The admin addon, whose port is ours too (a request to it through the proxy loops); None: none."""
         self.addresses: tuple[tuple[str, int], ...] = ()
         self.admin: tuple[tuple[str, int], ...] = ()
         self.ports: frozenset[int] = frozenset()
@@ -49,9 +52,9 @@ class Guard:
         now = time.monotonic()
         if now < self.addresses_until:
             return
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
-        admin_port = ctx.options.fwd_admin_port if "fwd_admin_port" in ctx.options else 0
+        admin_port = self.admin_addon.port if self.admin_addon is not None else 0
         host = ctx.options.listen_host
         # addons/admin.py listens on the listen host, or everywhere (both families) when it is empty.
         self.admin = ((host, admin_port),) if host else (("0.0.0.0", admin_port), ("::", admin_port))

@@ -17,7 +17,9 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from fwdproxy import __version__, runtime, trust
-from fwdproxy.units import parse_duration
+from fwdproxy_addons import _neighbours
+from fwdproxy_addons._neighbours import HasPort, StoreCheck
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy")
 
@@ -34,10 +36,23 @@ class Lifecycle:
     and the cache never commits a cut body, so the cache directory is consistent whenever the process ends.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        source: SettingsSource | None = None,
+        cache: StoreCheck | None = None,
+        admin: HasPort | None = None,
+    ) -> None:
+        self.source = source or SettingsSource()
+        self.cache = cache
+        """The cache addon: its store gets a periodic check; None when Lifecycle runs without it."""
+        self.admin = admin
+        """The admin addon, for the port the runtime file names; None when Lifecycle runs without it."""
+        self.settings = self.source.given
         self.listening: tuple[str, int] | None = None
-        self.grace = 10.0
-        self.check_every = 300.0
+        self.insecure_applied = False
+        self.trust_inputs: tuple[str | None, str] | None = None
+        self.trust_bundle: str | None = None
+        """The ssl_verify_upstream_trusted_ca value we set (a different one is the user's own)."""
         self.in_flight: set[str] = set()
         """Ids of the flows between their request head and their response or error."""
         self.master: Any = None
@@ -48,72 +63,44 @@ class Lifecycle:
         """What this process wrote to its runtime file (``fwd_role=run``), removed at a clean stop."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
+        self.source.declare(
+            loader,
             "fwd_upstream_ca",
-            str,
-            "",
-            "Extra CA bundle (PEM) trusted for origin certificates, beside the OS store.",
-        )
-        loader.add_option(
             "fwd_upstream_insecure",
-            bool,
-            False,
-            "Do not verify origin TLS certificates (sets ssl_insecure; warned about on every start).",
-        )
-        loader.add_option(
             "fwd_shutdown_grace",
-            str,
-            "10s",
-            "On SIGTERM/SIGINT, how long requests in flight may take to finish before the proxy exits.",
-        )
-        loader.add_option(
             "fwd_role",
-            str,
-            "script",
-            "script (under mitmdump), run (`fwdproxy run`: writes the runtime file) or worker (of --workers: "
-            "no banner; the supervisor prints it once).",
-            choices=["script", "run", "worker"],
-        )
-        loader.add_option(
             "fwd_store_check_every",
-            str,
-            "5m",
-            "How often the cache database gets SQLite's quick_check (a damaged one is replaced by an empty one).",
         )
 
     def configure(self, updated: set[str]) -> None:
-        try:
-            if "fwd_shutdown_grace" in updated:
-                self.grace = parse_duration(ctx.options.fwd_shutdown_grace)
-            if "fwd_store_check_every" in updated:
-                self.check_every = parse_duration(ctx.options.fwd_store_check_every)
-        except ValueError as e:
-            name = "fwd_shutdown_grace" if "fwd_shutdown_grace" in updated else "fwd_store_check_every"
-            raise exceptions.OptionsError(f"{name}: {e}") from e
-        if "fwd_upstream_insecure" in updated and ctx.options.fwd_upstream_insecure:
+        self.settings = s = self.source.current()
+        if s.upstream_insecure and not self.insecure_applied:
+            self.insecure_applied = True
             ctx.options.ssl_insecure = True
         # Hits, passthrough decisions and per-flow upstreams all need the origin connection to open only when a
         # request needs it (mitmproxy-notes §1, §5, §6).
         if "connection_strategy" in updated and ctx.options.connection_strategy != "lazy":
             ctx.options.connection_strategy = "lazy"
-        if "fwd_upstream_ca" in updated or "confdir" in updated:
-            if ctx.options.ssl_verify_upstream_trusted_ca and "fwd_upstream_ca" not in updated:
+        inputs = (s.upstream_ca, ctx.options.confdir)
+        if inputs != self.trust_inputs:
+            current = ctx.options.ssl_verify_upstream_trusted_ca
+            if current and current != self.trust_bundle and not s.upstream_ca:
                 return  # the user set mitmproxy's own option explicitly: leave it alone
             try:
-                bundle = trust.origin_trust(
-                    ctx.options.fwd_upstream_ca or None, Path(os.path.expanduser(ctx.options.confdir))
-                )
+                bundle = trust.origin_trust(s.upstream_ca, Path(os.path.expanduser(ctx.options.confdir)))
             except ValueError as e:
                 raise exceptions.OptionsError(f"fwd_upstream_ca: {e}") from e
-            if bundle and bundle != ctx.options.ssl_verify_upstream_trusted_ca:
+            self.trust_inputs = inputs
+            if bundle and bundle != current:
+                self.trust_bundle = bundle
                 ctx.options.ssl_verify_upstream_trusted_ca = bundle
 
     def running(self) -> None:
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         addrs = proxyserver.listen_addrs() if proxyserver else []
         if not addrs:
             message = runtime.listen_failure(ctx.options.listen_host, ctx.options.listen_port)
-            if ctx.options.fwd_role == "script":
+            if self.settings.role == "script":
                 log.error("%s", message)
             else:  # fwdproxy run: one plain line (mitmproxy's own, with its --mode hint, is filtered out)
                 print(f"fwdproxy: {message}", file=sys.stderr, flush=True)
@@ -122,8 +109,14 @@ class Lifecycle:
         host, port = addrs[0][:2]
         self.listening = (host, port)
         self._check_startup_safety()  # before the listening line, so whoever waits for it sees the warnings
-        role = ctx.options.fwd_role
-        me = describe_running(host, port, os.getpid())
+        role = self.settings.role
+        me = describe_running(
+            host,
+            port,
+            os.getpid(),
+            admin_port=self.admin.port if self.admin is not None else 0,
+            cache_dir=self.settings.cache_dir if self.cache is not None else "",
+        )
         if role == "run":  # before the listening line: whoever waits for it may run `fwdproxy env` at once
             self.runtime = me
             runtime.write(me)
@@ -136,7 +129,7 @@ class Lifecycle:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
                 loop.add_signal_handler(sig, self.stop)
-        if self.check_every > 0:
+        if self.settings.store_check_every > 0:
             self.checker = loop.create_task(self._check_store_periodically())
         self.collector = loop.create_task(self._collect_periodically())
 
@@ -158,7 +151,7 @@ class Lifecycle:
                 )
         except OSError as e:
             log.error("the CA key in %s is readable by others and cannot be made private: %s", confdir, e)
-        cache_dir = getattr(ctx.options, "fwd_cache_dir", None)
+        cache_dir = self.settings.cache_dir if self.cache is not None else None
         directory = Path(os.path.expanduser(cache_dir)) if cache_dir else None
         if directory is not None and trust.open_to_others(directory):
             if trust.tighten_if_world_readable(directory):
@@ -202,15 +195,13 @@ class Lifecycle:
 
     async def _check_store_periodically(self) -> None:
         while True:
-            await asyncio.sleep(self.check_every)
-            store = getattr(self.master.addons.get("cache"), "store", None)
-            if store is None:
-                continue
-            # TieredStore.check() is quick_check plus following a reopened database with the memory tier. The
-            # quick_check reads the whole file, so it runs in a thread; the memory tier is not thread-safe and
-            # follows by itself at its next lookup (tiered.FOLLOW_INTERVAL), so only the disk part runs there.
+            await asyncio.sleep(self.settings.store_check_every)
+            if self.cache is None:
+                return
             started = time.monotonic()
-            sound = await asyncio.to_thread(store.disk.check)
+            sound = await self.cache.check_store()
+            if sound is None:
+                continue  # no store open (yet)
             log.debug(
                 "cache database check: %s in %.2f s",
                 "sound" if sound else "damaged",
@@ -240,39 +231,41 @@ class Lifecycle:
         self.stopping = asyncio.get_running_loop().create_task(self._stop_gracefully())
 
     async def _stop_gracefully(self) -> None:
-        proxyserver = self.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(self.master)
         for instance in list(proxyserver.servers) if proxyserver else []:
             if instance.is_running:
                 try:
                     await instance.stop()
                 except OSError as e:
                     log.warning("stopping: could not close a listener (%s); going on", e)
-        deadline = time.monotonic() + self.grace
+        deadline = time.monotonic() + self.settings.shutdown_grace
         if self.in_flight:
             log.info(
                 "stopping: no new connections; %d request(s) in flight get up to %g s to finish",
                 len(self.in_flight),
-                self.grace,
+                self.settings.shutdown_grace,
             )
         while self.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if self.in_flight:
             log.warning(
-                "stopping: %d request(s) still in flight after %g s are cut", len(self.in_flight), self.grace
+                "stopping: %d request(s) still in flight after %g s are cut",
+                len(self.in_flight),
+                self.settings.shutdown_grace,
             )
         self.master.shutdown()
 
 
-def describe_running(host: str, port: int, pid: int) -> runtime.Running:
-    """This proxy as its runtime file and banner describe it (options as currently set)."""
+def describe_running(host: str, port: int, pid: int, *, admin_port: int, cache_dir: str) -> runtime.Running:
+    """This proxy as its runtime file and banner describe it."""
     confdir = os.path.expanduser(ctx.options.confdir)
     return runtime.Running(
         host=runtime.client_host(host),
         port=port,
-        admin_port=int(getattr(ctx.options, "fwd_admin_port", 0) or 0),
+        admin_port=admin_port,
         confdir=confdir,
         ca=str(Path(confdir) / "mitmproxy-ca-cert.pem"),
-        cache_dir=os.path.expanduser(getattr(ctx.options, "fwd_cache_dir", "") or ""),
+        cache_dir=os.path.expanduser(cache_dir),
         pid=pid,
         version=__version__,
         started=time.time(),

@@ -5,12 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from mitmproxy import ctx, exceptions
-
 from fwdproxy.dnscache import NEGATIVE_TTL, DnsCache
-from fwdproxy.units import parse_duration
 from fwdproxy_addons import _mitm
 from fwdproxy_addons._mitm import pool as _origins
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.origins")
 
@@ -18,49 +16,22 @@ log = logging.getLogger("fwdproxy.origins")
 class Origins:
     """Configures the process-wide pool and DNS cache; the patch in addons/_mitm/pool.py does the work."""
 
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_dns_ttl",
-            str,
-            "60s",
-            "How long a DNS answer is reused (failures: 5s at most); 0: every connection resolves.",
-        )
-        loader.add_option(
-            "fwd_origin_idle_timeout",
-            str,
-            "60s",
-            "How long an idle plain-HTTP origin connection waits in the shared pool; 0: no sharing.",
-        )
-        loader.add_option(
-            "fwd_origin_max_connections",
-            int,
-            16,
-            "Shared plain-HTTP connections per origin at most (busy and idle); more requests wait for one.",
-        )
+        self.source.declare(loader, "fwd_dns_ttl", "fwd_origin_idle_timeout", "fwd_origin_max_connections")
         _mitm.install()
 
     def configure(self, updated: set[str]) -> None:
+        s = self.source.current()
         shared = _origins.SHARED
-        if "fwd_dns_ttl" in updated:
-            try:
-                ttl = parse_duration(ctx.options.fwd_dns_ttl)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_dns_ttl: {e}") from e
+        if s.dns_ttl != shared.dns.ttl:
             # Failures are kept 5 s at most, and never longer than answers (a TTL of 0 keeps nothing).
-            negative = min(ttl, NEGATIVE_TTL)
-            shared.dns = DnsCache(shared.dns.resolver, time.monotonic, ttl=ttl, negative_ttl=negative)
-        if "fwd_origin_idle_timeout" in updated:
-            try:
-                shared.idle_timeout = parse_duration(ctx.options.fwd_origin_idle_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_origin_idle_timeout: {e}") from e
-        if "fwd_origin_max_connections" in updated:
-            limit = ctx.options.fwd_origin_max_connections
-            if limit < 1:
-                raise exceptions.OptionsError(
-                    f"fwd_origin_max_connections: {limit} is not a positive number of connections; try e.g. 16"
-                )
-            shared.pool.max_per_origin = limit
+            negative = min(s.dns_ttl, NEGATIVE_TTL)
+            shared.dns = DnsCache(shared.dns.resolver, time.monotonic, ttl=s.dns_ttl, negative_ttl=negative)
+        shared.idle_timeout = s.origin_idle_timeout
+        shared.pool.max_per_origin = s.origin_max_connections
 
     def done(self) -> None:
         shared = _origins.SHARED

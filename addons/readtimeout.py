@@ -10,13 +10,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import ctx, exceptions, http
+from mitmproxy import ctx, http
 
 from fwdproxy import errors
-from fwdproxy.units import parse_duration
-from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons import _mitm, _neighbours, _respond
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._mitm.readstamp import LAST_READ
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.errors")
 
@@ -31,26 +31,18 @@ class _Watch:
 class ReadTimeout:
     """Watches every request that goes to an origin, from its ``request`` hook to its ``response`` or ``error``."""
 
-    def __init__(self) -> None:
-        self.timeout = 60.0
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.timeout = self.source.given.read_timeout
         self.watched: dict[str, _Watch] = {}
         self.sweeper: asyncio.Task[None] | None = None
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_read_timeout",
-            str,
-            "60s",
-            "How long an origin may send nothing, before its response or inside its body (504 or cut); 0: off.",
-        )
+        self.source.declare(loader, "fwd_read_timeout")
         _mitm.install()  # the 504 handed to a stream whose origin connection we close; read times
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_read_timeout" in updated:
-            try:
-                self.timeout = parse_duration(ctx.options.fwd_read_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_read_timeout: {e}") from e
+        self.timeout = self.source.current().read_timeout
 
     def running(self) -> None:
         self.sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -87,7 +79,7 @@ class ReadTimeout:
 
     def sweep(self, now: float) -> None:
         """Answer or cut every watched request whose origin has been silent for the timeout."""
-        proxyserver = ctx.master.addons.get("proxyserver")
+        proxyserver = _neighbours.proxyserver(ctx.master)
         connections: dict[Any, Any] = getattr(proxyserver, "connections", {})
         for flow_id, watch in list(self.watched.items()):
             flow = watch.flow

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import connection, ctx, exceptions, http
+from mitmproxy import connection, ctx, http
 
 from fwdproxy import strictness
-from fwdproxy.units import parse_duration
-from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons import _mitm, _neighbours, _respond
 from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -19,21 +19,15 @@ log = logging.getLogger("fwdproxy.guard")
 class Strict:
     """Declares ``fwd_header_timeout`` and refuses HTTP/2 requests that HTTP/1 origins could misread."""
 
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_header_timeout",
-            str,
-            "30s",
-            "How long a client may take to send a complete request head (then 408 and close); 0: off.",
-        )
+        self.source.declare(loader, "fwd_header_timeout")
         _mitm.install()  # strict HTTP/1 heads and the header timeout live in the layer patches
 
     def configure(self, updated: set[str]) -> None:
-        if "fwd_header_timeout" in updated:
-            try:
-                _http1.HEADER_TIMEOUT.seconds = parse_duration(ctx.options.fwd_header_timeout)
-            except ValueError as e:
-                raise exceptions.OptionsError(f"fwd_header_timeout: {e}") from e
+        _http1.HEADER_TIMEOUT.seconds = self.source.current().header_timeout
 
     def client_connected(self, client: connection.Client) -> None:
         # mitmproxy picks the HTTP layer (whose timer enforces the timeout, see _http1) on the first bytes;
@@ -44,7 +38,7 @@ class Strict:
     def _close_if_silent(self, client: connection.Client) -> None:
         if client in _http1.HTTP_STARTED or client.state is connection.ConnectionState.CLOSED:
             return
-        connections = getattr(ctx.master.addons.get("proxyserver"), "connections", {})
+        connections = getattr(_neighbours.proxyserver(ctx.master), "connections", {})
         handler = connections.get(client.id)
         io = handler.transports.get(client) if handler is not None else None
         if io is not None and io.handler is not None:

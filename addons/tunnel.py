@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
-from mitmproxy import ctx, tls
+from mitmproxy import tls
 from mitmproxy.proxy import layer, layers
 
 from fwdproxy import access
+from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.tunnel")
 
@@ -17,23 +17,24 @@ class Tunnel:
     """Marks passthrough tunnels in ``tls_clienthello``, before any origin contact (lazy connections), and
     pins the origin TLS name of intercepted ones to the CONNECT host."""
 
+    def __init__(self, source: SettingsSource | None = None) -> None:
+        self.source = source or SettingsSource()
+        self.passthrough: tuple[str, ...] = ()
+        self.intercept: tuple[str, ...] = ()
+
     def load(self, loader):  # type: ignore[no-untyped-def]
-        loader.add_option(
-            "fwd_passthrough", Sequence[str], [], "Host globs whose CONNECT tunnels are relayed blindly."
-        )
-        loader.add_option(
-            "fwd_intercept",
-            Sequence[str],
-            [],
-            "When set, only these host globs are decrypted; others pass through.",
-        )
+        self.source.declare(loader, "fwd_passthrough", "fwd_intercept")
+
+    def configure(self, updated: set[str]) -> None:
+        s = self.source.current()
+        self.passthrough, self.intercept = s.passthrough, s.intercept
 
     def tls_clienthello(self, data: tls.ClientHelloData) -> None:
         server = data.context.server.address
         # Both the SNI and the CONNECT host must allow decryption: a client naming an intercepted host in its
         # SNI does not get a --passthrough host decrypted (and cached) by it.
         names = [n for n in (data.client_hello.sni, server[0] if server else None) if n] or [""]
-        modes = [access.tunnel_mode(n, ctx.options.fwd_passthrough, ctx.options.fwd_intercept) for n in names]
+        modes = [access.tunnel_mode(n, self.passthrough, self.intercept) for n in names]
         if access.TunnelMode.PASSTHROUGH in modes:
             host = names[modes.index(access.TunnelMode.PASSTHROUGH)]
             data.ignore_connection = True

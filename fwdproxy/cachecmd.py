@@ -48,17 +48,12 @@ def _settings(ns: argparse.Namespace) -> config.Settings:
 
 def cache_config(settings: config.Settings) -> CacheConfig:
     """The freshness settings the proxy would use with these settings (negative TTL, rules, presets)."""
-    section = settings.sections.get("cache", {})
     try:
-        rules = list(cache.parse_rules(section.get("rule", []))) if isinstance(section, dict) else []
-        for name in settings.preset:
-            if name not in cache.PRESETS:
-                raise ValueError(f"preset {name!r} is unknown; known presets: {', '.join(cache.PRESETS)}")
-            rules += cache.PRESETS[name]
+        rules = config.resolved(settings).rules
     except ValueError as e:
-        raise CommandError(f"{settings.config or '--preset'}: {e}") from None
+        raise CommandError(str(e)) from None
     # What the proxy recorded with an entry wins over these flags: it explains what the proxy did.
-    return CacheConfig(negative_ttl=settings.negative_ttl, rules=tuple(rules), recorded_lifetimes=True)
+    return CacheConfig(negative_ttl=settings.negative_ttl, rules=rules, recorded_lifetimes=True)
 
 
 def _open(settings: config.Settings) -> TieredStore:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import logging
 import signal
@@ -13,6 +14,7 @@ from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from fwdproxy.config import Settings
+from fwdproxy.options import OPTIONS
 
 log = logging.getLogger("fwdproxy")
 
@@ -39,53 +41,13 @@ def tune_gc() -> None:
 
 
 def mitm_options(s: Settings) -> dict[str, Any]:
-    """mitmproxy option values (built-in and our ``fwd_*``) for these settings."""
-    return {
-        "listen_host": s.listen_host,
-        "listen_port": s.listen_port,
-        "confdir": s.confdir,
-        "connection_strategy": "lazy",
-        "fwd_allow": list(s.allow),
-        "fwd_auth": s.auth or "",
-        "fwd_max_connections": s.max_connections,
-        "fwd_connect_ports": [str(p) for p in s.connect_port],
-        "fwd_passthrough": list(s.passthrough),
-        "fwd_intercept": list(s.intercept),
-        "fwd_upstream_ca": s.upstream_ca or "",
-        "fwd_connect_timeout": f"{s.connect_timeout:g}s",
-        "fwd_read_timeout": f"{s.read_timeout:g}s",
-        "fwd_dns_ttl": f"{s.dns_ttl:g}s",
-        "fwd_origin_idle_timeout": f"{s.origin_idle_timeout:g}s",
-        "fwd_origin_max_connections": s.origin_max_connections,
-        "fwd_header_timeout": f"{s.header_timeout:g}s",
-        "fwd_shutdown_grace": f"{s.shutdown_grace:g}s",
-        "fwd_upstream_insecure": s.upstream_insecure,
-        "fwd_anonymize": s.anonymize,
-        "fwd_anonymize_config": s.config or "",  # the addon reads the file's [anonymize] table itself
-        "fwd_cache_dir": s.cache_dir,
-        "fwd_memory_cache_size": str(s.memory_cache_size),
-        "fwd_disk_cache_size": str(s.disk_cache_size),
-        "fwd_max_object_size": str(s.max_object_size),
-        "fwd_memory_object_max": str(s.memory_object_max),
-        "fwd_negative_ttl": f"{s.negative_ttl:g}s",
-        "fwd_preset": list(s.preset),
-        "fwd_stream_threshold": str(s.stream_threshold),
-        "fwd_range_fetch_whole_below": str(s.range_fetch_whole_below),
-        # Left unset, the addon's default ("1d") stands, which covers unreachable origins only (not 5xx).
-        "fwd_serve_stale_on_error": (
-            f"{s.serve_stale_on_error:g}s" if "serve_stale_on_error" in s.explicit else "1d"
-        ),
-        "fwd_offline": s.offline,
-        "fwd_config": s.config or "",
-        "fwd_upstreams": list(s.upstream),
-        "fwd_balance": s.balance,
-        "fwd_allow_purge": list(s.allow_purge),
-        "fwd_admin_port": s.admin_port,
-        "fwd_worker": s.worker,
-        "fwd_worker_run": s.worker_run,
-        "fwd_access_log": s.access_log or "",
-        "fwd_log_format": s.log_format,
-    }
+    """mitmproxy's own option values for these settings (``listen_host``, ``confdir`` …).
+
+    Our ``fwd_*`` options are not among them: the addons get the typed Settings from ``chain()``, and the
+    ``fwd_*`` options stay at their defaults unless ``--set fwd_...`` changes one (then it is parsed with
+    the same table, fwdproxy/options.py)."""
+    values = {o.mitm_name: getattr(s, o.name) for o in OPTIONS if o.mitm_name and not o.ours}
+    return {**values, "connection_strategy": "lazy"}
 
 
 def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
@@ -100,11 +62,11 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
 
     master = Master(options.Options())
     master.addons = HookTable(master)
-    ours = chain()
+    ours = chain(dataclasses.replace(s, role="worker" if shared_port else "run"))
     master.addons.add(*(cls() for cls in BUILTIN_ADDONS), *ours)
     if shared_port:
         master.fwd_shared_port = SharedPort(master.addons.get("proxyserver").servers)  # type: ignore[attr-defined]
-    master.options.update(**mitm_options(s), fwd_role="worker" if shared_port else "run")
+    master.options.update(**mitm_options(s))
     if s.set:
         master.options.set(*s.set)
     return master, ours[0]

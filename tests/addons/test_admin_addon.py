@@ -36,7 +36,8 @@ def respond(f: http.HTTPFlow, body: bytes, cache_status: str | None) -> None:
 
 @pytest.fixture
 def admin_ctx(tmp_path: Path):
-    cache, admin = Cache(), Admin()
+    cache = Cache()
+    admin = Admin(cache=cache)
     with taddons.context(cache, admin) as tctx:
         tctx.configure(cache, fwd_cache_dir=str(tmp_path / "c"))
         tctx.configure(admin, fwd_admin_port=0, fwd_allow_purge=["127.0.0.1/32"])
@@ -100,7 +101,8 @@ def test_counts_from_cache_status_and_skips_its_own_answers(admin_ctx) -> None:
 
 
 def test_upstreams_come_from_the_egress_addon(tmp_path: Path) -> None:
-    admin, egress = Admin(), Egress()
+    egress = Egress()
+    admin = Admin(egress=egress)
     with taddons.context(admin, egress) as tctx:
         tctx.configure(egress, fwd_upstreams=["http://127.0.0.1:3128"])
         (member,) = admin.snapshot()["upstreams"]
@@ -160,7 +162,8 @@ def test_a_worker_adds_the_others_files_and_a_replacement_resumes(tmp_path: Path
     predecessor.open_connections = 9  # closed when it died
     workerstats.write(workerstats.path_for(run, 1), 1, 4141, 100.0, predecessor.state())
 
-    cache, admin = Cache(), Admin()
+    cache = Cache()
+    admin = Admin(cache=cache)
     with taddons.context(cache, admin) as tctx:
         tctx.configure(cache, fwd_cache_dir=str(tmp_path / "c"))
         tctx.configure(

@@ -153,8 +153,46 @@ def test_serve_freezes_the_start_up_heap_and_raises_the_gc_threshold(monkeypatch
     assert isinstance(seen["frozen"], int) and seen["frozen"] > 1000
 
 
-def test_serve_stale_on_error_is_passed_on_only_when_set() -> None:
-    """Left at its default the addon keeps "1d" (unreachable origins only); set, it covers 5xx as well."""
-    assert engine.mitm_options(Settings())["fwd_serve_stale_on_error"] == "1d"
-    explicit = Settings(serve_stale_on_error=86400.0, explicit=frozenset({"serve_stale_on_error"}))
-    assert engine.mitm_options(explicit)["fwd_serve_stale_on_error"] == "86400s"
+def test_mitm_options_are_only_mitmproxys_own() -> None:
+    # Our fwd_* values travel typed, through chain(); only mitmproxy's own options are set as options.
+    assert engine.mitm_options(Settings(listen_port=0, confdir="/x")) == {
+        "listen_host": "127.0.0.1",
+        "listen_port": 0,
+        "confdir": "/x",
+        "connection_strategy": "lazy",
+    }
+
+
+@pytest.mark.parametrize(
+    "explicit, on_5xx",
+    [pytest.param(frozenset(), 0.0, id="default"), pytest.param({"serve_stale_on_error"}, 7200.0, id="set")],
+)
+def test_typed_settings_reach_the_addons(tmp_path, explicit: frozenset[str], on_5xx: float) -> None:
+    """fwdproxy run hands the addons typed values: no fwd_* option is set, yet the addons see the settings."""
+    s = Settings(
+        listen_port=0,
+        cache_dir=str(tmp_path / "c"),
+        confdir=str(tmp_path),
+        serve_stale_on_error=7200.0,
+        read_timeout=2.5,
+        preset=("ci",),
+        explicit=frozenset(explicit),
+    )
+
+    async def build() -> None:
+        master, _ = engine.build(s)
+        try:
+            cache = master.addons.get("cache")
+            assert (
+                cache.config.stale_if_disconnected == 7200.0 and cache.config.serve_stale_on_error == on_5xx
+            )
+            assert cache.config.rules and master.addons.get("readtimeout").timeout == 2.5
+            assert cache.opened[0] == str(tmp_path / "c")  # the store opened where asked, and only there
+            assert master.options.fwd_read_timeout == "1m"  # the mitmproxy option was left at its default
+            master.options.update(fwd_read_timeout="7s")  # --set fwd_... still works, parsed with the table
+            assert master.addons.get("readtimeout").timeout == 7.0
+            assert cache.config.rules  # the rest stays as handed over
+        finally:
+            await master.addons.get("cache").done()
+
+    asyncio.run(build())

@@ -7,7 +7,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from tests.support import REPO, Origin, Proxy, client, mitmdump_argv, run_cli
+from tests.support import REPO, Origin, Proxy, Reply, client, mitmdump_argv, run_cli
 
 
 def test_version() -> None:
@@ -118,3 +118,66 @@ def test_scripts_are_executable() -> None:
     for name in ("scripts/run", "scripts/test", ".ci/run"):
         mode = os.stat(REPO / name).st_mode
         assert mode & stat.S_IXUSR, name
+
+
+def test_a_bad_cache_rule_stops_the_start_before_listening(tmp_path: Path, confdir: Path) -> None:
+    # [[cache.rule]] tables are checked with the others before the proxy listens (not when the addon loads).
+    cfg = tmp_path / "fwdproxy.toml"
+    cfg.write_text('[[cache.rule]]\nmatch = "x"\nmax_ttl = "soon"\n')
+    out = run_cli(
+        "run",
+        "--listen-port",
+        "0",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--confdir",
+        str(confdir),
+        "--config",
+        str(cfg),
+    )
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"fwdproxy: {cfg}: cache.rule[0].max_ttl: 'soon' is not a duration")
+    assert "listening" not in out.stdout
+    assert not (tmp_path / "c").exists()  # stopped before anything opened the cache
+
+
+def test_mitmdump_script_takes_cache_rules_and_sizes_from_the_same_table(
+    tmp_path: Path, confdir: Path, origin: Origin
+) -> None:
+    cfg = tmp_path / "fwdproxy.toml"
+    cfg.write_text('[[cache.rule]]\nmatch = "http://127.0.0.1:*/packages/*"\nimmutable = true\n')
+    url = origin.route("/packages/p.tar.gz", Reply(headers={"Cache-Control": "max-age=0"}, body=b"x" * 3000))
+    big = origin.route(
+        "/packages/big.tar.gz", Reply(headers={"Cache-Control": "max-age=0"}, body=b"y" * 5000)
+    )
+    argv = mitmdump_argv(
+        "-q",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        "0",
+        "-s",
+        str(REPO / "addons" / "fwdproxy.py"),
+        "--set",
+        f"confdir={confdir}",
+        "--set",
+        f"fwd_cache_dir={tmp_path / 'c'}",
+        "--set",
+        "fwd_admin_port=0",
+        "--set",
+        f"fwd_config={cfg}",
+        "--set",
+        "fwd_max_object_size=4KiB",  # text parsed with the options table, as --max-object-size would be
+    )
+    proxy = Proxy(argv, tmp_path)
+    try:
+        with client(proxy) as c:
+            assert c.get(url).content == b"x" * 3000
+            second = c.get(url)
+            c.get(big)
+            assert c.get(big).content == b"y" * 5000
+    finally:
+        proxy.stop()
+    assert second.content == b"x" * 3000 and "detail=rule-immutable" in second.headers["Cache-Status"]
+    assert origin.hits["/packages/p.tar.gz"] == 1
+    assert origin.hits["/packages/big.tar.gz"] == 2  # over fwd_max_object_size: never stored

@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from fwdproxy.config import from_file_and_flags, worker_count
+from fwdproxy.config import from_file_and_flags
+from fwdproxy.options import worker_count
 from fwdproxy.workers import reserve
 
 
