@@ -10,16 +10,16 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-from addons.admin import Admin
-from addons.cache import Cache
-from addons.egress import Egress
-from addons.fwdproxy import chain
-from addons.guard import Guard
-from addons.lifecycle import Lifecycle
-from addons.readtimeout import ReadTimeout
-from addons.strict import Strict
 from fwdproxy import config, options
 from fwdproxy.config import Settings
+from fwdproxy_addons.admin import Admin
+from fwdproxy_addons.cache import Cache
+from fwdproxy_addons.egress import Egress
+from fwdproxy_addons.fwdproxy import chain
+from fwdproxy_addons.guard import Guard
+from fwdproxy_addons.lifecycle import Lifecycle
+from fwdproxy_addons.readtimeout import ReadTimeout
+from fwdproxy_addons.strict import Strict
 
 
 def _by_type(addons: list[Any], cls: type) -> Any:
