@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules, where a
 # dataclass with string annotations cannot be built.
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -34,9 +35,18 @@ from fwdproxy.config import read_toml
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
+from fwdproxy.store.fleet import FleetStore
+from fwdproxy.store.shared import SharedTier, password_from
+from fwdproxy.store.shared_layout import parse_url
 from fwdproxy.units import parse_duration, parse_size
 
 log = logging.getLogger("fwdproxy.cache")
+
+# Issue 20, the shared tier: flow.metadata keys and _lookup's answer for "look in the shared tier first".
+SHARED = object()
+"""_lookup's answer on a local miss when a shared tier is configured: await it, then look again locally."""
+SHARED_TRIED = "fwd_shared_tried"
+SHARED_HIT = "fwd_shared_hit"
 
 
 STALE_ON_ERROR_DEFAULT = "1d"
@@ -92,10 +102,36 @@ class Cache(CacheCore):
             "On a miss, fetch objects this small whole to answer a range.",
         )
         loader.add_option("fwd_preset", Sequence[str], [], "Bundles of cache rules, e.g. ci.")
+        loader.add_option(
+            "fwd_shared_cache",
+            str,
+            "",
+            "Shared tier URL: redis://, rediss:// or redis+cluster://; empty: off.",
+        )
+        loader.add_option(
+            "fwd_shared_object_max", str, "256MiB", "Bigger bodies stay out of the shared tier."
+        )
+        loader.add_option(
+            "fwd_shared_timeout", str, "100ms", "Time limit of a shared-tier metadata operation."
+        )
+        loader.add_option(
+            "fwd_shared_cache_password_file", str, "", "File holding the shared tier's password."
+        )
+        loader.add_option("fwd_shared_cache_ca", str, "", "CA bundle for a rediss:// shared tier.")
         loader.add_option("fwd_config", str, "", "fwdproxy TOML file whose [[cache.rule]] tables apply.")
 
     def configure(self, updated: set[str]) -> None:
-        sizes = {"fwd_cache_dir", "fwd_memory_cache_size", "fwd_disk_cache_size", "fwd_memory_object_max"}
+        sizes = {
+            "fwd_cache_dir",
+            "fwd_memory_cache_size",
+            "fwd_disk_cache_size",
+            "fwd_memory_object_max",
+            "fwd_shared_cache",
+            "fwd_shared_object_max",
+            "fwd_shared_timeout",
+            "fwd_shared_cache_password_file",
+            "fwd_shared_cache_ca",
+        }
         try:
             disconnected, on_error = _stale_on_error(ctx.options.fwd_serve_stale_on_error)
             self.config = CacheConfig(
@@ -111,17 +147,51 @@ class Cache(CacheCore):
             if updated & sizes or self.store is None:
                 directory = os.path.expanduser(ctx.options.fwd_cache_dir)
                 os.makedirs(directory, mode=0o700, exist_ok=True)  # it holds decrypted HTTPS responses
+                shared = self._shared_tier()
                 if self.store is not None:
-                    self.store.close()
+                    self._close_store(self.store)
                 self.locks = KeyLocks(directory)
-                self.store = store.TieredStore.open(
+                kind = store.TieredStore if shared is None else FleetStore
+                self.store = kind.open(
                     directory,
                     memory_size=parse_size(ctx.options.fwd_memory_cache_size),
                     memory_object_max=parse_size(ctx.options.fwd_memory_object_max),
                     disk_size=parse_size(ctx.options.fwd_disk_cache_size),
                 )
+                if isinstance(self.store, FleetStore) and shared is not None:
+                    self.store.attach(shared)
+                    if self.sidecar is not None:  # changed while running: connect now
+                        asyncio.get_running_loop().create_task(self.store.start())
         except (ValueError, OSError) as e:
             raise exceptions.OptionsError(f"cache: {e}") from e
+
+    @staticmethod
+    def _shared_tier() -> SharedTier | None:
+        """--shared-cache and its companions parsed (issue 20); None when off."""
+        if not ctx.options.fwd_shared_cache:
+            return None
+        url = password_from(
+            parse_url(ctx.options.fwd_shared_cache),
+            ctx.options.fwd_shared_cache_password_file or None,
+            dict(os.environ),
+        )
+        ca = ctx.options.fwd_shared_cache_ca or None
+        if ca is not None and not os.path.isfile(os.path.expanduser(ca)):
+            raise ValueError(f"--shared-cache-ca {ca}: no such file")
+        return SharedTier(
+            url,
+            timeout=parse_duration(ctx.options.fwd_shared_timeout),
+            object_max=parse_size(ctx.options.fwd_shared_object_max),
+            ca=os.path.expanduser(ca) if ca else None,
+        )
+
+    def _close_store(self, old: store.TieredStore) -> None:
+        old.close()
+        if isinstance(old, FleetStore):
+            try:
+                asyncio.get_running_loop().create_task(old.close_shared())
+            except RuntimeError:
+                pass  # configured before the loop runs: nothing was connected yet
 
     def _rules(self) -> tuple[cache.Rule, ...]:
         rules: list[cache.Rule] = []
@@ -140,6 +210,10 @@ class Cache(CacheCore):
         self.sidecar = Sidecar()
         await self.sidecar.start()
         _wideread.widen(("127.0.0.1", self.sidecar.port))  # our own loopback server: read it in wide gulps
+        if isinstance(self.store, FleetStore):
+            await self.store.start()
+            assert self.store.shared is not None
+            log.info("shared cache tier: %s", self.store.shared.url.redacted())
 
     async def done(self) -> None:
         for task in list(self.tasks):
@@ -147,6 +221,8 @@ class Cache(CacheCore):
         if self.sidecar is not None:
             _wideread.narrow(("127.0.0.1", self.sidecar.port))
             await self.sidecar.close()
+        if isinstance(self.store, FleetStore):
+            await self.store.close_shared()
         if self.store is not None:
             self.store.close()
 
@@ -174,6 +250,9 @@ class Cache(CacheCore):
                 assert self.locks is not None
                 await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
                 collapse = False
+            elif pending is SHARED:
+                if await self._from_shared(flow):
+                    flow.metadata[SHARED_HIT] = True
             elif isinstance(pending, Flight):
                 if await self._follow(flow, pending):
                     return
@@ -223,12 +302,17 @@ class Cache(CacheCore):
                 decision.ttl,
                 "stale-while-revalidate",
             )
+        if self._shared_first(flow, state):  # issue 20: a local miss looks in the shared tier first
+            return SHARED
         if decision.verdict in (Verdict.SERVE, Verdict.STALE_WHILE_REVALIDATE):
             entry = self._checked_get(selected, may_check=may_check) if selected else None
             if isinstance(entry, asyncio.Future):
                 return entry
             if entry is not None:
-                self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+                status = decision.cache_status()
+                if flow.metadata.get(SHARED_HIT) and status.hit:
+                    status = dataclasses.replace(status, detail="shared")  # copied from the shared tier
+                self._serve(flow, state, entry.meta, entry.body, status, now)
                 if decision.verdict is Verdict.STALE_WHILE_REVALIDATE:
                     self._revalidate_later(flow, primary)
                 return None
@@ -258,6 +342,40 @@ class Cache(CacheCore):
         if decision.verdict is Verdict.REVALIDATE:
             self._add_validators(flow, state, listing, selected)
         return None
+
+    # -- the shared tier (issue 20): a minimal hook, to re-apply on a rewritten lookup ----------------------
+
+    def _shared_first(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
+        """Whether this local miss should look in the shared tier before the origin (once per flow)."""
+        if (
+            not isinstance(self.store, FleetStore)
+            or self.store.shared is None
+            or SHARED_TRIED in flow.metadata
+            or state.decision.verdict is not Verdict.FORWARD
+            or state.decision.fwd not in (Fwd.URI_MISS, Fwd.VARY_MISS)
+            or state.request.method != "GET"
+            or state.flight is not None
+            or flow.metadata.get(BACKGROUND)
+        ):
+            return False
+        flow.metadata[SHARED_TRIED] = True
+        return True
+
+    async def _from_shared(self, flow: http.HTTPFlow) -> bool:
+        """Copy the entry this request may use from the shared tier into the local tiers; whether it came.
+
+        On a shared miss this node takes the fleet's fetch lock for the key (a Range request never leads),
+        or waits while another node downloads it (cross-node collapsing); _land gives the lock back."""
+        assert isinstance(self.store, FleetStore)
+        state: CacheFlow = flow.metadata[STATE]
+        request, config = state.request, self.config
+
+        def choose(listing: list[tuple[str, StoredResponse]]) -> str:
+            decision = cache.lookup(request, [m for _, m in listing], now=time.time(), config=config)
+            return next((k for k, m in listing if m is decision.stored), "")
+
+        claim = "Range" not in flow.request.headers
+        return await self.store.fetch(state.primary, choose, claim=claim, wait=COLLAPSE_WAIT)
 
     def _fetches_whole(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
         """Whether a range request on a miss waits for a whole fetch (--range-fetch-whole-below)."""

@@ -144,6 +144,19 @@ OPTIONS: tuple[Option, ...] = (
         "client network whose PURGE requests remove entries, as CIDR (repeatable)",
     ),
     Option(
+        "shared_cache",
+        Kind.OPT_STR,
+        "a shared cache tier for a fleet: redis://[user:pw@]host:port/db, rediss://… or redis+cluster://h:p,…",
+    ),
+    Option("shared_object_max", Kind.SIZE, "bigger bodies stay out of the shared tier (local tiers only)"),
+    Option(
+        "shared_timeout", Kind.DURATION, "how long one shared-tier metadata operation may take (then a miss)"
+    ),
+    Option("shared_cache_password_file", Kind.OPT_STR, "file holding the shared tier's password"),
+    Option(
+        "shared_cache_ca", Kind.OPT_STR, "CA bundle (PEM) that signs the shared tier's rediss:// certificate"
+    ),
+    Option(
         "admin_port", Kind.INT, "port of the status page, /stats.json and /metrics on the listen host; 0: off"
     ),
     Option("access_log", Kind.OPT_STR, "write one line per request to this file (- for stderr)"),
@@ -227,6 +240,16 @@ class Settings:
     offline: bool = False
     allow_purge: tuple[str, ...] = access.LOOPBACK
     """PURGE empties entries for everyone, so like Squid only the local machine may send it by default."""
+    shared_cache: str | None = None
+    """Off: a single node behaves exactly as without the shared tier (issue 20)."""
+    shared_object_max: int = 256 * 1024**2
+    """256 MiB: wheels, jars and most images fit; a multi-GiB body would take Redis's memory from many
+    smaller, more often shared ones."""
+    shared_timeout: float = 0.1
+    """100 ms: a LAN round trip is well under a millisecond, so this only cuts off a server in trouble, and a
+    miss costs the client at most this long before it goes to the origin."""
+    shared_cache_password_file: str | None = None
+    shared_cache_ca: str | None = None
     admin_port: int = 8081
     """Next to the usual 8080; bound to the listen host, so loopback-only unless the proxy is exposed."""
     access_log: str | None = None
@@ -369,6 +392,13 @@ def check(s: Settings) -> None:
     """Cross-field checks that no single value shows."""
     access.parse_networks(s.allow)
     access.parse_networks(s.allow_purge)
+    if s.shared_cache:
+        from fwdproxy.store.shared_layout import parse_url
+
+        try:
+            parse_url(s.shared_cache)
+        except ValueError as e:
+            raise ValueError(f"--shared-cache {e}") from None
     if s.admin_port > 65535:
         raise ValueError(f"--admin-port {s.admin_port} is not a port; use 1-65535, or 0 to turn it off")
     if s.auth:

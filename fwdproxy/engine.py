@@ -172,6 +172,11 @@ def mitm_options(s: Settings) -> dict[str, Any]:
             f"{s.serve_stale_on_error:g}s" if "serve_stale_on_error" in s.explicit else "1d"
         ),
         "fwd_offline": s.offline,
+        "fwd_shared_cache": s.shared_cache or "",
+        "fwd_shared_object_max": str(s.shared_object_max),
+        "fwd_shared_timeout": f"{s.shared_timeout:g}s",
+        "fwd_shared_cache_password_file": s.shared_cache_password_file or "",
+        "fwd_shared_cache_ca": s.shared_cache_ca or "",
         "fwd_config": s.config or "",
         "fwd_upstreams": list(s.upstream),
         "fwd_balance": s.balance,

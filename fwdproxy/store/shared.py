@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -107,6 +109,30 @@ def _plain(url: SharedUrl, node: tuple[str, int], *, ca: str | None, connect_tim
     return _client(single, ca=ca, connect_timeout=connect_timeout)
 
 
+PASSWORD_ENV = "FWDPROXY_SHARED_CACHE_PASSWORD"
+"""Where the password comes from when neither the URL nor --shared-cache-password-file gives one."""
+
+
+def password_from(url: SharedUrl, password_file: str | None, env: dict[str, str]) -> SharedUrl:
+    """The URL with its password: its own, else the file's first line, else the environment's.
+
+    Raises:
+        ValueError: the file cannot be read.
+    """
+    if url.password is not None:
+        return url
+    secret = None
+    if password_file:
+        try:
+            with open(os.path.expanduser(password_file), encoding="utf-8") as f:
+                secret = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise ValueError(f"--shared-cache-password-file {password_file}: {e.strerror}") from None
+    elif env.get(PASSWORD_ENV):
+        secret = env[PASSWORD_ENV]
+    return dataclasses.replace(url, password=secret) if secret else url
+
+
 class SharedTier:
     """A connection to the shared tier, its breaker and counters; every public coroutine is bounded."""
 
@@ -189,6 +215,26 @@ class SharedTier:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What /stats.json, /metrics and the status page show (never the password)."""
+        st = self.stats
+        return {
+            "state": self.state.value,
+            "url": self.url.redacted(),
+            "subscribed": self.subscribed,
+            "hits": st.hits,
+            "misses": st.misses,
+            "errors": st.errors,
+            "bytes_read": st.bytes_read,
+            "bytes_written": st.bytes_written,
+            "uploads": st.uploads,
+            "dropped": st.dropped,
+            "collapsed": st.collapsed,
+            "lookups": st.lookups,
+            "lookup_seconds": st.lookup_seconds,
+            "last_error": st.last_error,
+        }
 
     @property
     def chunk_timeout(self) -> float:
