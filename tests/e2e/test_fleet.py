@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from tests.support import Origin, Proxy, Reply, client, pattern, slow_chunks
-from tests.support_redis import RedisClusterNodes, RedisServer
+from tests.support_redis import RedisClusterNodes, RedisServer, free_port
 
 MIB = 1024 * 1024
 
@@ -21,10 +21,10 @@ def cached(body: bytes) -> Reply:
 
 
 def two_nodes(
-    start_proxy: Callable[..., Proxy], tmp_path: Path, url: str, *extra: str
+    start_proxy: Callable[..., Proxy], tmp_path: Path, url: str, *extra: str, admin_b: int = 0
 ) -> tuple[Proxy, Proxy]:
     a = start_proxy("--shared-cache", url, *extra, cache_dir=tmp_path / "a")
-    b = start_proxy("--shared-cache", url, *extra, cache_dir=tmp_path / "b")
+    b = start_proxy("--shared-cache", url, *extra, "--admin-port", str(admin_b), cache_dir=tmp_path / "b")
     return a, b
 
 
@@ -45,7 +45,8 @@ def share_between_nodes(
 ) -> None:
     small, big = pattern(5000, 1), pattern(3 * MIB + 123, 2)
     small_url, big_url = origin.route("/small", cached(small)), origin.route("/big", cached(big))
-    a, b = two_nodes(start_proxy, tmp_path, server.url)
+    admin = free_port()
+    a, b = two_nodes(start_proxy, tmp_path, server.url, admin_b=admin)
     with client(a) as c:
         assert c.get(small_url).content == small
         assert c.get(big_url).content == big
@@ -62,6 +63,14 @@ def share_between_nodes(
     assert "detail=shared" not in again.headers["Cache-Status"]  # now a local hit on B
     assert origin.hits["/small"] == 1
     assert origin.hits["/big"] == 1
+    stats = httpx.get(f"http://127.0.0.1:{admin}/stats.json").json()["shared"]
+    assert stats["state"] == "connected"
+    assert stats["hits"] == 2
+    assert stats["bytes_read"] == len(small) + len(big)
+    metrics = httpx.get(f"http://127.0.0.1:{admin}/metrics").text
+    assert 'fwdproxy_shared_lookups_total{result="hit"} 2.0' in metrics
+    assert 'fwdproxy_shared_state{state="connected"} 1.0' in metrics
+    assert 'id="shared" data-state="connected"' in httpx.get(f"http://127.0.0.1:{admin}/").text
 
 
 def test_two_nodes_share_one_redis(start_proxy, origin: Origin, redis: RedisServer, tmp_path: Path) -> None:
