@@ -85,6 +85,18 @@ class SharedStats:
     """Lookups that waited for another node's download instead of asking the origin."""
 
 
+def _policies(found: object) -> set[str]:
+    """maxmemory-policy values in a CONFIG GET answer (a Cluster nests one answer per node)."""
+    out: set[str] = set()
+    if isinstance(found, dict):
+        for name, value in found.items():
+            if isinstance(value, dict):
+                out |= _policies(value)
+            elif (name.decode() if isinstance(name, bytes) else str(name)) == "maxmemory-policy":
+                out.add(value.decode() if isinstance(value, bytes) else str(value))
+    return out
+
+
 def _client(url: SharedUrl, *, ca: str | None, connect_timeout: float) -> Any:
     """A redis-py asyncio client; retries off: the breaker decides what happens after a failure."""
     common: dict[str, Any] = {
@@ -246,6 +258,12 @@ class SharedTier:
         self, on_invalidate: Callable[[str, str], None], on_resubscribe: Callable[[], None]
     ) -> None:
         """Check the server once (warn about noeviction), then keep the subscription and the probe running."""
+        if isinstance(self.client, RedisCluster):
+            # Learning the slot map takes a few round trips: not on a client's lookup, with its short deadline.
+            with contextlib.suppress(Unavailable):
+                await self._call(
+                    "learning the cluster's slots", self.client.initialize, timeout=CHUNK_TIMEOUT
+                )
         await self.check_policy()
         loop = asyncio.get_running_loop()
         for job in (self._subscribe_forever(on_invalidate, on_resubscribe), self._probe_forever()):
@@ -257,19 +275,20 @@ class SharedTier:
         """The server's maxmemory-policy ("" when unknown); warns when it is noeviction."""
         try:
             found = await self._call(
-                "reading maxmemory-policy", lambda: self.client.config_get("maxmemory-policy")
+                "reading maxmemory-policy",
+                lambda: self.client.config_get("maxmemory-policy"),
+                timeout=CHUNK_TIMEOUT,
             )
         except Unavailable:
             return ""
-        values = found.values() if isinstance(found, dict) else []
-        policy = next((v.decode() if isinstance(v, bytes) else str(v) for v in values), "")
-        if policy == "noeviction":
+        policies = _policies(found)
+        if "noeviction" in policies:
             log.warning(
                 "shared cache %s has maxmemory-policy noeviction: once full it refuses new entries; "
                 "set allkeys-lru (or volatile-lru) for a cache",
                 self.url.redacted(),
             )
-        return policy
+        return ",".join(sorted(policies))
 
     async def _probe_forever(self) -> None:
         while True:

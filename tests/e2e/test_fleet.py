@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Origin, Proxy, Reply, client, pattern, slow_chunks
+from tests.support import Origin, Proxy, Reply, client, pattern, run_cli, slow_chunks
 from tests.support_redis import RedisClusterNodes, RedisServer, free_port
 
 MIB = 1024 * 1024
@@ -229,3 +230,35 @@ def test_a_corrupted_chunk_is_a_miss_and_never_a_wrong_byte(
     assert r.content == body
     assert r.headers["Cache-Status"].startswith("fwdproxy; fwd=uri-miss")
     assert origin.hits["/corrupt"] == 2
+
+
+def test_cache_commands_see_and_purge_the_shared_tier(
+    start_proxy, origin: Origin, redis_cluster: RedisClusterNodes, tmp_path: Path
+) -> None:
+    url = origin.route("/cli", cached(pattern(2 * MIB + 1, 4)))
+    a, b = two_nodes(start_proxy, tmp_path, redis_cluster.url)
+    with client(a) as c:
+        c.get(url)
+    wait_for(lambda: entries(redis_cluster) == 1)
+    with client(b) as c:
+        assert "detail=shared" in c.get(url).headers["Cache-Status"]
+    shared = ("--shared-cache", redis_cluster.url)
+    stats = run_cli("cache", "stats", "--shared", "--json", *shared, "--cache-dir", str(tmp_path / "a"))
+    assert stats.returncode == 0, stats.stderr
+    summary = json.loads(stats.stdout)["shared"]
+    assert summary["entries"] == 1
+    assert summary["chunks"] == 3
+    assert summary["nodes"] == 3
+    purged = run_cli("cache", "purge", url, *shared, "--cache-dir", str(tmp_path / "a"))
+    assert purged.returncode == 0, purged.stderr
+    assert "shared tier: purged 1" in purged.stderr
+    assert entries(redis_cluster) == 0
+
+    def gone_from_b() -> bool:
+        with client(b) as c:
+            return c.get(url, headers={"Cache-Control": "only-if-cached"}).status_code == 504
+
+    wait_for(gone_from_b, 5)
+    with client(b) as c:
+        assert c.get(url).headers["Cache-Status"].startswith("fwdproxy; fwd=uri-miss")
+    assert origin.hits["/cli"] == 2

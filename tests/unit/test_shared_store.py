@@ -252,3 +252,19 @@ def test_one_node_claims_a_cold_key_and_the_other_waits_for_its_body(two_nodes, 
             assert b.shared is not None and b.shared.stats.collapsed == 1
 
     asyncio.run(run())
+
+
+def test_the_eviction_policy_is_read_and_noeviction_warned(
+    redis: RedisServer, redis_cluster: RedisClusterNodes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def policy(url: str) -> str:
+        tier = SharedTier(parse_url(url), timeout=0.5, object_max=1)
+        try:
+            return await tier.check_policy()
+        finally:
+            await tier.close()
+
+    assert asyncio.run(policy(redis.url)) == "allkeys-lru"
+    assert "noeviction" not in caplog.text
+    assert asyncio.run(policy(redis_cluster.url)) == "noeviction"  # the Cluster's nodes run with the default
+    assert "maxmemory-policy noeviction" in caplog.text
