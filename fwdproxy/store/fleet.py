@@ -216,9 +216,10 @@ class FleetStore(TieredStore):
         self, shared: SharedTier, primary: str, choose: Choose, claim: bool, wait: float
     ) -> bool:
         deadline = time.monotonic() + wait
+        timeout: float | None = None
         try:
             while True:
-                if await self._copy_down(shared, primary, choose):
+                if await self._copy_down(shared, primary, choose, timeout):
                     shared.stats.hits += 1
                     return True
                 if not claim or await shared.claim(primary):
@@ -228,13 +229,17 @@ class FleetStore(TieredStore):
                 if not await shared.wait_released(primary, deadline):
                     shared.stats.misses += 1
                     return False
+                # After a wait, a lookup that only timed out would cost a whole origin fetch: allow it longer.
+                timeout = max(shared.timeout, 1.0)
                 # The holder released (stored, or gave up) or its lock expired (it died): look again.
         except Unavailable:
             shared.stats.misses += 1
             return False
 
-    async def _copy_down(self, shared: SharedTier, primary: str, choose: Choose) -> bool:
-        listing = await shared.listing(primary)
+    async def _copy_down(
+        self, shared: SharedTier, primary: str, choose: Choose, timeout: float | None = None
+    ) -> bool:
+        listing = await shared.listing(primary, timeout=timeout)
         if not listing:
             return False
         key = choose([(k, e.meta) for k, e in listing])

@@ -359,12 +359,12 @@ class SharedTier:
 
     # -- reads ----------------------------------------------------------------------------------------
 
-    async def listing(self, primary: str) -> list[tuple[str, SharedMeta]]:
+    async def listing(self, primary: str, *, timeout: float | None = None) -> list[tuple[str, SharedMeta]]:
         """(variant key, record) of every variant stored for primary; raises Unavailable."""
         started = time.perf_counter()
         try:
             found = await self._call(
-                "listing variants", lambda: self.client.hgetall(layout.meta_key(primary))
+                "listing variants", lambda: self.client.hgetall(layout.meta_key(primary)), timeout=timeout
             )
         finally:
             self.stats.lookups += 1
@@ -506,9 +506,15 @@ class SharedTier:
         name = layout.lock_key(primary)
         while time.monotonic() < deadline:
             try:
-                if not await self._call("watching a fetch lock", lambda: self.client.exists(name)):
+                # Not on a client's critical path (it waits anyway), and a busy event loop makes a 100 ms
+                # deadline expire without Redis being slow: a longer one here, and one failed poll is retried.
+                watch = max(self.timeout, 1.0)
+                if not await self._call(
+                    "watching a fetch lock", lambda: self.client.exists(name), timeout=watch
+                ):
                     return True
             except Unavailable:
-                return False
+                if not self.breaker.allows(time.monotonic()):
+                    return False
             await asyncio.sleep(LOCK_POLL)
         return False
