@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Origin, Proxy, Reply, client, pattern, run_cli, slow_chunks
+from tests.support import Origin, Proxy, Recorded, Reply, client, pattern, run_cli, slow_chunks
 from tests.support_redis import RedisClusterNodes, RedisServer, free_port
 
 MIB = 1024 * 1024
@@ -262,3 +262,58 @@ def test_cache_commands_see_and_purge_the_shared_tier(
     with client(b) as c:
         assert c.get(url).headers["Cache-Status"].startswith("fwdproxy; fwd=uri-miss")
     assert origin.hits["/cli"] == 2
+
+
+def test_an_unsafe_method_on_one_node_invalidates_the_fleet(
+    start_proxy, origin: Origin, redis: RedisServer, tmp_path: Path
+) -> None:
+    url = origin.route("/doc", cached(b"v1\n"))
+    a, b = two_nodes(start_proxy, tmp_path, redis.url)
+    with client(a) as c:
+        c.get(url)
+    wait_for(lambda: entries(redis) == 1)
+    with client(b) as c:
+        assert "detail=shared" in c.get(url).headers["Cache-Status"]
+    with client(a) as c:
+        assert c.post(url, content=b"edit").status_code == 200  # RFC 9111 §4.4
+    wait_for(lambda: entries(redis) == 0)
+
+    def gone_from_b() -> bool:
+        with client(b) as c:
+            return c.get(url, headers={"Cache-Control": "only-if-cached"}).status_code == 504
+
+    wait_for(gone_from_b, 5)
+
+
+def test_a_304_refresh_updates_the_shared_metadata(
+    start_proxy, origin: Origin, redis: RedisServer, tmp_path: Path
+) -> None:
+    import redis as redis_py
+
+    from fwdproxy.cache import primary_key
+    from fwdproxy.store.shared_layout import decode_meta, meta_key
+
+    def etag(req: Recorded) -> Reply:
+        if req.headers.get("If-None-Match") == '"e1"':
+            return Reply(304, {"ETag": '"e1"', "Cache-Control": "max-age=1"})
+        return Reply(200, {"ETag": '"e1"', "Cache-Control": "max-age=1"}, b"revalidated body\n")
+
+    url = origin.route("/etag", etag)
+    a = start_proxy("--shared-cache", redis.url, cache_dir=tmp_path / "a")
+    conn = redis_py.Redis(port=redis.port)
+
+    def shared_response_time() -> float:
+        values = list(conn.hgetall(meta_key(primary_key("GET", url))).values())
+        entry = decode_meta(values[0]) if values else None
+        return entry.meta.response_time if entry is not None else 0.0
+
+    with client(a) as c:
+        c.get(url)
+    wait_for(lambda: shared_response_time() > 0)
+    first = shared_response_time()
+    time.sleep(1.5)
+    with client(a) as c:
+        r = c.get(url)
+    assert r.headers["Cache-Status"].startswith("fwdproxy; fwd=stale; fwd-status=304")
+    wait_for(lambda: shared_response_time() > first)
+    assert origin.hits["/etag"] == 2
