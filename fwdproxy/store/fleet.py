@@ -12,6 +12,8 @@ fleet makes one origin request; ``landed`` gives it back once the body is in the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import os
 import time
@@ -25,7 +27,7 @@ from fwdproxy.store.disk import DiskStore
 from fwdproxy.store.generations import primary_of
 from fwdproxy.store.memory import MemoryStore
 from fwdproxy.store.record import Outcome
-from fwdproxy.store.shared import WINDOW, Missing, SharedTier, Unavailable
+from fwdproxy.store.shared import WINDOW, Corrupt, Missing, SharedTier, Unavailable
 from fwdproxy.store.shared_breaker import State
 from fwdproxy.store.shared_layout import CHUNK, SharedMeta
 from fwdproxy.store.tiered import TieredStore, TieredWriter
@@ -143,20 +145,20 @@ class FleetStore(TieredStore):
             if length > shared.object_max:
                 return  # --shared-object-max: big bodies stay local
             entry = SharedMeta(decoded.meta, decoded.checksum)
-            if not await shared.has_body(entry.digest, length):
-                if row.filename is None:
-                    body = decoded.inline
-                    batches = [body[at : at + CHUNK * WINDOW] for at in range(0, len(body), CHUNK * WINDOW)]
-                    await self._put_body(shared, entry, _listed(batches))
-                else:
-                    path = os.path.join(self.disk.db.store_dir, row.filename)
-                    try:
-                        file = open(path, "rb")  # noqa: SIM115 - closed below, read in a thread
-                    except OSError:
-                        return  # evicted meanwhile
-                    with file:
-                        await self._put_body(shared, entry, _read_file(file))
-            await shared.put_meta(primary, key, entry)
+            upload = not await shared.has_body(entry.digest, length)
+            if row.filename is None:
+                body = decoded.inline
+                batches = [body[at : at + CHUNK * WINDOW] for at in range(0, len(body), CHUNK * WINDOW)]
+                digests = await self._put_body(shared, entry, _listed(batches), upload)
+            else:
+                path = os.path.join(self.disk.db.store_dir, row.filename)
+                try:
+                    file = open(path, "rb")  # noqa: SIM115 - closed below, read in a thread
+                except OSError:
+                    return  # evicted meanwhile
+                with file:
+                    digests = await self._put_body(shared, entry, _read_file(file), upload)
+            await shared.put_meta(primary, key, dataclasses.replace(entry, chunk_digests=digests))
             shared.stats.uploads += 1
         finally:
             self._uploading[primary] -= 1
@@ -167,19 +169,26 @@ class FleetStore(TieredStore):
                     await shared.release(primary)
 
     @staticmethod
-    async def _put_body(shared: SharedTier, entry: SharedMeta, batches: Any) -> None:
-        """Write the chunks, checking the bytes read against the digest they are stored under."""
-        check, index = codec.new_checksum(), 0
+    async def _put_body(
+        shared: SharedTier, entry: SharedMeta, batches: Any, upload: bool
+    ) -> tuple[bytes, ...]:
+        """Write the chunks (unless ``upload`` is False: stored already under this digest), checking the bytes
+        read against the digest they are stored under; the digest of each chunk."""
+        check, index, digests = codec.new_checksum(), 0, []
         async for batch in batches:
             check.update(batch)
             values = [batch[at : at + CHUNK] for at in range(0, len(batch), CHUNK)]
-            await shared.put_chunks(entry.digest, index, values)
+            digests += [hashlib.sha256(v).digest() for v in values]
+            if upload:
+                await shared.put_chunks(entry.digest, index, values)
             index += len(values)
         if check.hexdigest() != entry.digest:
             # The file changed under us (replaced by a newer version): these chunks are not this digest's.
             log.warning("not sharing %s: its body changed while it was copied", entry.meta.url)
-            await shared.drop_body(entry.digest, entry.meta.body_length, entry.chunk)
+            if upload:
+                await shared.drop_body(entry.digest, entry.meta.body_length, entry.chunk)
             raise Unavailable("body changed")
+        return tuple(digests)
 
     def landed(self, primary: str) -> None:
         """The local leader of primary is done: release the fleet's lock once its upload (if any) is over."""
@@ -258,6 +267,14 @@ class FleetStore(TieredStore):
             writer.abort()
             log.info("shared entry %s lost a chunk (evicted); dropping it", entry.meta.url)
             await shared.drop(primary, key)
+            return False
+        except Corrupt:
+            writer.abort()
+            log.warning(
+                "shared entry %s has a chunk that does not match its digest; dropping it", entry.meta.url
+            )
+            await shared.drop(primary, key)
+            await shared.drop_body(entry.digest, length, entry.chunk)
             return False
         except BaseException:
             writer.abort()  # Unavailable mid-body, or cancelled: nothing partial becomes visible

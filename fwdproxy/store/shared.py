@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +65,10 @@ class Unavailable(Exception):
 
 class Missing(Exception):
     """A chunk of a body is gone (evicted under its metadata)."""
+
+
+class Corrupt(Exception):
+    """A chunk does not match its digest."""
 
 
 @dataclass(slots=True)
@@ -386,9 +391,11 @@ class SharedTier:
             values: list[object] = await self._call(
                 "reading a body", functools.partial(self.client.mget, keys), timeout=self.chunk_timeout
             )
-            for value in values:
+            for index, value in enumerate(values, start):
                 if not isinstance(value, bytes):
                     raise Missing(entry.digest)
+                if hashlib.sha256(value).digest() != entry.chunk_digests[index]:
+                    raise Corrupt(entry.digest)
                 self.stats.bytes_read += len(value)
                 yield value
 

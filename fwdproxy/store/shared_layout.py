@@ -2,7 +2,8 @@
 
 One primary key (a URL) is one hash, ``fwd:m:{<sha256 of the primary>}``, whose fields are the variant keys
 (RFC 9111 §4.1) and whose values are ``SharedMeta`` records: the codec record (metadata and the body's
-sha256) behind a small header naming the chunk size. A body is stored once per digest, whatever URL
+sha256, with the sha256 of each chunk where the codec keeps an inline body) behind a small header naming the
+chunk size. The chunk digests let a reader check each chunk before any of its bytes go to a client. A body is stored once per digest, whatever URL
 reached it, as ``fwd:c:{<digest>}:<n>`` values of CHUNK bytes (the last one shorter). The ``{…}`` hash tags
 keep one body's chunks in one Cluster slot, so they pipeline to one node. Nothing here does I/O.
 """
@@ -25,6 +26,8 @@ TTL = 30 * 86400
 """Seconds every key lives at most, so `volatile-lru` servers can evict ours too; LRU does the rest."""
 CHANNEL = PREFIX + "invalidate"
 """Pub/sub channel on which a node tells the others which primary keys (or variant keys) went."""
+DIGEST_SIZE = 32
+"""Bytes of one chunk's raw sha256."""
 MAGIC = b"FS"
 VERSION = 1
 _HEADER = struct.Struct(">2sBI")
@@ -59,11 +62,14 @@ class SharedMeta:
     """sha256 of the whole body (hex): names its chunks and checks them on read."""
     chunk: int = CHUNK
     """Bytes per chunk (the last one is shorter)."""
+    chunk_digests: tuple[bytes, ...] = ()
+    """The raw sha256 of each chunk, in order (32 bytes each)."""
 
 
 def encode_meta(entry: SharedMeta) -> bytes:
     """The hash field value of one variant."""
-    record = codec.encode(entry.meta, stamp=codec.new_stamp(), digest=entry.digest)
+    inline = b"".join(entry.chunk_digests)
+    record = codec.encode(entry.meta, stamp=codec.new_stamp(), digest=entry.digest, inline=inline)
     return _HEADER.pack(MAGIC, VERSION, entry.chunk) + record
 
 
@@ -77,7 +83,11 @@ def decode_meta(value: bytes) -> SharedMeta | None:
     decoded = codec.decode(value[_HEADER.size :])
     if not isinstance(decoded, codec.Decoded) or len(decoded.checksum) != 64:
         return None
-    return SharedMeta(decoded.meta, decoded.checksum, chunk)
+    count = chunk_count(decoded.meta.body_length, chunk)
+    if len(decoded.inline) != count * DIGEST_SIZE:
+        return None
+    digests = tuple(decoded.inline[i : i + DIGEST_SIZE] for i in range(0, len(decoded.inline), DIGEST_SIZE))
+    return SharedMeta(decoded.meta, decoded.checksum, chunk, digests)
 
 
 @dataclass(frozen=True, slots=True)

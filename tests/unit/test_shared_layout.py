@@ -23,8 +23,14 @@ DIGEST = "ab" * 32
 
 def test_meta_round_trips_with_its_digest_and_chunk_size() -> None:
     meta = StoredResponse("http://a/", 200, "OK", Headers.of({"ETag": '"1"'}), 1.0, 2.0, 3 * CHUNK)
-    back = decode_meta(encode_meta(SharedMeta(meta, DIGEST, 4096)))
-    assert back == SharedMeta(meta, DIGEST, 4096)
+    digests = tuple(bytes([i % 256]) * 32 for i in range(3 * CHUNK // 4096))
+    back = decode_meta(encode_meta(SharedMeta(meta, DIGEST, 4096, digests)))
+    assert back == SharedMeta(meta, DIGEST, 4096, digests)
+
+
+def test_metadata_without_a_digest_for_each_chunk_reads_as_a_miss() -> None:
+    meta = StoredResponse("http://a/", 200, "OK", Headers(), 1.0, 2.0, 2 * CHUNK)
+    assert decode_meta(encode_meta(SharedMeta(meta, DIGEST, CHUNK, (b"x" * 32,)))) is None
 
 
 @pytest.mark.parametrize(
