@@ -35,7 +35,7 @@ from fwdproxy.config import read_toml
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
-from fwdproxy.store.fleet import FleetStore
+from fwdproxy.store.fleet import FleetStore, Growing
 from fwdproxy.store.shared import SharedTier, password_from
 from fwdproxy.store.shared_layout import parse_url
 from fwdproxy.units import parse_duration, parse_size
@@ -160,6 +160,7 @@ class Cache(CacheCore):
                 )
                 if isinstance(self.store, FleetStore) and shared is not None:
                     self.store.attach(shared)
+                    self.store.stream_above = self.stream_threshold
                     if self.sidecar is not None:  # changed while running: connect now
                         asyncio.get_running_loop().create_task(self.store.start())
         except (ValueError, OSError) as e:
@@ -251,7 +252,13 @@ class Cache(CacheCore):
                 await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
                 collapse = False
             elif pending is SHARED:
-                if await self._from_shared(flow):
+                got = await self._from_shared(flow)
+                if isinstance(got, Growing):
+                    if self._serve_growing(flow, got):
+                        return
+                    assert isinstance(self.store, FleetStore)
+                    got = await self.store.settled(flow.metadata[STATE].primary)  # then answer from disk
+                if got:
                     flow.metadata[SHARED_HIT] = True
             elif isinstance(pending, Flight):
                 if await self._follow(flow, pending):
@@ -361,7 +368,7 @@ class Cache(CacheCore):
         flow.metadata[SHARED_TRIED] = True
         return True
 
-    async def _from_shared(self, flow: http.HTTPFlow) -> bool:
+    async def _from_shared(self, flow: http.HTTPFlow) -> bool | Growing:
         """Copy the entry this request may use from the shared tier into the local tiers; whether it came.
 
         On a shared miss this node takes the fleet's fetch lock for the key (a Range request never leads),
@@ -376,6 +383,35 @@ class Cache(CacheCore):
 
         claim = "Range" not in flow.request.headers
         return await self.store.fetch(state.primary, choose, claim=claim, wait=COLLAPSE_WAIT)
+
+    def _serve_growing(self, flow: http.HTTPFlow, growing: Growing) -> bool:
+        """Stream a big shared hit while it is copied in, as _tail streams a leader's body: every byte sent
+        was checked against its chunk's digest; a copy that fails cuts the transfer (never a wrong byte)."""
+        state: CacheFlow = flow.metadata[STATE]
+        meta = growing.meta
+        if (
+            self.sidecar is None
+            or "range" in state.request.headers
+            or not vary_matches(meta, state.request)
+            or cache.client_conditional_matches(state.request, meta)
+        ):
+            return False
+        now = time.time()
+        decision = cache.lookup(state.request, [meta], now=now, config=self.config)
+        if decision.verdict is not Verdict.SERVE or decision.stored is not meta:
+            return False  # stale or not for this request: the local lookup decides once the copy is in
+        status = dataclasses.replace(decision.cache_status(), detail="shared")
+        headers = cache.served_headers(meta, now=now).with_("Content-Length", str(meta.body_length))
+        head = response_head(meta.status, meta.reason, [*headers, ("Cache-Status", cache.render(status))])
+        try:
+            token = self.sidecar.offer(head, GrowingBody(growing.path, growing.progress))
+        except (OSError, ValueError) as e:  # committed (renamed) meanwhile: the local copy answers
+            log.debug("cannot stream %s from the shared tier: %s", state.request.url, e)
+            return False
+        state.decision = decision
+        self._repoint(flow, token)
+        state.served = True
+        return True
 
     def _fetches_whole(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
         """Whether a range request on a miss waits for a whole fetch (--range-fetch-whole-below)."""

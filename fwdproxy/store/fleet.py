@@ -19,8 +19,10 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
+from fwdproxy.bodysource import Progress
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import codec
 from fwdproxy.store.disk import DiskStore
@@ -34,6 +36,19 @@ from fwdproxy.store.tiered import TieredStore, TieredWriter
 from fwdproxy.store.writer import DiskWriter
 
 log = logging.getLogger("fwdproxy.shared")
+
+
+@dataclass(frozen=True, slots=True)
+class Growing:
+    """A big body on its way from the shared tier into a local temp file: a client may read along."""
+
+    key: str
+    meta: StoredResponse
+    path: str
+    """The writer's temp file (committed, i.e. renamed, at the end: open it while it is announced)."""
+    progress: Progress
+    """Bytes in the file, each from a chunk that matched its digest; failed if the copy is abandoned."""
+
 
 Choose = Callable[[list[tuple[str, StoredResponse]]], str]
 """Picks the variant key a request may use from the shared listing ("" for none): the cache's §4.1 match."""
@@ -62,6 +77,9 @@ class FleetStore(TieredStore):
         self._uploading: Counter[str] = Counter()
         self._release_after: set[str] = set()
         self._fetching: dict[str, asyncio.Task[bool]] = {}
+        self._announced: dict[str, asyncio.Future[Growing | None]] = {}
+        self.stream_above: int | None = None
+        """Bodies bigger than this are announced (``fetch`` returns a Growing) as soon as their copy starts."""
 
     def attach(self, shared: SharedTier) -> None:
         self.shared = shared
@@ -202,7 +220,7 @@ class FleetStore(TieredStore):
 
     # -- a local miss looks in the shared tier -------------------------------------------------------
 
-    async def fetch(self, primary: str, choose: Choose, *, claim: bool, wait: float) -> bool:
+    async def fetch(self, primary: str, choose: Choose, *, claim: bool, wait: float) -> bool | Growing:
         """Copy primary's entry from the shared tier into the local tiers; whether it is there now.
 
         One fetch per primary key at a time in this process: a local crowd waits for one copy. With
@@ -214,21 +232,46 @@ class FleetStore(TieredStore):
             return False
         task = self._fetching.get(primary)
         if task is None:
-            task = asyncio.get_running_loop().create_task(
-                self._fetch(self.shared, primary, choose, claim, wait)
-            )
+            loop = asyncio.get_running_loop()
+            fresh: asyncio.Future[Growing | None] = loop.create_future()
+            self._announced[primary] = fresh
+            task = loop.create_task(self._fetch(self.shared, primary, choose, claim, wait, fresh))
             self._fetching[primary] = task
-            task.add_done_callback(lambda _: self._fetching.pop(primary, None))
-        return await asyncio.shield(task)
+
+            def finished(_: object) -> None:
+                self._fetching.pop(primary, None)
+                if (pending := self._announced.pop(primary, None)) is not None and not pending.done():
+                    pending.set_result(None)
+
+            task.add_done_callback(finished)
+        announce = self._announced.get(primary)
+        if announce is not None:
+            either: set[asyncio.Future[Any]] = {task, announce}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if announce.done() and (growing := announce.result()) is not None and not growing.progress.done:
+                return growing
+        stored: bool = await asyncio.shield(task)
+        return stored
+
+    async def settled(self, primary: str) -> bool:
+        """Wait for primary's copy from the shared tier (if one runs) to end; whether it was stored."""
+        task = self._fetching.get(primary)
+        return False if task is None else await asyncio.shield(task)
 
     async def _fetch(
-        self, shared: SharedTier, primary: str, choose: Choose, claim: bool, wait: float
+        self,
+        shared: SharedTier,
+        primary: str,
+        choose: Choose,
+        claim: bool,
+        wait: float,
+        announce: asyncio.Future[Growing | None],
     ) -> bool:
         deadline = time.monotonic() + wait
         timeout: float | None = None
         try:
             while True:
-                if await self._copy_down(shared, primary, choose, timeout):
+                if await self._copy_down(shared, primary, choose, timeout, announce):
                     shared.stats.hits += 1
                     return True
                 if not claim or await shared.claim(primary):
@@ -246,7 +289,12 @@ class FleetStore(TieredStore):
             return False
 
     async def _copy_down(
-        self, shared: SharedTier, primary: str, choose: Choose, timeout: float | None = None
+        self,
+        shared: SharedTier,
+        primary: str,
+        choose: Choose,
+        timeout: float | None = None,
+        announce: asyncio.Future[Growing | None] | None = None,
     ) -> bool:
         listing = await shared.listing(primary, timeout=timeout)
         if not listing:
@@ -258,18 +306,26 @@ class FleetStore(TieredStore):
         length = entry.meta.body_length
         # The plain TieredWriter: what came from the shared tier is not copied back up.
         writer = TieredStore.writer(self, key, expected_length=length)
+        stream = announce is not None and self.stream_above is not None and length > self.stream_above
+        progress = Progress(length)
         try:
             async for chunk in shared.chunks(entry):
                 if not writer.write(chunk):
                     writer.abort()
+                    progress.finish(False)
                     return False
+                progress.advance(writer.written)
+                if stream and announce is not None and not announce.done() and writer.temp_path is not None:
+                    announce.set_result(Growing(key, entry.meta, writer.temp_path, progress))
         except Missing:
             writer.abort()
+            progress.finish(False)
             log.info("shared entry %s lost a chunk (evicted); dropping it", entry.meta.url)
             await shared.drop(primary, key)
             return False
         except Corrupt:
             writer.abort()
+            progress.finish(False)
             log.warning(
                 "shared entry %s has a chunk that does not match its digest; dropping it", entry.meta.url
             )
@@ -278,14 +334,18 @@ class FleetStore(TieredStore):
             return False
         except BaseException:
             writer.abort()  # Unavailable mid-body, or cancelled: nothing partial becomes visible
+            progress.finish(False)  # a client reading along is cut off, as by an origin that failed
             raise
         if writer.written != length or writer.digest != entry.digest:
             writer.abort()
+            progress.finish(False)
             log.warning("shared entry %s does not match its digest; dropping it", entry.meta.url)
             await shared.drop(primary, key)
             await shared.drop_body(entry.digest, length, entry.chunk)
             return False
-        return writer.commit(entry.meta) is Outcome.STORED
+        stored = writer.commit(entry.meta) is Outcome.STORED
+        progress.finish(stored)
+        return stored
 
     def shared_state(self) -> State:
         return State.OFF if self.shared is None else self.shared.state

@@ -449,7 +449,7 @@ class SharedTier:
         """A 304 refreshed a variant (§4.3.4): the shared record gets the new metadata, same body."""
         for found_key, entry in await self.listing(primary):
             if found_key == key and entry.meta.body_length == meta.body_length:
-                await self.put_meta(primary, key, SharedMeta(meta, entry.digest, entry.chunk))
+                await self.put_meta(primary, key, dataclasses.replace(entry, meta=meta))
 
     async def forget(self, primary: str, key: str = "") -> None:
         """Remove a primary key (or one variant) from the shared tier and tell the other nodes."""
