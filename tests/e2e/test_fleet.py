@@ -321,3 +321,33 @@ def test_a_304_refresh_updates_the_shared_metadata(
     assert r.headers["Cache-Status"].startswith("fwdproxy; fwd=stale; fwd-status=304")
     wait_for(lambda: shared_response_time() > first)
     assert origin.hits["/etag"] == 2
+
+
+def test_redis_dying_mid_body_cuts_the_transfer_and_never_sends_a_wrong_byte(
+    start_proxy, origin: Origin, private_redis: RedisServer, tmp_path: Path
+) -> None:
+    body = pattern(96 * MIB, 5)
+    url = origin.route("/huge", cached(body))
+    a, b = two_nodes(start_proxy, tmp_path, private_redis.url)
+    with client(a) as c:
+        assert len(c.get(url).content) == len(body)
+    wait_for(lambda: entries(private_redis) == 1, 30)
+    got = bytearray()
+    complete = False
+    with client(b) as c, c.stream("GET", url) as r:
+        assert "detail=shared" in r.headers["Cache-Status"]  # streamed while it is copied in
+        try:
+            for piece in r.iter_raw():
+                if not got:
+                    private_redis.kill()
+                got += piece
+            complete = True
+        except httpx.HTTPError:
+            pass  # cut short, as an origin failure would be
+    assert bytes(got) == body[: len(got)]  # never a wrong byte
+    assert not complete  # Redis died within the first MiB of a 96 MiB copy
+    assert len(got) < len(body)
+    with client(b) as c:
+        again = c.get(url)
+    assert again.content == body
+    assert origin.hits["/huge"] == 2
