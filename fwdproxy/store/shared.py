@@ -486,9 +486,18 @@ class SharedTier:
             if self._locks.get(primary) is not lock:
                 return
             try:
-                await self._call("renewing a fetch lock", lambda: lock.reacquire())
-            except Unavailable:
-                return
+                # A longer deadline than a lookup's: a renewal that only timed out on a busy event loop
+                # would let the lock lapse and another node fetch the same body.
+                async with asyncio.timeout(max(self.timeout, 1.0)):
+                    await lock.reacquire()
+            except LockError:
+                break  # it lapsed (and maybe another node holds it now): ours no longer
+            except FAILURES as e:
+                self._note(Event.FAILED, e, "renewing a fetch lock")
+                if not self.breaker.allows(time.monotonic()):
+                    break
+            else:
+                self._note(Event.OK)
         if self._locks.get(primary) is lock:
             del self._locks[primary]
 

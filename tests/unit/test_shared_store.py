@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from fwdproxy.store import Outcome, variant_key
 from fwdproxy.store.fleet import FleetStore
 from fwdproxy.store.shared import SharedTier
 from fwdproxy.store.shared_breaker import State
-from fwdproxy.store.shared_layout import CHUNK, chunk_key, meta_key, parse_url
+from fwdproxy.store.shared_layout import CHUNK, chunk_key, lock_key, meta_key, parse_url
 from tests.support_redis import RedisClusterNodes, RedisServer
 
 PRIMARY = "GET http://origin.test/pkg.whl"
@@ -268,3 +269,27 @@ def test_the_eviction_policy_is_read_and_noeviction_warned(
     assert "noeviction" not in caplog.text
     assert asyncio.run(policy(redis_cluster.url)) == "noeviction"  # the Cluster's nodes run with the default
     assert "maxmemory-policy noeviction" in caplog.text
+
+
+def test_a_lock_whose_holder_died_expires_and_another_node_takes_over(
+    two_nodes, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from fwdproxy.store import shared as shared_module
+
+    monkeypatch.setattr(shared_module, "LOCK_TTL", 0.5)
+    monkeypatch.setattr(shared_module, "LOCK_RENEW", 0.15)
+
+    async def run() -> None:
+        async for a, b in two_nodes(redis.url):
+            assert a.shared is not None and b.shared is not None
+            assert await a.fetch(PRIMARY, first, claim=True, wait=5) is False
+            await asyncio.sleep(0.6)
+            assert redis.cli("exists", lock_key(PRIMARY)) == "1"  # renewed past its 0.5 s
+            a.shared._locks.clear()  # a dies: no renewal, no release
+            started = time.monotonic()
+            assert await b.fetch(PRIMARY, first, claim=True, wait=5) is False
+            assert b.shared.holds(PRIMARY)  # b leads now
+            assert time.monotonic() - started < 2.0
+            assert b.shared.stats.collapsed == 1
+
+    asyncio.run(run())
