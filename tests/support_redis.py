@@ -88,7 +88,7 @@ class RedisServer:
                 raise RuntimeError(f"redis-server on port {self.port} exited with {self.proc.returncode}")
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2) as s:
                 s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
+                if s.recv(16).startswith((b"+PONG", b"-NOAUTH")):  # up (NOAUTH: with --requirepass)
                     return
             time.sleep(0.02)
         raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
