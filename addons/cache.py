@@ -36,7 +36,8 @@ from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.store.fleet import FleetStore, Growing
-from fwdproxy.store.shared import SharedTier, password_from
+from fwdproxy.store.shared import SharedTier
+from fwdproxy.store.shared_client import password_from
 from fwdproxy.store.shared_layout import parse_url
 from fwdproxy.units import parse_duration, parse_size
 

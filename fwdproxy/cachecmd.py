@@ -76,7 +76,7 @@ def _shared(settings: config.Settings) -> Any:
     if not settings.shared_cache:
         return None
     from fwdproxy.store import shared_admin
-    from fwdproxy.store.shared import password_from
+    from fwdproxy.store.shared_client import password_from
     from fwdproxy.store.shared_layout import parse_url
 
     try:

@@ -29,8 +29,9 @@ from fwdproxy.store.disk import DiskStore
 from fwdproxy.store.generations import primary_of
 from fwdproxy.store.memory import MemoryStore
 from fwdproxy.store.record import Outcome
-from fwdproxy.store.shared import WINDOW, Corrupt, Missing, SharedTier, Unavailable
+from fwdproxy.store.shared import WINDOW, SharedTier
 from fwdproxy.store.shared_breaker import State
+from fwdproxy.store.shared_client import Corrupt, Missing, Unavailable
 from fwdproxy.store.shared_layout import CHUNK, SharedMeta
 from fwdproxy.store.tiered import TieredStore, TieredWriter
 from fwdproxy.store.writer import DiskWriter
@@ -184,7 +185,7 @@ class FleetStore(TieredStore):
                 del self._uploading[primary]
                 if primary in self._release_after:
                     self._release_after.discard(primary)
-                    await shared.release(primary)
+                    await shared.locks.release(primary)
 
     @staticmethod
     async def _put_body(
@@ -211,12 +212,12 @@ class FleetStore(TieredStore):
     def landed(self, primary: str) -> None:
         """The local leader of primary is done: release the fleet's lock once its upload (if any) is over."""
         shared = self.shared
-        if shared is None or not shared.holds(primary):
+        if shared is None or not shared.locks.holds(primary):
             return
         if self._uploading.get(primary):
             self._release_after.add(primary)
         else:
-            self._background(lambda s: s.release(primary))
+            self._background(lambda s: s.locks.release(primary))
 
     # -- a local miss looks in the shared tier -------------------------------------------------------
 
@@ -274,11 +275,11 @@ class FleetStore(TieredStore):
                 if await self._copy_down(shared, primary, choose, timeout, announce):
                     shared.stats.hits += 1
                     return True
-                if not claim or await shared.claim(primary):
+                if not claim or await shared.locks.claim(primary):
                     shared.stats.misses += 1
                     return False
                 shared.stats.collapsed += 1
-                if not await shared.wait_released(primary, deadline):
+                if not await shared.locks.wait_released(primary, deadline):
                     shared.stats.misses += 1
                     return False
                 # After a wait, a lookup that only timed out would cost a whole origin fetch: allow it longer.

@@ -24,6 +24,9 @@ def cached(body: bytes) -> Reply:
 def two_nodes(
     start_proxy: Callable[..., Proxy], tmp_path: Path, url: str, *extra: str, admin_b: int = 0
 ) -> tuple[Proxy, Proxy]:
+    # 2s, not the default 100ms: these tests check what is shared, and a loaded CI machine (two cores, other
+    # suites) can hold an event loop longer than 100ms (the unit tests check the deadlines and the breaker).
+    extra = ("--shared-timeout", "2s", *extra)
     a = start_proxy("--shared-cache", url, *extra, cache_dir=tmp_path / "a")
     b = start_proxy("--shared-cache", url, *extra, "--admin-port", str(admin_b), cache_dir=tmp_path / "b")
     return a, b

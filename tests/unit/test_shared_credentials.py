@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import trustme
 
-from fwdproxy.store.shared import PASSWORD_ENV, SharedTier, password_from
+from fwdproxy.store.shared import SharedTier
+from fwdproxy.store.shared_client import PASSWORD_ENV, password_from
 from fwdproxy.store.shared_layout import parse_url
 from tests.support_redis import RedisServer, free_port
 

@@ -242,7 +242,7 @@ def test_one_node_claims_a_cold_key_and_the_other_waits_for_its_body(two_nodes, 
     async def run() -> None:
         async for a, b in two_nodes(redis.url):
             assert await a.fetch(PRIMARY, first, claim=True, wait=5) is False  # a leads
-            assert a.shared is not None and a.shared.holds(PRIMARY)
+            assert a.shared is not None and a.shared.locks.holds(PRIMARY)
             waiting = asyncio.create_task(b.fetch(PRIMARY, first, claim=True, wait=5))
             await asyncio.sleep(0.3)
             assert not waiting.done()
@@ -274,7 +274,7 @@ def test_the_eviction_policy_is_read_and_noeviction_warned(
 def test_a_lock_whose_holder_died_expires_and_another_node_takes_over(
     two_nodes, redis: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
-    from fwdproxy.store import shared as shared_module
+    from fwdproxy.store import shared_sync as shared_module
 
     monkeypatch.setattr(shared_module, "LOCK_TTL", 0.5)
     monkeypatch.setattr(shared_module, "LOCK_RENEW", 0.15)
@@ -285,10 +285,10 @@ def test_a_lock_whose_holder_died_expires_and_another_node_takes_over(
             assert await a.fetch(PRIMARY, first, claim=True, wait=5) is False
             await asyncio.sleep(0.6)
             assert redis.cli("exists", lock_key(PRIMARY)) == "1"  # renewed past its 0.5 s
-            a.shared._locks.clear()  # a dies: no renewal, no release
+            a.shared.locks._locks.clear()  # a dies: no renewal, no release
             started = time.monotonic()
             assert await b.fetch(PRIMARY, first, claim=True, wait=5) is False
-            assert b.shared.holds(PRIMARY)  # b leads now
+            assert b.shared.locks.holds(PRIMARY)  # b leads now
             assert time.monotonic() - started < 2.0
             assert b.shared.stats.collapsed == 1
 
