@@ -10,10 +10,6 @@ from collections.abc import Callable
 from mitmproxy import connection, ctx, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
-from addons._cacheflow import RESUME, SIDECAR, STATE, CacheFlow, background_copy, without_our_status
-from addons._cachehttp import answer, close, content_length, make_response, read_body, to_response
 from fwdproxy import cache
 from fwdproxy import store as storage
 from fwdproxy.bodysource import FileBody, Progress
@@ -22,6 +18,9 @@ from fwdproxy.http_model import Response, StoredResponse
 from fwdproxy.inflight import Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
 from fwdproxy.store.fleet import FleetStore
+from fwdproxy_addons import _respond
+from fwdproxy_addons._cacheflow import RESUME, SIDECAR, STATE, CacheFlow, background_copy, without_our_status
+from fwdproxy_addons._cachehttp import answer, close, content_length, make_response, read_body, to_response
 
 log = logging.getLogger("fwdproxy.cache")
 

@@ -4,7 +4,6 @@ from dataclasses import dataclass, field
 
 from mitmproxy import connection, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import store
 from fwdproxy.cache import LookupDecision
 from fwdproxy.cache.status import CACHE_NAME

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from mitmproxy import http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import cache, ranges, store
 from fwdproxy.cache import CacheStatus
 from fwdproxy.cache.memo import PerObject

@@ -6,7 +6,6 @@ import asyncio
 import ssl
 from urllib.parse import urlsplit
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy.balance import Member
 
 

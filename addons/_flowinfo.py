@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import target
 from fwdproxy.accesslog import TunnelMode
 from fwdproxy.metrics import Outcome, classify

@@ -6,7 +6,6 @@ import time
 
 from mitmproxy import http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import __version__
 
 REASONS = {

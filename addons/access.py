@@ -8,9 +8,8 @@ from collections.abc import Sequence
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
 from fwdproxy import access
+from fwdproxy_addons import _respond
 
 log = logging.getLogger("fwdproxy.access")
 

@@ -11,11 +11,10 @@ from typing import TextIO
 
 from mitmproxy import ctx, exceptions, http, tls
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo
 from fwdproxy import accesslog, logs
 from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode
 from fwdproxy.metrics import Outcome
+from fwdproxy_addons import _flowinfo
 
 log = logging.getLogger("fwdproxy.accesslog")
 requests_log = logging.getLogger(logs.REQUESTS)

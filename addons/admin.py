@@ -16,10 +16,9 @@ from urllib.parse import urlsplit
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
+from fwdproxy_addons import _flowinfo
 
 log = logging.getLogger("fwdproxy.admin")
 

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy.anonymize import (
     AnonymizeConfig,
     Level,

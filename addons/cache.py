@@ -13,20 +13,6 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo, _respond, _wideread
-from addons._cachecore import CacheCore
-from addons._cacheflow import (
-    BACKGROUND,
-    COLLAPSE_WAIT,
-    REMOTE,
-    RESUME,
-    STATE,
-    WHOLE,
-    CacheFlow,
-    background_copy,
-)
-from addons._cachehttp import close, to_request
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
@@ -40,6 +26,20 @@ from fwdproxy.store.shared import SharedTier
 from fwdproxy.store.shared_client import password_from
 from fwdproxy.store.shared_layout import parse_url
 from fwdproxy.units import parse_duration, parse_size
+from fwdproxy_addons import _flowinfo, _mitm, _respond
+from fwdproxy_addons._cachecore import CacheCore
+from fwdproxy_addons._cacheflow import (
+    BACKGROUND,
+    COLLAPSE_WAIT,
+    REMOTE,
+    RESUME,
+    STATE,
+    WHOLE,
+    CacheFlow,
+    background_copy,
+)
+from fwdproxy_addons._cachehttp import close, to_request
+from fwdproxy_addons._mitm import wideread as _wideread
 
 log = logging.getLogger("fwdproxy.cache")
 
@@ -211,6 +211,7 @@ class Cache(CacheCore):
     async def running(self) -> None:
         self.sidecar = Sidecar()
         await self.sidecar.start()
+        _mitm.install()  # the wide reads (addons/_mitm/wideread.py), also when this addon is loaded alone
         _wideread.widen(("127.0.0.1", self.sidecar.port))  # our own loopback server: read it in wide gulps
         if isinstance(self.store, FleetStore):
             await self.store.start()

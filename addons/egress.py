@@ -15,11 +15,11 @@ from mitmproxy import flow as mflow
 from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, server_hooks
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _check, _flowinfo, _respond, _via
 from fwdproxy import balance
 from fwdproxy.cache.key import primary_key
 from fwdproxy.config import read_toml
+from fwdproxy_addons import _check, _flowinfo, _mitm, _respond
+from fwdproxy_addons._mitm import via as _via
 
 log = logging.getLogger("fwdproxy.egress")
 
@@ -129,7 +129,7 @@ class Egress:
             loader.add_option(
                 "fwd_config", str, "", "fwdproxy TOML file; its [upstreams.*] and [[routes]] tables apply."
             )
-        _via.install()
+        _mitm.install()  # absolute-form requests to an upstream proxy (addons/_mitm/via.py)
 
     def configure(self, updated: set[str]) -> None:
         if not updated & {"fwd_upstreams", "fwd_balance", "fwd_config"}:

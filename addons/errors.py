@@ -10,10 +10,10 @@ import time
 from mitmproxy import connection, ctx, exceptions, http, tls
 from mitmproxy.proxy import server_hooks
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _mitmpatch, _respond
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import failures
 
 log = logging.getLogger("fwdproxy.errors")
 
@@ -30,7 +30,7 @@ class OriginErrors:
     mitmproxy has no connect timeout (the operating system's is minutes) and reports a failed origin with an
     HTML page that often omits the host. Nothing is probed beforehand: the failure is seen on the connection
     mitmproxy opens for the request, described here from the exception or TLS error, and answered through
-    addons/_mitmpatch.py as an ordinary response marked ``fwd_error``, so the cache can serve a stored
+    addons/_mitm/failures.py as an ordinary response marked ``fwd_error``, so the cache can serve a stored
     response in its place (RFC 9111 §4.2.4).
     """
 
@@ -47,7 +47,8 @@ class OriginErrors:
             "10s",
             "How long to wait for an origin to accept a connection (504 after).",
         )
-        _mitmpatch.install(self.answer)
+        _mitm.install()
+        failures.answer_with(self.answer)
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_connect_timeout" in updated:
@@ -114,7 +115,7 @@ class OriginErrors:
         self.failures[(host, port, error)] = described
 
     def answer(self, flow: http.HTTPFlow, message: str) -> http.Response:
-        """The response for a request whose origin failed before its response head (addons/_mitmpatch.py)."""
+        """The response for a request whose origin failed before its response head (addons/_mitm/failures.py)."""
         host, port = flow.request.host, flow.request.port
         if (known := flow.metadata.get("fwd_error")) is not None:
             status, text = 504, str(known)  # the read timeout (addons/readtimeout.py) cut this connection

@@ -2,28 +2,76 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import sys
+
+
+def _make_importable() -> None:
+    """Make the packages ``fwdproxy`` and ``fwdproxy_addons`` importable when mitmdump loads this file.
+
+    ``mitmdump -s`` puts this file's folder first on ``sys.path`` while it loads the script, and there this
+    very file would be found as ``fwdproxy`` instead of the package: the package is imported with the folder
+    out of the way, before anything else. An installed fwdproxy (editable or not) provides both packages; in a
+    source checkout that is not installed, the repository root (this folder's parent) is added to
+    ``sys.path`` once and this folder is registered as ``fwdproxy_addons``. Nothing else in the folder
+    touches ``sys.path``: a single addon loaded alone (``mitmdump -s addons/egress.py``) gets here through
+    its own ``import fwdproxy``.
+    """
+    if __name__ == "fwdproxy":
+        # Another script of this folder, loaded alone (mitmdump -s addons/egress.py), imported the package
+        # while the folder was first on sys.path and found this file: the package takes its place (the import
+        # statement hands over whatever sys.modules holds once this file has run).
+        del sys.modules["fwdproxy"]
+    if hasattr(sys.modules.get("fwdproxy"), "__path__") and "fwdproxy_addons" in sys.modules:
+        return  # imported as fwdproxy_addons.fwdproxy (fwdproxy run), or loaded again
+    here = os.path.dirname(os.path.abspath(__file__))
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    try:
+        if importlib.util.find_spec("fwdproxy") is None:
+            root = os.path.dirname(here)
+            saved.append(root)
+            sys.path.append(root)
+        import fwdproxy  # noqa: F401  (the package, cached in sys.modules for every later import)
+
+        if importlib.util.find_spec("fwdproxy_addons") is None:
+            spec = importlib.util.spec_from_file_location(
+                "fwdproxy_addons", os.path.join(here, "__init__.py"), submodule_search_locations=[here]
+            )
+            assert spec is not None and spec.loader is not None
+            sys.modules["fwdproxy_addons"] = module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+
+
+_make_importable()
 
 from mitmproxy import exceptions
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons.access import Access
-from addons.accesslog import AccessLog
-from addons.admin import Admin
-from addons.anonymize import Anonymize
-from addons.cache import Cache
-from addons.egress import Egress
-from addons.errors import OriginErrors
-from addons.guard import Guard
-from addons.lifecycle import Lifecycle
-from addons.origins import Origins
-from addons.readtimeout import ReadTimeout
-from addons.strict import Strict
-from addons.tunnel import Tunnel
+from fwdproxy_addons import _mitm
+from fwdproxy_addons.access import Access
+from fwdproxy_addons.accesslog import AccessLog
+from fwdproxy_addons.admin import Admin
+from fwdproxy_addons.anonymize import Anonymize
+from fwdproxy_addons.cache import Cache
+from fwdproxy_addons.egress import Egress
+from fwdproxy_addons.errors import OriginErrors
+from fwdproxy_addons.guard import Guard
+from fwdproxy_addons.lifecycle import Lifecycle
+from fwdproxy_addons.origins import Origins
+from fwdproxy_addons.readtimeout import ReadTimeout
+from fwdproxy_addons.strict import Strict
+from fwdproxy_addons.tunnel import Tunnel
 
 
 def chain() -> list[object]:
-    """Fresh instances of every fwdproxy addon, in the order their hooks must run."""
+    """Fresh instances of every fwdproxy addon, in the order their hooks must run.
+
+    Raises UnsupportedMitmproxy (an OptionsError) on a mitmproxy the patches were not written for."""
+    _mitm.install()  # every adaptation of mitmproxy's internals, checked first (addons/_mitm/__init__.py)
     anonymize = Anonymize()  # requests before the cache; anonymize.last has the last word on responses
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
@@ -62,4 +110,5 @@ _script_log = logging.getLogger("mitmproxy.addons.script")
 if not any(isinstance(f, _OptionErrorInOneLine) for f in _script_log.filters):
     _script_log.addFilter(_OptionErrorInOneLine())
 
-addons = chain()
+if __name__ != "fwdproxy":  # not while standing in for the package (see _make_importable)
+    addons = chain()

@@ -15,9 +15,9 @@ from typing import Any
 
 from mitmproxy import ctx, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
 from fwdproxy import guard, target
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import http1 as _http1
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -27,14 +27,14 @@ connect resolves it again, and mitmproxy's own check still refuses 127.0.0.1, ::
 
 EXCESS = "fwd_excess"
 """Flow metadata: the origin sent bytes past the end its framing announced (the framed message was kept and
-the origin connection closed, addons/_http1.py)."""
+the origin connection closed, addons/_mitm/http1.py)."""
 
 
 class Guard:
     """Answers 431/400/421/508 before the cache or the origin see a request that should not go further."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
-        _http1.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502
+        _mitm.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502 (addons/_mitm/http1.py)
 
     def __init__(self) -> None:
         self.addresses: tuple[tuple[str, int], ...] = ()

@@ -16,7 +16,6 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import __version__, runtime, trust
 from fwdproxy.units import parse_duration
 

@@ -1,4 +1,4 @@
-"""Origin connections shared by all clients and DNS answers cached: the options of addons/_origins.py."""
+"""Origin connections shared by all clients and DNS answers cached: the options of addons/_mitm/pool.py."""
 
 from __future__ import annotations
 
@@ -7,16 +7,16 @@ import time
 
 from mitmproxy import ctx, exceptions
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _origins
 from fwdproxy.dnscache import NEGATIVE_TTL, DnsCache
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import pool as _origins
 
 log = logging.getLogger("fwdproxy.origins")
 
 
 class Origins:
-    """Configures the process-wide pool and DNS cache; the patch in addons/_origins.py does the work."""
+    """Configures the process-wide pool and DNS cache; the patch in addons/_mitm/pool.py does the work."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -37,7 +37,7 @@ class Origins:
             16,
             "Shared plain-HTTP connections per origin at most (busy and idle); more requests wait for one.",
         )
-        _origins.install()
+        _mitm.install()
 
     def configure(self, updated: set[str]) -> None:
         shared = _origins.SHARED

@@ -7,40 +7,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
-from mitmproxy.proxy import events, server
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._mitm.readstamp import LAST_READ
 
 log = logging.getLogger("fwdproxy.errors")
-
-LAST_READ = "fwd_last_read"
-"""Attribute set on every mitmproxy Connection when bytes arrive on it: time.monotonic() of the last read."""
-
-
-def _track_reads() -> None:
-    """Stamp each connection with the time of its last read (mitmproxy keeps no such time per connection;
-    its own ``tcp_timeout`` watches a client's whole handler, 10 minutes by default)."""
-    handler = server.ConnectionHandler
-    if getattr(handler.server_event, "_fwd_patched", False):
-        return
-    original = handler.server_event
-
-    def server_event(self: server.ConnectionHandler, event: events.Event) -> Coroutine[Any, Any, None]:
-        # A plain function handing back the original coroutine: no extra coroutine frame per event.
-        if type(event) is events.DataReceived:
-            setattr(event.connection, LAST_READ, time.monotonic())
-        return original(self, event)
-
-    server_event._fwd_patched = True  # type: ignore[attr-defined]
-    handler.server_event = server_event  # type: ignore[method-assign]
 
 
 @dataclass(slots=True)
@@ -65,8 +43,7 @@ class ReadTimeout:
             "60s",
             "How long an origin may send nothing, before its response or inside its body (504 or cut); 0: off.",
         )
-        _http1.install()  # the 504 handed to a stream whose origin connection we close
-        _track_reads()
+        _mitm.install()  # the 504 handed to a stream whose origin connection we close; read times
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_read_timeout" in updated:

@@ -1,5 +1,5 @@
 """Strict requests: the header timeout (408 for a head that does not arrive in time), and HTTP/2 requests
-that would not survive as HTTP/1 text refused with 400. HTTP/1 heads are checked in addons/_http1.py."""
+that would not survive as HTTP/1 text refused with 400. HTTP/1 heads are checked in addons/_mitm/http1.py."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import logging
 
 from mitmproxy import connection, ctx, exceptions, http
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _http1, _respond
 from fwdproxy import strictness
 from fwdproxy.units import parse_duration
+from fwdproxy_addons import _mitm, _respond
+from fwdproxy_addons._mitm import http1 as _http1
 
 log = logging.getLogger("fwdproxy.guard")
 
@@ -26,7 +26,7 @@ class Strict:
             "30s",
             "How long a client may take to send a complete request head (then 408 and close); 0: off.",
         )
-        _http1.install()  # strict HTTP/1 heads and the header timeout live in the layer patches
+        _mitm.install()  # strict HTTP/1 heads and the header timeout live in the layer patches
 
     def configure(self, updated: set[str]) -> None:
         if "fwd_header_timeout" in updated:

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from mitmproxy import ctx, tls
 from mitmproxy.proxy import layer, layers
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import access
 
 log = logging.getLogger("fwdproxy.tunnel")

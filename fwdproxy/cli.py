@@ -45,6 +45,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
     except OSError as e:
         print(f"fwdproxy: --cache-dir {settings.cache_dir}: cannot create it: {e.strerror}", file=sys.stderr)
         return 2
+    if settings.workers > 1:  # a supervisor of that many proxy processes on one port
+        from fwdproxy import workers
+
+        return asyncio.run(workers.supervise(settings, settings.workers))
     from fwdproxy import engine
 
     return asyncio.run(engine.serve(settings))

@@ -324,8 +324,6 @@ def _convert(opt: Option, value: Any, where: str) -> Any:
                 raise fail("a list of strings")
             return tuple(items)
         case Kind.WORKERS:
-            from fwdproxy.workers import worker_count
-
             try:
                 return worker_count(value, os.cpu_count())
             except ValueError as e:
@@ -474,3 +472,22 @@ def settings_from_args(ns: argparse.Namespace) -> Settings:
 def as_dict(s: Settings) -> dict[str, Any]:
     """A plain dict of every option's value (for logs and tests)."""
     return {f.name: getattr(s, f.name) for f in dataclasses.fields(s)}
+
+
+def worker_count(value: str | int, cores: int | None) -> int:
+    """``auto`` is the number of cores; otherwise a positive integer.
+
+    Raises:
+        ValueError: neither.
+    """
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return max(1, cores or 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{value!r} is not a number of workers; try e.g. 2, or auto for one per core"
+        ) from None
+    if n < 1:
+        raise ValueError(f"{value!r} is not a number of workers; use 1 or more, or auto")
+    return n

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import signal
-import sys
-from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import addonmanager, exceptions, flow, hooks, options
+from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
-from mitmproxy.proxy import mode_servers
 
 from fwdproxy.config import Settings
 
@@ -40,98 +36,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
-
-
-class HookTable(addonmanager.AddonManager):
-    """mitmproxy's AddonManager, but each event's hooks are looked up once per chain, not once per call.
-
-    The stock manager walks every addon (and its children) for every event of every flow, through a
-    generator, a ``getattr`` and a ``contextlib`` wrapper each, then does it all again for an ``update``
-    event nobody here listens to: about a sixth of a cache hit's CPU with our dozen addons. This one keeps
-    the same order, error handling (an addon's exception is logged and the next addon still runs;
-    AddonHalt stops the event) and sync/async support. The table is rebuilt when the chain changes;
-    an addon must not swap its hook methods or child addons while running (none of ours does).
-    """
-
-    def __init__(self, master: Master) -> None:
-        super().__init__(master)
-        self._hooks: dict[str, tuple[Callable[..., Any], ...]] = {}
-
-    def hooks_for(self, name: str) -> tuple[Callable[..., Any], ...]:
-        """Every callable hook named ``name``, in chain order (children after their parent)."""
-        found = self._hooks.get(name)
-        if found is None:
-            found = self._hooks[name] = tuple(
-                func
-                for addon in addonmanager.traverse(self.chain)
-                if callable(func := getattr(addon, name, None)) and not inspect.ismodule(func)
-            )
-        return found
-
-    def register(self, addon: Any) -> Any:
-        self._hooks.clear()
-        return super().register(addon)
-
-    def add(self, *addons: Any) -> None:
-        super().add(*addons)
-        self._hooks.clear()
-
-    def remove(self, addon: Any) -> None:
-        super().remove(addon)
-        self._hooks.clear()
-
-    def clear(self) -> None:
-        super().clear()
-        self._hooks.clear()
-
-    async def trigger_event(self, event: hooks.Hook) -> None:
-        await self._call(self.hooks_for(event.name), event.args())
-
-    async def _call(self, funcs: tuple[Callable[..., Any], ...], args: list[Any]) -> None:
-        for func in funcs:
-            try:
-                result = func(*args)
-                if result is not None and inspect.isawaitable(result):
-                    await result
-            except exceptions.AddonHalt:
-                return
-            except exceptions.OptionsError:
-                raise
-            except Exception as e:  # as mitmproxy's safecall: one addon's bug never stops the others
-                log.error("Addon error: %s", e, exc_info=sys.exc_info())
-
-    async def handle_lifecycle(self, event: hooks.Hook) -> None:
-        args = event.args()  # a dataclasses.fields() walk: once per event, not once per use
-        await self._call(self.hooks_for(event.name), args)
-        if isinstance(args[0], flow.Flow) and (update := self.hooks_for("update")):
-            await self._call(update, [[args[0]]])
-
-
-class SharedPort:
-    """Makes the regular-mode listener join a SO_REUSEPORT group, so worker processes share one port.
-
-    mitmproxy binds its listener itself (``AsyncioServerInstance.listen`` in proxy/mode_servers.py calls
-    ``asyncio.start_server(handle_stream, host, port)``). ``Servers.update`` (addons/proxyserver.py) sends
-    its ``changed`` signal after making the server instances and before starting them; there we give each
-    regular-mode instance a ``listen`` that passes ``reuse_port=True``. The kernel then spreads incoming
-    connections over the workers' sockets by a hash of the client address and port.
-    """
-
-    def __init__(self, servers: proxyserver.Servers) -> None:
-        self.servers = servers
-        servers.changed.connect(self.patch)  # a weak reference: the Master keeps us alive (see build)
-
-    def patch(self) -> None:
-        for instance in self.servers:
-            if isinstance(instance, mode_servers.RegularInstance) and not instance.is_running:
-                instance.listen = _shared_listener(instance)  # type: ignore[method-assign,assignment]
-
-
-def _shared_listener(instance: mode_servers.RegularInstance) -> Callable[[str, int], Any]:
-    async def listen(host: str, port: int) -> list[asyncio.Server]:
-        return [await asyncio.start_server(instance.handle_stream, host or None, port, reuse_port=True)]
-
-    return listen
 
 
 def mitm_options(s: Settings) -> dict[str, Any]:
@@ -194,7 +98,10 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
 
     With ``shared_port`` the listener joins a SO_REUSEPORT group (one of ``--workers N`` processes).
     """
-    from addons.fwdproxy import chain  # imported here: addons/ may import mitmproxy, fwdproxy/ stays pure
+    # Imported here: addons/ may import mitmproxy, fwdproxy/ stays pure.
+    from fwdproxy_addons._mitm.dispatch import HookTable
+    from fwdproxy_addons._mitm.sharedport import SharedPort
+    from fwdproxy_addons.fwdproxy import chain
 
     master = Master(options.Options())
     master.addons = HookTable(master)
@@ -211,12 +118,8 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
 async def serve(s: Settings, *, shared_port: bool = False) -> int:
     """Run the proxy until SIGINT/SIGTERM; the exit status is 0, or 1 when it could not start.
 
-    With ``s.workers`` > 1 this process supervises that many proxy processes on one port (workers.py).
+    One process: ``fwdproxy run --workers N`` (cli.py) supervises N of these instead (workers.py).
     """
-    if s.workers > 1:
-        from fwdproxy import workers
-
-        return await workers.supervise(s, s.workers)
     try:
         master, lifecycle = build(s, shared_port=shared_port)
     except (exceptions.OptionsError, KeyError) as e:

@@ -3,7 +3,7 @@
 The supervisor (the process the user started) reserves the port by binding a SO_REUSEPORT socket that
 never listens (so it learns the real port for ``--listen-port 0`` and keeps it while workers come and
 go), then starts N workers (``python -m fwdproxy.workers``, settings on stdin). Each worker is a whole
-proxy whose listener joins the same SO_REUSEPORT group (engine.SharedPort); the kernel spreads new
+proxy whose listener joins the same SO_REUSEPORT group (addons/_mitm/sharedport.py); the kernel spreads new
 connections over the listening sockets by a hash of the client's address and port. Only the
 supervisor prints ``fwdproxy listening at HOST:PORT``, once every worker listens.
 
@@ -49,25 +49,6 @@ RESTART_LIMIT = 5
 RESTART_WINDOW = 60.0
 """More than RESTART_LIMIT worker deaths within this many seconds mean something is wrong: stop."""
 LISTENING = "fwdproxy listening at "
-
-
-def worker_count(value: str | int, cores: int | None) -> int:
-    """``auto`` is the number of cores; otherwise a positive integer.
-
-    Raises:
-        ValueError: neither.
-    """
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return max(1, cores or 1)
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"{value!r} is not a number of workers; try e.g. 2, or auto for one per core"
-        ) from None
-    if n < 1:
-        raise ValueError(f"{value!r} is not a number of workers; use 1 or more, or auto")
-    return n
 
 
 def reserve(host: str, port: int) -> socket.socket:

@@ -49,6 +49,9 @@ bootstrap() {
         echo "fwdproxy: creating .venv with $python" >&2
         "$python" -m venv "$FWD_VENV" || { echo "Could not create a virtualenv with $python (is the venv module installed?)." >&2; return 1; }
     fi
+    # mypy cannot follow the editable install's package-dir mapping (addons/ is the package fwdproxy_addons):
+    # pyproject's mypy_path points here instead.
+    mkdir -p "$FWD_VENV/mypy-path" && ln -sfn "$FWD_ROOT/addons" "$FWD_VENV/mypy-path/fwdproxy_addons"
     stamp="$FWD_VENV/.fwdproxy-installed"
     want="$( (cat "$FWD_ROOT/pyproject.toml"; echo "extra=$extra"; "$FWD_VENV/bin/python" -V) | sha256sum | cut -d' ' -f1)"
     if [ -f "$stamp" ] && grep -qx "$want" "$stamp" 2>/dev/null; then

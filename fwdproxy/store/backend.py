@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
+import inspect
 import os
 import sqlite3
 from collections.abc import Callable
@@ -90,6 +91,38 @@ class BodyDisk(diskcache.Disk):  # type: ignore[misc]  # diskcache is untyped
         if mode in (MODE_RAW, MODE_BINARY) and isinstance(value, bytes):
             return Row(filename, value)
         return FOREIGN
+
+
+COLUMNS = ("rowid", "key", "raw", "access_time", "size", "mode", "filename", "value")
+"""The columns of diskcache's Cache table that the queries below read or write."""
+
+
+def diskcache_problems() -> list[tuple[str, str]]:
+    """What no longer matches diskcache 5.6 among the internals used here, as (name, why) pairs.
+
+    The queries use ``Cache._sql`` and ``Cache._con`` (private) and the Cache table's columns; BodyDisk
+    overrides ``Disk.store``/``fetch`` and reads ``Disk._directory``. Listed in docs/mitmproxy-notes.md §23;
+    addons/_mitm/__init__.py refuses to start the proxy when this is not empty.
+    """
+    found: list[tuple[str, str]] = []
+    for name in ("_sql", "_con"):
+        if not isinstance(inspect.getattr_static(diskcache.Cache, name, None), property):
+            found.append((f"diskcache.Cache.{name}", "no longer a property"))
+    for name, params in (
+        ("store", ("self", "value", "read", "key")),
+        ("fetch", ("self", "mode", "filename", "value", "read")),
+    ):
+        method = getattr(diskcache.Disk, name, None)
+        if method is None or tuple(inspect.signature(method).parameters) != params:
+            found.append((f"diskcache.Disk.{name}", f"parameters differ from {params}"))
+    if "_directory" not in diskcache.Disk.__init__.__code__.co_names:
+        found.append(("diskcache.Disk.__init__", "no longer sets _directory"))
+    schema = " ".join(
+        c for c in diskcache.Cache.__init__.__code__.co_consts if isinstance(c, str) and "TABLE" in c
+    )
+    if missing := [c for c in COLUMNS if f" {c} " not in schema]:
+        found.append(("diskcache.Cache table", f"no column {', '.join(missing)}"))
+    return found
 
 
 def open_cache(directory: str, *, size_limit: int, timeout: float) -> diskcache.Cache:

@@ -16,7 +16,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 
-from fwdproxy.store.writer import SUFFIX
+from fwdproxy.store.tempfiles import SUFFIX
 
 STEP_MIN = 64 * 2**10
 """Smallest reservation step for a body of unknown length (small caches: a step evicts at most 1/64 of the

@@ -38,8 +38,9 @@ from fwdproxy.store.record import (
     TierStats,
     Verification,
 )
+from fwdproxy.store.tempfiles import Opener, clean_stale, open_unbuffered
 from fwdproxy.store.verify import verify
-from fwdproxy.store.writer import DiskWriter, Opener, clean_stale, open_unbuffered
+from fwdproxy.store.writer import DiskWriter
 
 log = logging.getLogger("fwdproxy.store")
 
@@ -283,19 +284,9 @@ class DiskStore:
 
     def iterate(self) -> Iterator[tuple[str, StoredResponse]]:
         """(key, metadata) of every entry, bodies unread, in pages so no lock is held between them."""
-        after = 0
-        while (cache := self.db.live()) is not None:
-            try:
-                rows = backend.page(cache, after, 256)
-            except ERRORS as e:
-                self.db.fault(e, "listing the cache")
-                return
-            if not rows:
-                return
-            for rowid, key, _, record in rows:
-                after = rowid
-                if isinstance(decoded := codec.decode(record), codec.Decoded):
-                    yield key, decoded.meta
+        for _, key, _, record in self.db.rows("listing the cache"):
+            if isinstance(decoded := codec.decode(record), codec.Decoded):
+                yield key, decoded.meta
 
     def stats(self) -> StoreStats:
         """Entries and bytes (body files plus database pages) against the size limit, and fault state."""

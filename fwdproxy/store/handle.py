@@ -15,13 +15,13 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import diskcache
 
 from fwdproxy.store import backend
 from fwdproxy.store.backend import Fault
-from fwdproxy.store.writer import clean_stale
+from fwdproxy.store.tempfiles import clean_stale
 
 log = logging.getLogger("fwdproxy.store")
 
@@ -175,6 +175,21 @@ class Database:
                 self._move_aside()
             self._retry_at = 0.0
             self._cache = self._open()
+
+    def rows(self, doing: str, page: int = 256) -> Iterator[tuple[int, str, str | None, bytes]]:
+        """(rowid, key, filename, record) of every row in rowid order, read ``page`` rows at a time so no
+        lock is held between pages; a fault ends the walk (reported as ``doing``)."""
+        after = 0
+        while (cache := self.live()) is not None:
+            try:
+                rows = backend.page(cache, after, page)
+            except ERRORS as e:
+                self.fault(e, doing)
+                return
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][0]
 
     def note(self, err: BaseException, doing: str) -> None:
         """Count a fault without logging it."""

@@ -10,18 +10,43 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
 
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError
 
 from fwdproxy.store import shared_layout as layout
-from fwdproxy.store.shared_breaker import RETRY, Event
+from fwdproxy.store.shared_breaker import RETRY, Breaker, Event
 from fwdproxy.store.shared_client import FAILURES, Unavailable, plain_client
+from fwdproxy.store.shared_layout import SharedUrl
 
-if TYPE_CHECKING:
-    from fwdproxy.store.shared import SharedTier
+T = TypeVar("T")
+
+
+class Tier(Protocol):
+    """What these helpers use of their SharedTier (shared.py), which owns them: no import back to it."""
+
+    url: SharedUrl
+    ca: str | None
+    timeout: float
+    node: str
+    client: Any
+    breaker: Breaker
+
+    async def call(
+        self,
+        doing: str,
+        make: Callable[[], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+        write: bool = False,
+    ) -> T: ...
+
+    def note(self, event: Event, err: BaseException | None = None, doing: str = "") -> None: ...
+
+    def spawn(self, coro: Awaitable[Any]) -> None: ...
+
 
 log = logging.getLogger("fwdproxy.shared")
 
@@ -35,7 +60,7 @@ LOCK_POLL = 0.05
 class Invalidations:
     """Publishes this node's deletes and purges; applies the other nodes' to the local tiers."""
 
-    def __init__(self, tier: SharedTier) -> None:
+    def __init__(self, tier: Tier) -> None:
         self.tier = tier
         self.subscribed = False
 
@@ -95,7 +120,7 @@ class Invalidations:
 class FetchLocks:
     """The fetch locks this node holds (one per primary key), renewed while its download runs."""
 
-    def __init__(self, tier: SharedTier) -> None:
+    def __init__(self, tier: Tier) -> None:
         self.tier = tier
         self._locks: dict[str, Lock] = {}
 

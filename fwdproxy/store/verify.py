@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from fwdproxy.store import backend, codec
-from fwdproxy.store.handle import ERRORS
+from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.record import Verification, VerifyReport
 
-if TYPE_CHECKING:
-    from fwdproxy.store.disk import DiskStore
+
+class Checked(Protocol):
+    """What verification needs of a store (DiskStore): its database, and dropping a damaged entry."""
+
+    db: Database
+
+    def drop(self, key: str, why: str, stamp: bytes | None = None) -> None: ...
+
 
 ORPHAN_AGE = 600.0
 """A body file no row references is removed only when linked this long ago (seconds): a younger one
@@ -29,7 +35,7 @@ def _file_matches(path: str, length: int, digest: str) -> bool:
     return size == length and hasher.hexdigest() == digest
 
 
-def _check(store: DiskStore, key: str, row: backend.Row) -> Verification:
+def _check(store: Checked, key: str, row: backend.Row) -> Verification:
     decoded = codec.decode(row.record)
     if decoded is codec.Undecodable.OTHER_VERSION:
         return Verification.MISSING  # another version's entry: not ours to judge
@@ -56,7 +62,7 @@ def _check(store: DiskStore, key: str, row: backend.Row) -> Verification:
     return Verification.OK
 
 
-def verify(store: DiskStore, key: str) -> Verification:
+def verify(store: Checked, key: str) -> Verification:
     """Read one entry's whole body and compare it with its record; a damaged entry is deleted."""
     if (cache := store.db.live()) is None:
         return Verification.MISSING
@@ -68,7 +74,7 @@ def verify(store: DiskStore, key: str) -> Verification:
     return Verification.MISSING if row is None else _check(store, key, row)
 
 
-def _remove_orphans(store: DiskStore, owned: set[str], *, min_age: float) -> int:
+def _remove_orphans(store: Checked, owned: set[str], *, min_age: float) -> int:
     removed = 0
     now = time.time()
     for folder, _, names in os.walk(store.db.store_dir):
@@ -85,22 +91,12 @@ def _remove_orphans(store: DiskStore, owned: set[str], *, min_age: float) -> int
     return removed
 
 
-def verify_all(store: DiskStore, *, orphan_age: float = ORPHAN_AGE) -> VerifyReport:
+def verify_all(store: Checked, *, orphan_age: float = ORPHAN_AGE) -> VerifyReport:
     """Verify every entry (deleting damaged ones), then remove body files no entry owns."""
     checked = bad = 0
-    after = 0
-    while (cache := store.db.live()) is not None:
-        try:
-            rows = backend.page(cache, after, 256)
-        except ERRORS as e:
-            store.db.fault(e, "verifying the cache")
-            break
-        if not rows:
-            break
-        for rowid, key, filename, record in rows:
-            after = rowid
-            checked += 1
-            bad += _check(store, key, backend.Row(filename, record)) is Verification.BAD
+    for _, key, filename, record in store.db.rows("verifying the cache"):
+        checked += 1
+        bad += _check(store, key, backend.Row(filename, record)) is Verification.BAD
     orphans = 0
     if (cache := store.db.live()) is not None:
         try:

@@ -9,13 +9,13 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.accesslog import AccessLog
-from addons.admin import Admin
-from addons.cache import Cache
-from addons.egress import Egress
 from fwdproxy import cache as policy
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import TierStats
+from fwdproxy_addons.accesslog import AccessLog
+from fwdproxy_addons.admin import Admin
+from fwdproxy_addons.cache import Cache
+from fwdproxy_addons.egress import Egress
 from tests.support import REPO
 
 

@@ -11,8 +11,8 @@ from mitmproxy import exceptions, http
 from mitmproxy.proxy.layers.http import HttpResponseHook
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons.anonymize import Anonymize
 from fwdproxy.anonymize import DEFAULT_ACCEPT_LANGUAGE, DEFAULT_USER_AGENT, Level
+from fwdproxy_addons.anonymize import Anonymize
 from tests.support import REPO
 
 

@@ -9,8 +9,8 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons._cacheflow import STATE
-from addons.cache import Cache
+from fwdproxy_addons._cacheflow import STATE
+from fwdproxy_addons.cache import Cache
 from tests.support import REPO
 
 
@@ -145,8 +145,8 @@ def test_script_loads_alone(tmp_path: Path) -> None:
 
 
 def test_our_cache_status_is_never_stored() -> None:
-    from addons._cacheflow import without_our_status
     from fwdproxy.http_model import Headers
+    from fwdproxy_addons._cacheflow import without_our_status
 
     h = Headers.of([("Cache-Status", "upstream-cdn; hit, fwdproxy; fwd=uri-miss; stored"), ("ETag", '"x"')])
     assert without_our_status(h).get_all("cache-status") == ["upstream-cdn; hit"]

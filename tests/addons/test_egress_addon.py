@@ -15,8 +15,8 @@ from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import _via
-from addons.egress import STATE, Chosen, Egress, blames_member, proxy_error
+from fwdproxy_addons._mitm import via as _via
+from fwdproxy_addons.egress import STATE, Chosen, Egress, blames_member, proxy_error
 from tests.support import REPO
 from tests.support_upstream import dead_port
 

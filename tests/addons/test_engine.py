@@ -13,6 +13,7 @@ from mitmproxy.test import tflow
 
 from fwdproxy import engine
 from fwdproxy.config import Settings
+from fwdproxy_addons._mitm.dispatch import HookTable
 
 LEAN = ["core", "proxyserver", "nextlayer", "tlsconfig"]
 """mitmproxy's own addons, and no more (mitmproxy-notes §12): a new one here costs every flow."""
@@ -31,7 +32,7 @@ def test_fwdproxy_run_loads_only_the_lean_builtins_then_our_chain(tmp_path) -> N
         master, _ = engine.build(Settings(listen_port=0, cache_dir=str(tmp_path), confdir=str(tmp_path)))
         try:
             assert master.options.connection_strategy == "lazy"  # hits never open an origin connection
-            assert isinstance(master.addons, engine.HookTable)
+            assert isinstance(master.addons, HookTable)
             return _names(master)
         finally:
             await master.addons.get("cache").done()
@@ -96,7 +97,7 @@ def test_hook_table_dispatches_like_mitmproxy(chain: list[str], expected: list[s
     async def run() -> list[str]:
         calls: list[str] = []
         master = Master(options.Options())
-        master.addons = engine.HookTable(master)
+        master.addons = HookTable(master)
         for spec in chain:
             kind, _, name = spec.rpartition(":")
             master.addons.add(Recorder(name, calls, fail=kind == "fail", halt=kind == "halt"))
@@ -115,7 +116,7 @@ def test_hook_table_follows_chain_changes_and_child_addons() -> None:
     async def run() -> list[str]:
         calls: list[str] = []
         master = Master(options.Options())
-        master.addons = engine.HookTable(master)
+        master.addons = HookTable(master)
         first = Recorder("first", calls)
         master.addons.add(first)
         await master.addons.trigger_event(HttpRequestHook(tflow.tflow()))

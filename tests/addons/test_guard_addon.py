@@ -7,8 +7,8 @@ import pytest
 from mitmproxy import connection, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import _flowinfo
-from addons.guard import Guard
+from fwdproxy_addons import _flowinfo
+from fwdproxy_addons.guard import Guard
 
 
 def h2_flow(path: str, authority: str, *, tunnel: tuple[str, int] | None = ("a.test", 443)) -> http.HTTPFlow:

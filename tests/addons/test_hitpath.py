@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from mitmproxy import http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import _flowinfo
-from addons._cachehttp import make_response, to_request, to_response
-from addons.access import Access
-from addons.cache import Cache
 from fwdproxy.cache import CacheStatus, Fwd, render, render_bytes
 from fwdproxy.http_model import Headers
+from fwdproxy_addons import _flowinfo
+from fwdproxy_addons._cachehttp import make_response, to_request, to_response
+from fwdproxy_addons.access import Access
+from fwdproxy_addons.cache import Cache
 from tests.addons.test_cache_addon import cycle, flow, request
 
 names = st.sampled_from([b"Cache-Status", b"cache-status", b"CACHE-STATUS", b"X-Other", b"Age"])

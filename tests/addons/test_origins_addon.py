@@ -8,8 +8,9 @@ from mitmproxy.proxy import server
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons
 
-from addons import _origins
-from addons.origins import Origins
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import pool as _origins
+from fwdproxy_addons.origins import Origins
 
 
 def test_options_configure_the_shared_state() -> None:
@@ -45,5 +46,5 @@ def test_loading_installs_the_patch_once() -> None:
     assert getattr(server.ConnectionHandler.open_connection, "_fwd_patched", False)
     assert getattr(_http1.Http1Client.mark_done, "_fwd_patched", False)
     mark_done = _http1.Http1Client.mark_done
-    assert _origins.install() is True
+    _mitm.install()
     assert _http1.Http1Client.mark_done is mark_done  # not wrapped twice

@@ -6,8 +6,8 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons import _http1
-from addons.strict import Strict
+from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons.strict import Strict
 
 
 def h2_flow(path: bytes, authority: bytes = b"example.com") -> http.HTTPFlow:

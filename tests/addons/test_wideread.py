@@ -12,9 +12,10 @@ import pytest
 from mitmproxy import connection, options
 from mitmproxy.proxy import mode_specs, server
 
-from addons import _wideread
 from fwdproxy import engine
 from fwdproxy.config import Settings
+from fwdproxy_addons import _mitm
+from fwdproxy_addons._mitm import wideread as _wideread
 from tests.support import Origin, Reply, pattern
 
 
@@ -69,9 +70,9 @@ def test_handlers_made_after_install_widen_their_connections() -> None:
 
 
 async def _handler_after_install() -> None:
-    _wideread.install()
+    _mitm.install()
     init = server.ConnectionHandler.__init__
-    _wideread.install()  # idempotent: one wrapper, not two
+    _mitm.install()  # idempotent: one wrapper, not two
     assert server.ConnectionHandler.__init__ is init and getattr(init, "_fwd_patched", False)
     handler = server.SimpleConnectionHandler(
         asyncio.StreamReader(), _Writer(), options.Options(), mode_specs.ProxyMode.parse("regular"), {}

@@ -11,7 +11,7 @@ import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import BodyFile, DiskStore, Outcome, verify_all
-from fwdproxy.store.writer import target_name
+from fwdproxy.store.tempfiles import target_name
 
 KIB = 1024
 spawn = multiprocessing.get_context("spawn")  # a clean interpreter, like a second fwdproxy worker

@@ -390,6 +390,16 @@ def test_iterate_yields_metadata_of_every_entry(store: DiskStore) -> None:
     assert listed["big"].body_length == 600 * KIB
 
 
+def test_the_row_walk_reads_every_row_once_a_page_at_a_time(store: DiskStore) -> None:
+    for i in range(7):
+        store.put(f"k{i}", meta(1, url=f"http://a/{i}"), b"x")
+    walked = list(store.db.rows("listing", page=3))  # pages of 3, 3 and 1, then an empty one
+    assert [key for _, key, _, _ in walked] == [f"k{i}" for i in range(7)]
+    rowids = [rowid for rowid, _, _, _ in walked]
+    assert rowids == sorted(set(rowids))
+    assert store.db.errors == 0
+
+
 def test_update_replaces_metadata_and_keeps_the_body(store: DiskStore, tmp_path: Path) -> None:
     data = body(100 * KIB)
     stream(store, "k", data)

@@ -16,7 +16,7 @@ import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import DiskStore, Outcome, TieredStore, backend
-from fwdproxy.store.writer import Opener
+from fwdproxy.store.tempfiles import Opener
 
 KIB = 1024
 

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from fwdproxy.config import from_file_and_flags
-from fwdproxy.workers import reserve, worker_count
+from fwdproxy.config import from_file_and_flags, worker_count
+from fwdproxy.workers import reserve
 
 
 @pytest.mark.parametrize(

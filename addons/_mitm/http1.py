@@ -6,7 +6,8 @@ mitmproxy buffers a request or response head without limit (``# FIXME: protect a
 the first Content-Length bytes of a response as its body without a word about bytes that follow (and would
 read them as the next response), and has no read timeout. The layer is sans-IO and knows no flows, so these
 patches wrap its generator methods and talk to the addons (addons/guard.py, addons/readtimeout.py) through
-the two weak registries below. ``install()`` is idempotent.
+the two weak registries below. ``apply()`` makes the changes; addons/_mitm/__init__.py calls it once per
+process, after checking the targets (docs/mitmproxy-notes.md §15).
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.utils import human
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
 from fwdproxy import guard, strictness
 from fwdproxy.cache.headers import HOP_BY_HOP
+from fwdproxy_addons import _respond
+from fwdproxy_addons._mitm.mark import marked
 
 Commands = Generator[commands.Command, Any, None]
 
@@ -48,29 +49,20 @@ connection is closed once the body is read)."""
 TIMED_OUT: weakref.WeakKeyDictionary[connection.Connection, http.Response] = weakref.WeakKeyDictionary()
 """Origin connections the read-timeout watchdog closes, and the response (a 504) to give in their stead."""
 
-_PATCHED = "_fwd_patched"
 
-
-def install() -> None:
-    """Wrap the layer's methods once per process (several addon instances may call this)."""
+def apply() -> None:
+    """Wrap the layer's methods (once per process: addons/_mitm/__init__.py checks them first)."""
     server, client = _http1.Http1Server, _http1.Http1Client
-    if getattr(server.read_headers, _PATCHED, False):
-        return
     server._fwd_idle = False  # type: ignore[attr-defined]
     server._fwd_since = 0.0  # type: ignore[attr-defined]
     server._fwd_wakeup = None  # type: ignore[attr-defined]
-    server.read_headers = _marked(_bounded_request_head(server.read_headers))  # type: ignore[method-assign]
-    server.read_body = _marked(_answering_body_errors(server.read_body))  # type: ignore[method-assign]
-    server._handle_event = _marked(_header_timed(server._handle_event))  # type: ignore[method-assign]
-    server.mark_done = _marked(_noting_idle(server.mark_done))  # type: ignore[method-assign]
-    client.read_headers = _marked(_bounded_response_head(client.read_headers))  # type: ignore[method-assign]
-    client.read_body = _marked(_noting_excess(client.read_body))  # type: ignore[method-assign]
-    client.read_headers = _marked(_interim_responses(client.read_headers))  # type: ignore[method-assign]
-
-
-def _marked(func: Callable[..., Commands]) -> Callable[..., Commands]:
-    setattr(func, _PATCHED, True)
-    return func
+    server.read_headers = marked(_bounded_request_head(server.read_headers))  # type: ignore[method-assign]
+    server.read_body = marked(_answering_body_errors(server.read_body))  # type: ignore[method-assign]
+    server._handle_event = marked(_header_timed(server._handle_event))  # type: ignore[method-assign]
+    server.mark_done = marked(_noting_idle(server.mark_done))  # type: ignore[method-assign]
+    client.read_headers = marked(_bounded_response_head(client.read_headers))  # type: ignore[method-assign]
+    client.read_body = marked(_noting_excess(client.read_body))  # type: ignore[method-assign]
+    client.read_headers = marked(_interim_responses(client.read_headers))  # type: ignore[method-assign]
 
 
 def _bounded_request_head(read_headers: Callable[..., Commands]) -> Callable[..., Commands]:

@@ -20,7 +20,8 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 
 TLS connections and connections through an upstream proxy are not pooled: their state (the OpenSSL object,
 the CONNECT tunnel) lives in layers of the client's stack, which cannot be moved to another client. They
-still get cached DNS and close with their client as before. :func:`install` is idempotent.
+still get cached DNS and close with their client as before. :func:`apply` makes the changes;
+addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §17).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mitmproxy import connection, version
+from mitmproxy import connection
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server, server_hooks
@@ -43,16 +44,13 @@ from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ResponseHeaders
 from mitmproxy.utils import human
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _wideread
 from fwdproxy.dnscache import Addresses, DnsCache
 from fwdproxy.originpool import DEFAULT_IDLE_TIMEOUT, OriginPool, PoolKey
+from fwdproxy_addons._mitm import wideread
+from fwdproxy_addons._mitm.mark import marked
 
 log = logging.getLogger("fwdproxy.origins")
 
-WRITTEN_FOR = "12.3."
-"""The mitmproxy release this patch was written against; on another one it stays off (with a warning)."""
-_PATCHED = "_fwd_patched"
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 """RFC 9110 §9.2.2: methods a client (here: the proxy) may repeat automatically."""
 REPLAY_LIMIT = 64 * 1024
@@ -108,38 +106,29 @@ async def _getaddrinfo(host: str) -> Addresses:
 SHARED = Shared()
 
 
-def install() -> bool:
-    """Patch mitmproxy once per process; False (and a warning) on a mitmproxy this was not written for."""
+def apply() -> None:
+    """Replace ``open_connection`` and wrap two HTTP/1 client methods (once per process: addons/_mitm/__init__.py
+    checks them first; it applies addons/_mitm/http1.py before this, whose wrappers these go around)."""
     handler = server.ConnectionHandler
-    if getattr(handler.open_connection, _PATCHED, False):
-        return True
-    if not version.VERSION.startswith(WRITTEN_FOR):
-        log.warning(
-            "mitmproxy %s: shared origin connections and the DNS cache are off (written for %sx)",
-            version.VERSION,
-            WRITTEN_FOR,
-        )
-        return False
     original = handler.open_connection
 
+    @marked
     async def open_connection(self: server.ConnectionHandler, command: commands.OpenConnection) -> None:
         conn = command.connection
         if conn.transport_protocol != "tcp" or not conn.address:
             return await original(self, command)
         await _open(self, command)
 
-    setattr(open_connection, _PATCHED, True)
     handler.open_connection = open_connection  # type: ignore[method-assign]
     client = _http1.Http1Client
-    client.read_headers = _noting_close(client.read_headers)  # type: ignore[method-assign]
-    client.mark_done = _releasing(client.mark_done)  # type: ignore[method-assign]
-    return True
+    client.read_headers = marked(_noting_close(client.read_headers))  # type: ignore[method-assign]
+    client.mark_done = marked(_releasing(client.mark_done))  # type: ignore[method-assign]
 
 
 def _key(conn: connection.Server) -> PoolKey | None:
     if SHARED.idle_timeout <= 0 or conn.tls or conn.via is not None or conn.sockname is not None:
         return None
-    if conn.address in _wideread._WIDE:
+    if conn.address in wideread._WIDE:
         # The cache's own sidecar (big hits from disk): a loopback connection costs nothing, and the
         # per-origin limit must not queue big downloads behind each other.
         return None
@@ -420,7 +409,6 @@ def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
             # After this event is handled: the HTTP layer is iterating over our commands right now.
             asyncio.get_running_loop().call_soon(_detach, self, pooled)
 
-    setattr(wrapper, _PATCHED, True)
     return wrapper
 
 
@@ -435,7 +423,6 @@ def _noting_close(read_headers: Callable[..., Commands]) -> Callable[..., Comman
                     _CLOSING.add(self.conn)
             yield command
 
-    setattr(wrapper, _PATCHED, True)
     return wrapper
 
 

@@ -1,6 +1,7 @@
 """Adaptations of mitmproxy's HTTP layer for origin failures (not an addon): an addon answers them, in plain text.
 
-What mitmproxy 12.3 does, and what we change (``install()`` applies all three once per process):
+What mitmproxy 12.3 does, and what we change (``apply()`` makes all four changes; addons/_mitm/__init__.py calls
+it once per process, after checking the targets; docs/mitmproxy-notes.md §14):
 
 1. An origin that cannot give a response head (connect or TLS failure, a close, reset or garbage before the
    status line) reaches ``HttpStream.handle_protocol_error`` (mitmproxy/proxy/layers/http/__init__.py) as a
@@ -28,7 +29,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from mitmproxy import connection, http, version
+from mitmproxy import connection, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands
 from mitmproxy.proxy.layers import http as http_layer
@@ -42,48 +43,35 @@ from mitmproxy.proxy.layers.http._events import (
 )
 from mitmproxy.proxy.layers.http._hooks import HttpResponseHeadersHook
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _respond
+from fwdproxy_addons import _respond
+from fwdproxy_addons._mitm.mark import marked
 
 log = logging.getLogger("fwdproxy")
 
 Commands = Generator[commands.Command, Any, None]
 Answer = Callable[[http.HTTPFlow, str], http.Response | None]
 
-WRITTEN_FOR = "12."
-"""The mitmproxy series these patches were written against (12.3): on another, warn at start-up."""
-
 ANSWERED = frozenset({ErrorCode.CONNECT_FAILED, ErrorCode.GENERIC_SERVER_ERROR})
 """The error codes of an origin that failed (not of a client, a kill, or a size limit)."""
 
 _answer: Answer | None = None
-_PATCHED = "_fwd_patched"
 
 
-def install(answer: Answer) -> None:
-    """Apply the patches once per process; ``answer`` (the latest one given) speaks for failed origins."""
+def answer_with(answer: Answer) -> None:
+    """``answer`` (the latest one given) speaks for failed origins from now on."""
     global _answer
     _answer = answer
+
+
+def apply() -> None:
+    """Replace the four targets (once per process: addons/_mitm/__init__.py checks them first)."""
     stream = http_layer.HttpStream
-    if getattr(stream.handle_protocol_error, _PATCHED, False):
-        return
-    if not version.VERSION.startswith(WRITTEN_FOR):
-        log.warning(
-            "mitmproxy %s: fwdproxy's origin-error patches were written for %sx; check that they still apply",
-            version.VERSION,
-            WRITTEN_FOR,
-        )
-    stream.handle_protocol_error = _marked(_answering(stream.handle_protocol_error))  # type: ignore[method-assign]
+    stream.handle_protocol_error = marked(_answering(stream.handle_protocol_error))  # type: ignore[method-assign]
     server = _http2.Http2Server
-    server._handle_event = _marked(_plain_h2_errors(server._handle_event))  # type: ignore[method-assign]
-    _http1.make_error_response = _plain_h1_error
+    server._handle_event = marked(_plain_h2_errors(server._handle_event))  # type: ignore[method-assign]
+    _http1.make_error_response = marked(_plain_h1_error)
     layer = http_layer.HttpLayer
-    layer.get_connection = _marked(_forgetting_failures(layer.get_connection))  # type: ignore[method-assign]
-
-
-def _marked(func: Callable[..., Commands]) -> Callable[..., Commands]:
-    setattr(func, _PATCHED, True)
-    return func
+    layer.get_connection = marked(_forgetting_failures(layer.get_connection))  # type: ignore[method-assign]
 
 
 def _answering(original: Callable[..., Commands]) -> Callable[..., Commands]:

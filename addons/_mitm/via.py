@@ -25,7 +25,7 @@ from mitmproxy.proxy.layers.http import _upstream_proxy
 from mitmproxy.proxy.layers.tls import ServerTLSLayer
 from mitmproxy.proxy.tunnel import TunnelState
 
-import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
+from fwdproxy_addons._mitm.mark import PATCHED
 
 log = logging.getLogger("fwdproxy.egress")
 
@@ -48,8 +48,12 @@ class AbsoluteForm(_ORIGINAL):
         return (yield from super().start_handshake())
 
 
-def install() -> None:
-    """Make mitmproxy build :class:`AbsoluteForm` for every connection via an upstream proxy (idempotent)."""
+setattr(AbsoluteForm, PATCHED, True)
+
+
+def apply() -> None:
+    """Make mitmproxy build :class:`AbsoluteForm` for every connection via an upstream proxy (once per process:
+    addons/_mitm/__init__.py checks the target first; docs/mitmproxy-notes.md §18)."""
     # get_connection looks the class up on the module at call time, so replacing the attribute is enough.
     _upstream_proxy.HttpUpstreamProxy = AbsoluteForm  # type: ignore[misc]
 

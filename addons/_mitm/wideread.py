@@ -12,7 +12,8 @@ walks. Other connections are untouched.
 class of the ``asyncio.StreamReader`` of a connection to a marked address for :class:`WideReader` when
 mitmproxy registers it, which is before mitmproxy first reads from it. Addresses, not connection objects,
 are marked: mitmproxy opens a ``Server`` of its own for a flow (``HttpLayer.get_connection``) and keeps
-only the flow's address. :func:`install` is idempotent.
+only the flow's address. :func:`apply` makes the change; addons/_mitm/__init__.py calls it once per process,
+after checking the target (docs/mitmproxy-notes.md §16).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from typing import Any
 from mitmproxy import connection
 from mitmproxy.proxy import server
 
+from fwdproxy_addons._mitm.mark import marked
+
 WIDE_READ = 1024 * 1024
 """Most bytes one read of a marked connection returns; what is buffered is far less, so this rarely binds."""
 
 _WIDE: set[tuple[str, int]] = set()
 """Server addresses (host, port) read widely."""
-_PATCHED = "_fwd_patched"
 
 
 class WideReader(asyncio.StreamReader):
@@ -53,7 +55,6 @@ class _Transports(dict[connection.Connection, Any]):
 
 def widen(address: tuple[str, int]) -> None:
     """Read connections to `address` widely from now on (handlers made before this call excepted)."""
-    install()
     _WIDE.add(address)
 
 
@@ -62,15 +63,13 @@ def narrow(address: tuple[str, int]) -> None:
     _WIDE.discard(address)
 
 
-def install() -> None:
-    """Wrap ``ConnectionHandler.__init__`` once per process."""
+def apply() -> None:
+    """Wrap ``ConnectionHandler.__init__`` (once per process: addons/_mitm/__init__.py checks it first)."""
     init = server.ConnectionHandler.__init__
-    if getattr(init, _PATCHED, False):
-        return
 
+    @marked
     def patched(self: server.ConnectionHandler, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.transports = _Transports(self.transports)
 
-    setattr(patched, _PATCHED, True)
     server.ConnectionHandler.__init__ = patched  # type: ignore[method-assign]
