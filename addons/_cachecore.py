@@ -17,6 +17,7 @@ from fwdproxy.cache import After304, CacheConfig, CacheStatus, Fwd
 from fwdproxy.http_model import Response, StoredResponse
 from fwdproxy.inflight import Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
+from fwdproxy.store.fleet import FleetStore
 from fwdproxy_addons import _respond
 from fwdproxy_addons._cacheflow import RESUME, SIDECAR, STATE, CacheFlow, background_copy, without_our_status
 from fwdproxy_addons._cachehttp import answer, close, content_length, make_response, read_body, to_response
@@ -331,6 +332,8 @@ class CacheCore:
         expected = flight.meta.body_length if flight.meta is not None else -1
         complete = state.writer is not None and state.complete and state.writer.written == expected
         self.flights.land(state.primary, flight, state.stored, body_complete=complete)
+        if isinstance(self.store, FleetStore):  # issue 20: the fleet's fetch lock goes once shared
+            self.store.landed(state.primary)
 
     def _response(self, flow: http.HTTPFlow, state: "CacheFlow | None") -> None:
         if state is None or state.served or flow.response is None or self.store is None:

@@ -199,12 +199,16 @@ class Admin:
             store_stats = dataclasses.replace(
                 store_stats, memory=metrics.sum_tiers([store_stats.memory, *memories])
             )
-        return stats.snapshot(
+        snap = stats.snapshot(
             now,
             store=store_stats,
             upstreams=self._upstreams(),
             workers=workers,
         )
+        # Issue 20: this process's view of the shared tier (each worker has its own connection).
+        shared = getattr(store, "shared", None)
+        snap["shared"] = shared.snapshot() if shared is not None else {"state": "off"}
+        return snap
 
     def _all_workers(self, now: float) -> tuple[metrics.Stats, list[dict[str, Any]], list[TierStats]]:
         """This process's live counters plus the other workers' last files, one row per worker, and the

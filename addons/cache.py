@@ -3,6 +3,7 @@
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules, where a
 # dataclass with string annotations cannot be built.
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -20,6 +21,10 @@ from fwdproxy.config import Settings
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.inflight import Flight, Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head
+from fwdproxy.store.fleet import FleetStore, Growing
+from fwdproxy.store.shared import SharedTier
+from fwdproxy.store.shared_client import password_from
+from fwdproxy.store.shared_layout import parse_url
 from fwdproxy_addons import _flowinfo, _mitm, _respond
 from fwdproxy_addons._cachecore import CacheCore
 from fwdproxy_addons._cacheflow import (
@@ -38,6 +43,12 @@ from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.cache")
 
+# Issue 20, the shared tier: flow.metadata keys and _lookup's answer for "look in the shared tier first".
+SHARED = object()
+"""_lookup's answer on a local miss when a shared tier is configured: await it, then look again locally."""
+SHARED_TRIED = "fwd_shared_tried"
+SHARED_HIT = "fwd_shared_hit"
+
 
 def _stale_on_error(s: Settings) -> tuple[float, float]:
     """CacheConfig's (stale_if_disconnected, serve_stale_on_error): the default covers unreachable origins
@@ -52,7 +63,7 @@ class Cache(CacheCore):
 
     def __init__(self, source: SettingsSource | None = None) -> None:
         self.source = source or SettingsSource()
-        self.opened: tuple[str, int, int, int] | None = None
+        self.opened: tuple[object, ...] | None = None
         """(directory, memory size, memory object max, disk size) of the open store."""
         self.store: store.TieredStore | None = None
         self.config = CacheConfig()
@@ -103,17 +114,32 @@ class Cache(CacheCore):
             s.memory_cache_size,
             s.memory_object_max,
             s.disk_cache_size,
+            s.shared_cache,
+            s.shared_object_max,
+            s.shared_timeout,
+            s.shared_cache_password_file,
+            s.shared_cache_ca,
         )
         if wanted != self.opened or self.store is None:
-            directory = wanted[0]
+            directory = os.path.expanduser(s.cache_dir)
             try:
                 os.makedirs(directory, mode=0o700, exist_ok=True)  # it holds decrypted HTTPS responses
+                shared = self._shared_tier(s)
                 if self.store is not None:
-                    self.store.close()
+                    self._close_store(self.store)
                 self.locks = KeyLocks(directory)
-                self.store = store.TieredStore.open(
-                    directory, memory_size=wanted[1], memory_object_max=wanted[2], disk_size=wanted[3]
+                kind = store.TieredStore if shared is None else FleetStore
+                self.store = kind.open(
+                    directory,
+                    memory_size=s.memory_cache_size,
+                    memory_object_max=s.memory_object_max,
+                    disk_size=s.disk_cache_size,
                 )
+                if isinstance(self.store, FleetStore) and shared is not None:
+                    self.store.attach(shared)
+                    self.store.stream_above = self.stream_threshold
+                    if self.sidecar is not None:  # changed while running: connect now
+                        asyncio.get_running_loop().create_task(self.store.start())
             except (ValueError, OSError) as e:
                 raise exceptions.OptionsError(f"cache: {e}") from e
             self.opened = wanted
@@ -127,11 +153,39 @@ class Cache(CacheCore):
         # follows by itself at its next lookup (tiered.FOLLOW_INTERVAL), so only the disk part runs there.
         return await asyncio.to_thread(self.store.disk.check)
 
+    @staticmethod
+    def _shared_tier(s: Settings) -> SharedTier | None:
+        """--shared-cache and its companions (issue 20); None when off."""
+        if not s.shared_cache:
+            return None
+        url = password_from(parse_url(s.shared_cache), s.shared_cache_password_file or None, dict(os.environ))
+        ca = s.shared_cache_ca or None
+        if ca is not None and not os.path.isfile(os.path.expanduser(ca)):
+            raise ValueError(f"--shared-cache-ca {ca}: no such file")
+        return SharedTier(
+            url,
+            timeout=s.shared_timeout,
+            object_max=s.shared_object_max,
+            ca=os.path.expanduser(ca) if ca else None,
+        )
+
+    def _close_store(self, old: store.TieredStore) -> None:
+        old.close()
+        if isinstance(old, FleetStore):
+            try:
+                asyncio.get_running_loop().create_task(old.close_shared())
+            except RuntimeError:
+                pass  # configured before the loop runs: nothing was connected yet
+
     async def running(self) -> None:
         self.sidecar = Sidecar()
         await self.sidecar.start()
         _mitm.install()  # the wide reads (addons/_mitm/wideread.py), also when this addon is loaded alone
         _wideread.widen(("127.0.0.1", self.sidecar.port))  # our own loopback server: read it in wide gulps
+        if isinstance(self.store, FleetStore):
+            await self.store.start()
+            assert self.store.shared is not None
+            log.info("shared cache tier: %s", self.store.shared.url.redacted())
 
     async def done(self) -> None:
         for task in list(self.tasks):
@@ -139,6 +193,8 @@ class Cache(CacheCore):
         if self.sidecar is not None:
             _wideread.narrow(("127.0.0.1", self.sidecar.port))
             await self.sidecar.close()
+        if isinstance(self.store, FleetStore):
+            await self.store.close_shared()
         if self.store is not None:
             self.store.close()
 
@@ -166,6 +222,15 @@ class Cache(CacheCore):
                 assert self.locks is not None
                 await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
                 collapse = False
+            elif pending is SHARED:
+                got = await self._from_shared(flow)
+                if isinstance(got, Growing):
+                    if self._serve_growing(flow, got):
+                        return
+                    assert isinstance(self.store, FleetStore)
+                    got = await self.store.settled(flow.metadata[STATE].primary)  # then answer from disk
+                if got:
+                    flow.metadata[SHARED_HIT] = True
             elif isinstance(pending, Flight):
                 if await self._follow(flow, pending):
                     return
@@ -215,12 +280,17 @@ class Cache(CacheCore):
                 decision.ttl,
                 "stale-while-revalidate",
             )
+        if self._shared_first(flow, state):  # issue 20: a local miss looks in the shared tier first
+            return SHARED
         if decision.verdict in (Verdict.SERVE, Verdict.STALE_WHILE_REVALIDATE):
             entry = self._checked_get(selected, may_check=may_check) if selected else None
             if isinstance(entry, asyncio.Future):
                 return entry
             if entry is not None:
-                self._serve(flow, state, entry.meta, entry.body, decision.cache_status(), now)
+                status = decision.cache_status()
+                if flow.metadata.get(SHARED_HIT) and status.hit:
+                    status = dataclasses.replace(status, detail="shared")  # copied from the shared tier
+                self._serve(flow, state, entry.meta, entry.body, status, now)
                 if decision.verdict is Verdict.STALE_WHILE_REVALIDATE:
                     self._revalidate_later(flow, primary)
                 return None
@@ -250,6 +320,69 @@ class Cache(CacheCore):
         if decision.verdict is Verdict.REVALIDATE:
             self._add_validators(flow, state, listing, selected)
         return None
+
+    # -- the shared tier (issue 20): a minimal hook, to re-apply on a rewritten lookup ----------------------
+
+    def _shared_first(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
+        """Whether this local miss should look in the shared tier before the origin (once per flow)."""
+        if (
+            not isinstance(self.store, FleetStore)
+            or self.store.shared is None
+            or SHARED_TRIED in flow.metadata
+            or state.decision.verdict is not Verdict.FORWARD
+            or state.decision.fwd not in (Fwd.URI_MISS, Fwd.VARY_MISS)
+            or state.request.method != "GET"
+            or state.flight is not None
+            or flow.metadata.get(BACKGROUND)
+        ):
+            return False
+        flow.metadata[SHARED_TRIED] = True
+        return True
+
+    async def _from_shared(self, flow: http.HTTPFlow) -> bool | Growing:
+        """Copy the entry this request may use from the shared tier into the local tiers; whether it came.
+
+        On a shared miss this node takes the fleet's fetch lock for the key (a Range request never leads),
+        or waits while another node downloads it (cross-node collapsing); _land gives the lock back."""
+        assert isinstance(self.store, FleetStore)
+        state: CacheFlow = flow.metadata[STATE]
+        request, config = state.request, self.config
+
+        def choose(listing: list[tuple[str, StoredResponse]]) -> str:
+            decision = cache.lookup(request, [m for _, m in listing], now=time.time(), config=config)
+            return next((k for k, m in listing if m is decision.stored), "")
+
+        claim = "Range" not in flow.request.headers
+        return await self.store.fetch(state.primary, choose, claim=claim, wait=COLLAPSE_WAIT)
+
+    def _serve_growing(self, flow: http.HTTPFlow, growing: Growing) -> bool:
+        """Stream a big shared hit while it is copied in, as _tail streams a leader's body: every byte sent
+        was checked against its chunk's digest; a copy that fails cuts the transfer (never a wrong byte)."""
+        state: CacheFlow = flow.metadata[STATE]
+        meta = growing.meta
+        if (
+            self.sidecar is None
+            or "range" in state.request.headers
+            or not vary_matches(meta, state.request)
+            or cache.client_conditional_matches(state.request, meta)
+        ):
+            return False
+        now = time.time()
+        decision = cache.lookup(state.request, [meta], now=now, config=self.config)
+        if decision.verdict is not Verdict.SERVE or decision.stored is not meta:
+            return False  # stale or not for this request: the local lookup decides once the copy is in
+        status = dataclasses.replace(decision.cache_status(), detail="shared")
+        headers = cache.served_headers(meta, now=now).with_("Content-Length", str(meta.body_length))
+        head = response_head(meta.status, meta.reason, [*headers, ("Cache-Status", cache.render(status))])
+        try:
+            token = self.sidecar.offer(head, GrowingBody(growing.path, growing.progress))
+        except (OSError, ValueError) as e:  # committed (renamed) meanwhile: the local copy answers
+            log.debug("cannot stream %s from the shared tier: %s", state.request.url, e)
+            return False
+        state.decision = decision
+        self._repoint(flow, token)
+        state.served = True
+        return True
 
     def _fetches_whole(self, flow: http.HTTPFlow, state: CacheFlow) -> bool:
         """Whether a range request on a miss waits for a whole fetch (--range-fetch-whole-below)."""

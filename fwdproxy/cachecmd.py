@@ -32,7 +32,7 @@ class CommandError(Exception):
 
 def _settings(ns: argparse.Namespace) -> config.Settings:
     flags: dict[str, Any] = {}
-    for name in ("config", "cache_dir", "preset"):
+    for name in ("config", "cache_dir", "preset", "shared_cache"):
         if getattr(ns, name, None):
             flags[name] = ns.preset if name == "preset" else getattr(ns, name)
     try:
@@ -66,6 +66,27 @@ def _open(settings: config.Settings) -> TieredStore:
     return TieredStore.open(directory, disk_size=settings.disk_cache_size)
 
 
+def _shared(settings: config.Settings) -> Any:
+    """A blocking client of the shared tier (issue 20), or None when --shared-cache is not set."""
+    if not settings.shared_cache:
+        return None
+    from fwdproxy.store import shared_admin
+    from fwdproxy.store.shared_client import password_from
+    from fwdproxy.store.shared_layout import parse_url
+
+    try:
+        url = password_from(
+            parse_url(settings.shared_cache), settings.shared_cache_password_file, dict(os.environ)
+        )
+        return shared_admin.connect(url, ca=settings.shared_cache_ca)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    except Exception as e:  # redis.RedisError and OSError: a message, not a traceback
+        raise CommandError(
+            f"--shared-cache: cannot reach the shared tier ({type(e).__name__}: {e})"
+        ) from None
+
+
 def _console() -> Console:
     # Piped output keeps whole URLs on one line instead of wrapping them at 80 columns.
     return Console(width=None if sys.stdout.isatty() else 200, soft_wrap=not sys.stdout.isatty())
@@ -77,6 +98,8 @@ def _print_json(value: object) -> None:
 
 def cmd_stats(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
+    if ns.shared:
+        return _shared_stats(ns, settings)
     store = _open(settings)
     stats = store.stats()
     oldest = newest = None
@@ -124,6 +147,40 @@ def cmd_stats(ns: argparse.Namespace) -> int:
         console.print(
             f"[red]disk full: {stats.disk_full}; storage errors: {stats.errors} {stats.last_error}[/red]"
         )
+    return 0
+
+
+def _shared_stats(ns: argparse.Namespace, settings: config.Settings) -> int:
+    """`cache stats --shared`: the shared tier's entries, bodies and memory, as the server sees them."""
+    from fwdproxy.store import shared_admin
+
+    client = _shared(settings)
+    if client is None:
+        raise CommandError("--shared needs --shared-cache URL (or shared_cache in --config)")
+    try:
+        result = shared_admin.summary(client)
+    except Exception as e:  # redis.RedisError: the server went away meanwhile
+        raise CommandError(f"--shared-cache: {type(e).__name__}: {e}") from None
+    if ns.json:
+        _print_json({"shared": result})
+        return 0
+    table = Table(title="shared tier")
+    for col in ("URLs", "entries", "chunks", "used memory", "maxmemory", "policy", "nodes"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(result["urls"]),
+        str(result["entries"]),
+        str(result["chunks"]),
+        format_size(result["used_memory"]),
+        format_size(result["maxmemory"]) if result["maxmemory"] else "no limit",
+        result["maxmemory_policy"],
+        str(result["nodes"]),
+    )
+    console = _console()
+    console.print(table)
+    console.print("[dim]hits, misses and errors per node: each proxy's /metrics (fwdproxy_shared_*)[/dim]")
+    if "noeviction" in result["maxmemory_policy"]:
+        console.print("[red]maxmemory-policy noeviction: once full, the server refuses new entries[/red]")
     return 0
 
 
@@ -192,6 +249,7 @@ def cmd_purge(ns: argparse.Namespace) -> int:
     settings = _settings(ns)
     store = _open(settings)
     path = hits.path_for(settings.cache_dir)
+    shared = _shared(settings)
     if ns.url:
         primaries = [cache.primary_key("GET", ns.url)]
         removed = store.purge(primaries[0])
@@ -199,6 +257,21 @@ def cmd_purge(ns: argparse.Namespace) -> int:
         doomed = [k for k, m in store.iterate() if ns.all or cacheview.host_matches(m.url, ns.host)]
         removed = sum(store.delete(k) for k in doomed)
         primaries = sorted({cacheview.split_key(k)[0] for k in doomed})
+    if shared is not None:  # issue 20: the shared tier too, and every node hears of it
+        from fwdproxy.store import shared_admin
+
+        try:
+            if ns.url:
+                shared_removed = shared_admin.purge(shared, primaries)
+            else:
+                shared_removed = shared_admin.purge_matching(
+                    shared,
+                    lambda url: bool(ns.all or cacheview.host_matches(url, ns.host)),
+                    lambda url: cache.primary_key("GET", url),
+                )
+        except Exception as e:  # redis.RedisError: the local purge stands; say the shared one failed
+            raise CommandError(f"purged locally, but not the shared tier: {type(e).__name__}: {e}") from None
+        print(f"shared tier: purged {shared_removed} URL(s)", file=sys.stderr)
     try:
         hits.remove(path, None if ns.all else primaries)
     except OSError as e:
@@ -315,6 +388,9 @@ def add_parser(sub: Any) -> None:
     )
     common.add_argument("--config", help="fwdproxy TOML file: its cache_dir, sizes and [[cache.rule]] apply")
     common.add_argument("--preset", action="append", help="cache rule preset the proxy runs with, e.g. ci")
+    common.add_argument(
+        "--shared-cache", metavar="URL", help="the fleet's shared tier: purge it too; stats --shared reads it"
+    )
     as_json = argparse.ArgumentParser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="print JSON for scripts")
 
@@ -322,6 +398,7 @@ def add_parser(sub: Any) -> None:
     cmds = p.add_subparsers(dest="cache_command", metavar="SUBCOMMAND", required=True)
     parents = [common, as_json]
     c = cmds.add_parser("stats", parents=parents, help="entries and bytes per tier, oldest and newest")
+    c.add_argument("--shared", action="store_true", help="the shared tier (--shared-cache) instead")
     c.set_defaults(func=run(cmd_stats))
     c = cmds.add_parser("ls", parents=parents, help="list entries: URL, status, size, age, freshness, hits")
     c.add_argument("--host", help="only entries of hosts matching this glob (host or host:port)")

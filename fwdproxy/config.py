@@ -85,6 +85,11 @@ class Settings:
     serve_stale_on_error: float = _d("serve_stale_on_error")
     offline: bool = _d("offline")
     allow_purge: tuple[str, ...] = _d("allow_purge")
+    shared_cache: str | None = _d("shared_cache")
+    shared_object_max: int = _d("shared_object_max")
+    shared_timeout: float = _d("shared_timeout")
+    shared_cache_password_file: str | None = _d("shared_cache_password_file")
+    shared_cache_ca: str | None = _d("shared_cache_ca")
     admin_port: int = _d("admin_port")
     access_log: str | None = _d("access_log")
     log_format: str = _d("log_format")
@@ -207,6 +212,13 @@ def check(s: Settings, label: Callable[[str], str] = _flag_label, *, cli: bool =
             access.parse_networks(getattr(s, name))
         except ValueError as e:
             raise ValueError(f"{label(name)}: {e}") from None
+    if s.shared_cache:
+        from fwdproxy.store.shared_layout import parse_url
+
+        try:
+            parse_url(s.shared_cache)
+        except ValueError as e:
+            raise ValueError(f"{label('shared_cache')} {e}") from None
     if s.admin_port > 65535:
         raise ValueError(
             f"{label('admin_port')} {s.admin_port} is not a port; use 1-65535, or 0 to turn it off"

@@ -6,7 +6,13 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """The Prometheus text exposition format, as prometheus_client.CONTENT_TYPE_LATEST says for 0.0.4."""
@@ -79,6 +85,7 @@ class StatsCollector:
         yield per_worker
         yield from _cache_families(s.get("cache"))
         yield from _upstream_families(s.get("upstreams"))
+        yield from _shared_families(s.get("shared"))
 
 
 def _cache_families(cache: Mapping[str, Any] | None) -> Iterator[Metric]:
@@ -107,6 +114,52 @@ def _cache_families(cache: Mapping[str, Any] | None) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "fwdproxy_cache_disk_full", "1 while the disk refuses writes.", int(cache["disk_full"])
+    )
+
+
+SHARED_STATES = ("off", "connected", "degraded", "full")
+
+
+def _shared_families(shared: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The shared tier (issue 20): lookups by result, bytes, errors, latency and its state."""
+    shared = shared or {"state": "off"}
+    state = GaugeMetricFamily(
+        "fwdproxy_shared_state", "1 for the shared tier's current state.", labels=["state"]
+    )
+    for name in SHARED_STATES:
+        state.add_metric([name], int(shared.get("state") == name))
+    yield state
+    if shared.get("state", "off") == "off":
+        return
+    lookups = CounterMetricFamily(
+        "fwdproxy_shared_lookups", "Local misses looked up in the shared tier, by result.", labels=["result"]
+    )
+    lookups.add_metric(["hit"], shared["hits"])
+    lookups.add_metric(["miss"], shared["misses"])
+    yield lookups
+    moved = CounterMetricFamily(
+        "fwdproxy_shared_bytes", "Body bytes read from and written to the shared tier.", labels=["direction"]
+    )
+    moved.add_metric(["read"], shared["bytes_read"])
+    moved.add_metric(["written"], shared["bytes_written"])
+    yield moved
+    yield CounterMetricFamily("fwdproxy_shared_errors", "Failed shared-tier operations.", shared["errors"])
+    yield CounterMetricFamily(
+        "fwdproxy_shared_uploads", "Entries copied to the shared tier.", shared["uploads"]
+    )
+    yield CounterMetricFamily(
+        "fwdproxy_shared_dropped",
+        "Shared entries dropped: a chunk evicted or not matching.",
+        shared["dropped"],
+    )
+    yield CounterMetricFamily(
+        "fwdproxy_shared_collapsed", "Lookups that waited for another node's download.", shared["collapsed"]
+    )
+    yield SummaryMetricFamily(
+        "fwdproxy_shared_lookup_seconds",
+        "Time of the shared tier's metadata lookups.",
+        count_value=shared["lookups"],
+        sum_value=shared["lookup_seconds"],
     )
 
 

@@ -372,6 +372,53 @@ OPTIONS: tuple[Option, ...] = (
         metavar="CIDR",
         shown="`127.0.0.0/8`, `::1`",
     ),
+    # Off: a single node behaves exactly as without the shared tier (issue 20).
+    Option(
+        "shared_cache",
+        Kind.OPT_STR,
+        None,
+        "a shared cache tier for a fleet: redis://[user:pw@]host:port/db, rediss://… or redis+cluster://h:p,…",
+        "a cache tier shared by a fleet of proxies: `redis://[user:password@]host:port/db`, `rediss://…` (TLS) "
+        "or `redis+cluster://host:port[,host:port…]` (see [Running a fleet](#running-a-fleet))",
+        metavar="URL",
+        shown="none (off)",
+    ),
+    # 256 MiB: wheels, jars and most images fit; a multi-GiB body would take Redis's memory from many smaller,
+    # more often shared ones.
+    Option(
+        "shared_object_max",
+        Kind.SIZE,
+        256 * 1024**2,
+        "bigger bodies stay out of the shared tier (local tiers only)",
+        "bigger bodies stay in the local tiers only",
+    ),
+    # 100 ms: a LAN round trip is well under a millisecond, so this only cuts off a server in trouble, and a
+    # miss costs the client at most this long before it goes to the origin.
+    Option(
+        "shared_timeout",
+        Kind.DURATION,
+        0.1,
+        "how long one shared-tier metadata operation may take (then a miss)",
+        "how long one shared-tier metadata operation may take; past it the lookup is a miss and the node "
+        "counts an error",
+    ),
+    Option(
+        "shared_cache_password_file",
+        Kind.OPT_STR,
+        None,
+        "file holding the shared tier's password",
+        "the shared tier's password (first line), when the URL has none; else "
+        "`FWDPROXY_SHARED_CACHE_PASSWORD`",
+        metavar="FILE",
+    ),
+    Option(
+        "shared_cache_ca",
+        Kind.OPT_STR,
+        None,
+        "CA bundle (PEM) that signs the shared tier's rediss:// certificate",
+        "CA bundle (PEM) that signs a `rediss://` server's certificate",
+        metavar="FILE",
+    ),
     # Next to the usual 8080; bound to the listen host, so loopback-only unless the proxy is exposed.
     Option(
         "admin_port",

@@ -143,6 +143,27 @@ def _upstreams(upstreams: Sequence[Mapping[str, Any]] | None) -> str:
     )
 
 
+def _shared(shared: Mapping[str, Any] | None) -> str:
+    """The shared tier's row (issue 20): its state, hits and misses, bytes, errors and lookup latency."""
+    if not shared or shared.get("state", "off") == "off":
+        return '<p class="muted" id="shared" data-state="off">No shared tier (--shared-cache is off).</p>'
+    state = str(shared["state"])
+    css = "up" if state == "connected" else "down"
+    lookups = int(shared.get("lookups", 0))
+    mean = f"{float(shared['lookup_seconds']) / lookups * 1000:.1f} ms" if lookups else "-"
+    note = "" if shared.get("subscribed") else ' <span class="down">(not subscribed to invalidations)</span>'
+    return (
+        f'<table id="shared" data-state="{_e(state)}"><tr><th>server</th><th>state</th><th class="n">hits</th>'
+        '<th class="n">misses</th><th class="n">read</th><th class="n">written</th><th class="n">errors</th>'
+        '<th class="n">mean lookup</th></tr>'
+        f'<tr><td>{_e(shared["url"])}</td><td><span class="{css}">{_e(state)}</span>{note}</td>'
+        f'<td class="n">{int(shared["hits"])}</td><td class="n">{int(shared["misses"])}</td>'
+        f'<td class="n">{_e(format_size(int(shared["bytes_read"])))}</td>'
+        f'<td class="n">{_e(format_size(int(shared["bytes_written"])))}</td>'
+        f'<td class="n">{int(shared["errors"])}</td><td class="n">{_e(mean)}</td></tr></table>'
+    )
+
+
 def covers(s: Mapping[str, Any]) -> str:
     """What the numbers cover: the one process, or every worker of --workers N added up."""
     workers = s.get("workers") or []
@@ -208,6 +229,8 @@ def render(s: Mapping[str, Any], *, version: str = "") -> str:
 <div class="panel">{_upstreams(s.get("upstreams"))}</div>
 <h2>Cache size</h2>
 <div class="panel">{tiers}</div>
+<h2>Shared tier</h2>
+<div class="panel">{_shared(s.get("shared"))}</div>
 <p class="muted">Machine-readable: <a href="/stats.json">/stats.json</a> · <a href="/metrics">/metrics</a></p>
 </body></html>
 """

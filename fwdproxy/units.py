@@ -20,7 +20,7 @@ _SIZE_UNITS = {
     "tb": 1000**4,
     "tib": 1024**4,
 }
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
+_DURATION_UNITS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 365 * 86400}
 _NUMBER_UNIT = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
@@ -39,7 +39,7 @@ def parse_size(value: str | int) -> int:
 
 
 def parse_duration(value: str | int | float) -> float:
-    """Seconds from ``90``, ``90s``, ``10m``, ``12h``, ``7d``, ``2w``, ``1y``."""
+    """Seconds from ``100ms``, ``90``, ``90s``, ``10m``, ``12h``, ``7d``, ``2w``, ``1y``."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; try e.g. 90, 10m, 12h or 7d")
     if isinstance(value, int | float):
@@ -91,4 +91,6 @@ def duration_text(seconds: float) -> str:
             if whole % factor == 0:
                 return f"{whole // factor}{unit}"
         return f"{whole}s"
+    if 0 < seconds < 0.5 and round(seconds * 1000, 6).is_integer():  # --shared-timeout's 100ms
+        return f"{round(seconds * 1000)}ms"
     return f"{seconds:g}s" if seconds else "0"

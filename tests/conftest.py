@@ -11,6 +11,13 @@ import pytest
 import trustme
 
 from tests.support import Origin, Proxy, fwdproxy_argv
+from tests.support_redis import (  # noqa: F401  (the shared tier's redis-server fixtures, issue 20)
+    private_redis,
+    redis,
+    redis_cluster,
+    redis_cluster_session,
+    redis_session,
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Self
 
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store.backend import Row
@@ -78,6 +79,11 @@ class TieredWriter:
         """Why the writer stopped accepting bytes, if it did."""
         return self._disk.failure
 
+    @property
+    def digest(self) -> str:
+        """The checksum of the bytes accepted so far (DiskWriter.digest)."""
+        return self._disk.digest
+
     def write(self, chunk: bytes) -> bool:
         """Accept the next piece of the body; False once the writer has failed (stop feeding it)."""
         if not self._disk.write(chunk):
@@ -128,7 +134,7 @@ class TieredStore:
         memory_object_max: int = MEMORY_OBJECT_MAX,
         disk_size: int = DISK_SIZE,
         coherent: bool = True,
-    ) -> TieredStore:
+    ) -> Self:
         """Both tiers over one cache directory, with the issue's defaults (256 MiB, 1 MiB, 10 GiB)."""
         memory = MemoryStore(memory_size, memory_object_max)
         disk = DiskStore(directory, size_limit=disk_size, read_whole_max=memory_object_max)

@@ -97,6 +97,11 @@ class DiskWriter:
         self._done = False
         self._finalizer: weakref.finalize[..., DiskWriter] | None = None
 
+    @property
+    def digest(self) -> str:
+        """The checksum (codec.CHECKSUM, hex) of the bytes accepted so far: what commit will record."""
+        return str(self._hash.hexdigest())
+
     def write(self, chunk: bytes) -> bool:
         """Accept the next piece of the body; False once the writer has failed (stop feeding it)."""
         if self._done or self.failure is not None:
