@@ -94,6 +94,11 @@ class Cache(CacheCore):
             "fwd_range_fetch_whole_below",
             "fwd_preset",
             "fwd_config",
+            "fwd_shared_cache",
+            "fwd_shared_object_max",
+            "fwd_shared_timeout",
+            "fwd_shared_cache_password_file",
+            "fwd_shared_cache_ca",
         )
 
     def configure(self, updated: set[str]) -> None:
