@@ -12,8 +12,9 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
-from addons._cacheflow import RESUME, SIDECAR, STATE, CacheFlow, background_copy, without_our_status
+from addons._cacheflow import CacheFlow, background_copy, without_our_status
 from addons._cachehttp import answer, close, content_length, make_response, read_body, to_response
+from addons._notes import FlowNotes, notes, peek
 from fwdproxy import cache
 from fwdproxy import store as storage
 from fwdproxy.bodysource import FileBody, Progress
@@ -26,6 +27,12 @@ log = logging.getLogger("fwdproxy.cache")
 
 TOO_BIG_FOR_DISK = "too-big-for-disk"
 """Cache-Status detail of a response kept out of the store because it would not fit within the disk limit."""
+
+
+def _failed(flow: http.HTTPFlow) -> bool:
+    """The origin could not be reached: the response is one addons/errors.py made."""
+    noted = peek(flow)
+    return noted is not None and noted.error is not None
 
 
 class CacheCore:
@@ -123,7 +130,7 @@ class CacheCore:
         flow.request.port = self.sidecar.port
         flow.request.path = "/" + token
         flow.server_conn = connection.Server(address=("127.0.0.1", self.sidecar.port))
-        flow.metadata[SIDECAR] = True
+        notes(flow).sidecar = True
 
     def _spawn(self, background: http.HTTPFlow, finally_: Callable[[], None]) -> None:
         """Run a flow of our own through the whole chain to the origin (mitmproxy's replay machinery)."""
@@ -159,7 +166,7 @@ class CacheCore:
         background = background_copy(flow)
         background.request.headers["Range"] = f"bytes={writer.written}-"
         background.request.headers["If-Range"] = validator
-        background.metadata[RESUME] = state
+        notes(background).resume = state
         log.info(
             "%s: client left at %d bytes; fetching the rest for %d follower(s)",
             state.request.url,
@@ -207,11 +214,14 @@ class CacheCore:
     # -- response side --------------------------------------------------------------------------------
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        if (resumed := flow.metadata.get(RESUME)) is not None:
+        noted = peek(flow)
+        if noted is None:
+            return
+        if (resumed := noted.resume) is not None:
             self._resume_headers(flow, resumed)
             return
-        self._responseheaders(flow)
-        state: CacheFlow | None = flow.metadata.get(STATE)
+        self._responseheaders(flow, noted)
+        state = noted.cache
         if state is not None and not state.served and flow.response is not None and flow.response.stream:
             # A streamed body's headers leave now, before the response hook: say what the cache does here.
             flow.response.headers["Cache-Status"] = cache.render(
@@ -232,16 +242,16 @@ class CacheCore:
             detail=decision.detail,
         )
 
-    def _responseheaders(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(SIDECAR) and flow.response is not None:
+    def _responseheaders(self, flow: http.HTTPFlow, noted: FlowNotes) -> None:
+        if noted.sidecar and flow.response is not None:
             flow.response.stream = True  # a big body from disk or a growing temp file: never held in memory
             return
-        state: CacheFlow | None = flow.metadata.get(STATE)
+        state = noted.cache
         if state is None or state.served or flow.response is None or self.store is None:
             return
         resp = flow.response
         # An answer we made for a failed origin (fwd_error) is no status the origin sent (RFC 9211 §2.3).
-        state.fwd_status = None if "fwd_error" in flow.metadata else resp.status_code
+        state.fwd_status = None if noted.error is not None else resp.status_code
         length = content_length(resp)
         big = length is None or length > self.stream_threshold
         flight = state.flight
@@ -312,10 +322,13 @@ class CacheCore:
         resp.stream = tee
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if (resumed := flow.metadata.get(RESUME)) is not None:
+        noted = peek(flow)
+        if noted is None:
+            return
+        if (resumed := noted.resume) is not None:
             self._resume_done(flow, resumed)  # landing follows when the background task ends
             return
-        state: CacheFlow | None = flow.metadata.get(STATE)
+        state = noted.cache
         try:
             self._response(flow, state)
         finally:
@@ -345,7 +358,7 @@ class CacheCore:
             return
         if (allowed := self._stale_on_error(flow, state)) and state.body is not None:
             meta = state.candidates[0][1]
-            failed = "fwd_error" in flow.metadata
+            failed = _failed(flow)
             # Issue 17's contract: an entry standing in for an origin that gave no response at all says
             # `hit; fwd=stale; detail=origin-error` (the body is the cache's; the request did go forward).
             status = CacheStatus(
@@ -359,7 +372,7 @@ class CacheCore:
             self._freshen_from_head(state, resp, now)
         stored = self._store(flow, state, resp, now)
         if not flow.response.stream:
-            state.fwd_status = None if "fwd_error" in flow.metadata else resp.status
+            state.fwd_status = None if _failed(flow) else resp.status
             flow.response.headers["Cache-Status"] = cache.render(self._forward_status(state, stored=stored))
             if stored and resp.status == 200:
                 flow.response.headers["Accept-Ranges"] = "bytes"  # as its hits will say (RFC 9110 §14.3)
@@ -368,7 +381,7 @@ class CacheCore:
         """RFC 5861 §4 / --serve-stale-on-error: the reason a stale entry may stand in for this error, or ""."""
         if not state.candidates or flow.response is None:
             return ""
-        failed = "fwd_error" in flow.metadata  # the origin could not be reached (addons/errors.py)
+        failed = _failed(flow)  # the origin could not be reached (addons/errors.py)
         status = None if failed else flow.response.status_code
         verdict = cache.stale_on_error(
             state.request, state.candidates[0][1], status=status, now=time.time(), config=self.config
@@ -475,10 +488,13 @@ class CacheCore:
                 self.store.update(key, cache.record_lifetime(fresh, self.config))
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if (resumed := flow.metadata.get(RESUME)) is not None:
+        noted = peek(flow)
+        if noted is None:
+            return
+        if (resumed := noted.resume) is not None:
             self._resume_done(flow, resumed)
             return
-        state: CacheFlow | None = flow.metadata.get(STATE)
+        state = noted.cache
         if state is None:
             return
         if self._resume_for_followers(flow, state):

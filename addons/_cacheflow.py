@@ -1,4 +1,4 @@
-"""Per-flow cache state and the flow.metadata keys the cache addons share (not an addon)."""
+"""Per-flow cache state the cache addon keeps in the flow notes (addons/_notes.py; not an addon)."""
 
 from dataclasses import dataclass, field
 
@@ -11,17 +11,6 @@ from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.http_model import Headers, Request, StoredResponse
 from fwdproxy.inflight import Flight
 
-STATE = "fwd_cache"
-"""flow.metadata key of the per-flow CacheFlow record."""
-BACKGROUND = "fwd_background"
-"""flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
-RESUME = "fwd_resume"
-"""flow.metadata key of our own Range request that finishes a body whose leader's client left (the CacheFlow)."""
-WHOLE = "fwd_whole"
-"""flow.metadata key of our own whole fetch made for range requests on a miss: the (Flight, lock descriptor)
-it leads, taken over by its CacheFlow when the cache sees it (--range-fetch-whole-below)."""
-SIDECAR = "fwd_sidecar"
-"""flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
 REMOTE = object()
 """_lookup's answer when another process is fetching the key."""
 COLLAPSE_WAIT = 120.0

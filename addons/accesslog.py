@@ -13,6 +13,7 @@ from mitmproxy import ctx, exceptions, http, tls
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
+from addons._notes import peek
 from fwdproxy import accesslog, logs
 from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode
 from fwdproxy.metrics import Outcome
@@ -143,7 +144,7 @@ class AccessLog:
             server=_flowinfo.server(flow) if _flowinfo.ttfb(flow, result) is not None else "",
             content_type=resp.headers.get("content-type", "") if resp else "",
             tunnel=_flowinfo.tunnel_mode(flow),
-            local=_flowinfo.is_local(flow, result) or bool(flow.metadata.get(_flowinfo.ADMIN)),
+            local=_flowinfo.is_local(flow, result) or ((noted := peek(flow)) is not None and noted.admin),
             aborted=aborted,
         )
 

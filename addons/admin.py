@@ -18,6 +18,7 @@ from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _flowinfo
+from addons._notes import notes, peek
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
 
@@ -150,7 +151,7 @@ class Admin:
     def _answer(self, flow: http.HTTPFlow, status: int, content_type: str, body: bytes) -> None:
         headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
         flow.response = http.Response.make(status, body, headers)
-        flow.metadata[_flowinfo.ADMIN] = True
+        notes(flow).admin = True
 
     def _purge(self, flow: http.HTTPFlow) -> None:
         client = _flowinfo.client_ip(flow)
@@ -189,7 +190,7 @@ class Admin:
         _flowinfo.count_streamed(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN):
+        if flow.is_replay or ((noted := peek(flow)) is not None and noted.admin):
             return  # our own background revalidations and admin answers are not client traffic
         result = _flowinfo.outcome(flow)
         host = _flowinfo.asked_host(flow)  # a big hit's request was re-pointed at the cache's sidecar
@@ -199,7 +200,7 @@ class Admin:
             self.hit_deltas[cache.primary_key("GET", _flowinfo.asked_url(flow))] += 1
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN) or flow.response is not None:
+        if flow.is_replay or ((noted := peek(flow)) is not None and noted.admin) or flow.response is not None:
             return
         self.stats.record(metrics.Served(metrics.Outcome.NONE, _flowinfo.asked_host(flow), 0), time.time())
 

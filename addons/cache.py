@@ -16,16 +16,13 @@ import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package im
 from addons import _flowinfo, _respond, _wideread
 from addons._cachecore import CacheCore
 from addons._cacheflow import (
-    BACKGROUND,
     COLLAPSE_WAIT,
     REMOTE,
-    RESUME,
-    STATE,
-    WHOLE,
     CacheFlow,
     background_copy,
 )
 from addons._cachehttp import close, to_request
+from addons._notes import notes
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
@@ -153,7 +150,7 @@ class Cache(CacheCore):
     # -- request side ---------------------------------------------------------------------------------
 
     def request(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
-        if flow.response is not None or self.store is None or RESUME in flow.metadata:
+        if flow.response is not None or self.store is None or notes(flow).resume is not None:
             return None
         flight = self._lookup(flow, collapse=True)
         if flight is None:
@@ -172,7 +169,7 @@ class Cache(CacheCore):
                 # Another process fetches this key (--workers, or a second proxy on the cache dir): wait for
                 # its lock, then look again in the shared store.
                 assert self.locks is not None
-                await self.locks.wait(flow.metadata[STATE].primary, COLLAPSE_WAIT)
+                await self.locks.wait(notes(flow).cache.primary, COLLAPSE_WAIT)  # type: ignore[union-attr]
                 collapse = False
             elif isinstance(pending, Flight):
                 if await self._follow(flow, pending):
@@ -187,10 +184,11 @@ class Cache(CacheCore):
         file's checksum check to await, instead (``may_check`` False: an unchecked body file is a miss)."""
         assert self.store is not None
         now = time.time()
+        noted = notes(flow)
         req = to_request(flow.request, _flowinfo.note_request(flow)[0])  # the URL worked out once per flow
         if req.method not in ("GET", "HEAD"):
             state = CacheFlow(req, LookupDecision(Verdict.FORWARD, fwd=Fwd.METHOD), request_time=now)
-            flow.metadata[STATE] = state
+            noted.cache = state
             if self.config.offline:
                 self._gateway_timeout(flow, state, "offline")
             return None
@@ -201,7 +199,7 @@ class Cache(CacheCore):
             state = CacheFlow(
                 req, LookupDecision(Verdict.FORWARD, fwd=Fwd.BYPASS, detail=why), request_time=now
             )
-            flow.metadata[STATE] = state
+            noted.cache = state
             if self.config.offline:
                 self._gateway_timeout(flow, state, "offline")
             return None
@@ -209,12 +207,13 @@ class Cache(CacheCore):
         listing = self.store.variants(primary)
         decision = cache.lookup(req, [meta for _, meta in listing], now=now, config=self.config)
         state = CacheFlow(req, decision, primary, request_time=now)
-        flow.metadata[STATE] = state
-        if (lead := flow.metadata.pop(WHOLE, None)) is not None:
+        noted.cache = state
+        if (lead := noted.whole) is not None:
+            noted.whole = None
             state.flight, state.lock_fd = lead  # our whole fetch for ranges: it leads, whatever happens next
             state.whole_for_range = True
         selected = next((k for k, m in listing if m is decision.stored), "")
-        if flow.metadata.get(BACKGROUND) and decision.stored is not None:
+        if noted.background and decision.stored is not None:
             decision = state.decision = LookupDecision(
                 Verdict.REVALIDATE,
                 decision.stored,
@@ -268,7 +267,7 @@ class Cache(CacheCore):
             and state.decision.verdict is Verdict.FORWARD
             and state.decision.fwd in (Fwd.URI_MISS, Fwd.VARY_MISS)
             and state.primary not in self.flights.table  # one is in flight: follow it (_collapsible)
-            and not flow.metadata.get(BACKGROUND)
+            and not notes(flow).background
             and not flow.is_replay
         )
 
@@ -286,11 +285,12 @@ class Cache(CacheCore):
         flight, _ = self.flights.join(primary)  # nobody is in flight (_fetches_whole): the whole fetch leads
         flight.followers += 1  # and this request follows it
         whole = background_copy(flow)  # without Range, If-Range and the client's conditionals
-        whole.metadata[WHOLE] = (flight, fd)
+        notes(whole).whole = (flight, fd)
 
         def abandoned() -> None:
             # The whole fetch ended without the cache taking the lead (an addon answered it first): land it.
-            if whole.metadata.pop(WHOLE, None) is not None:
+            if (noted := notes(whole)).whole is not None:
+                noted.whole = None
                 if fd is not None and self.locks is not None:
                     self.locks.unlock(primary, fd)
                 self.flights.land(primary, flight, False, body_complete=False)
@@ -305,7 +305,7 @@ class Cache(CacheCore):
             state.request.method == "GET"
             and fwd
             in (Fwd.URI_MISS, Fwd.VARY_MISS, Fwd.STALE)  # not when the client itself asked to go forward
-            and not flow.metadata.get(BACKGROUND)
+            and not notes(flow).background
             and (
                 "Range" not in flow.request.headers or state.primary in self.flights.table
             )  # ranges follow, never lead
@@ -313,7 +313,8 @@ class Cache(CacheCore):
 
     async def _follow(self, flow: http.HTTPFlow, flight: Flight) -> bool:
         """Wait for the leader of this key; True when the flow was answered from its response."""
-        state: CacheFlow = flow.metadata[STATE]
+        state = notes(flow).cache
+        assert state is not None
         try:
             shape = await asyncio.wait_for(asyncio.shield(flight.shape), COLLAPSE_WAIT)
             if shape is Shape.STREAMING and self._stream_from_flight(flow, state, flight):
@@ -429,7 +430,7 @@ class Cache(CacheCore):
             return
         self.revalidating.add(primary)
         background = background_copy(flow)
-        background.metadata[BACKGROUND] = True
+        notes(background).background = True
         self._spawn(background, lambda: self.revalidating.discard(primary))
 
 

@@ -12,6 +12,7 @@ from mitmproxy.proxy import server_hooks
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _mitmpatch, _respond
+from addons._notes import notes
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
 
@@ -116,14 +117,14 @@ class OriginErrors:
     def answer(self, flow: http.HTTPFlow, message: str) -> http.Response:
         """The response for a request whose origin failed before its response head (addons/_mitmpatch.py)."""
         host, port = flow.request.host, flow.request.port
-        if (known := flow.metadata.get("fwd_error")) is not None:
+        if (known := notes(flow).error) is not None:
             status, text = 504, str(known)  # the read timeout (addons/readtimeout.py) cut this connection
         elif (described := self.failures.get((host, port, message))) is not None:
             status, text = described
         else:
             status, text = errors.describe_origin_failure(host, port, message)
         log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, text)
-        flow.metadata["fwd_error"] = text  # the cache may answer from a stored response instead
+        notes(flow).error = text  # the cache may answer from a stored response instead
         return _respond.text(status, text)
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -16,6 +16,7 @@ from mitmproxy.proxy import events, server
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1, _respond
+from addons._notes import notes, peek
 from fwdproxy import errors
 from fwdproxy.units import parse_duration
 
@@ -89,7 +90,7 @@ class ReadTimeout:
         if (
             flow.response is not None
             or flow.is_replay
-            or flow.metadata.get("fwd_sidecar")
+            or ((noted := peek(flow)) is not None and noted.sidecar)
             or self.timeout <= 0
         ):
             return
@@ -136,7 +137,7 @@ class ReadTimeout:
             self.watched.pop(flow_id, None)
             message = errors.describe_read_timeout(flow.request.host, flow.request.port, self.timeout, stall)
             log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, message)
-            flow.metadata["fwd_error"] = message
+            notes(flow).error = message
             if stall is errors.Stall.NO_RESPONSE:
                 _http1.TIMED_OUT[flow.server_conn] = _respond.text(504, message)
             origin.handler.cancel("read timeout")

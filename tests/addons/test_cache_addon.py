@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from addons._cacheflow import STATE
+from addons._notes import notes
 from addons.cache import Cache
 from tests.support import REPO
 
@@ -63,7 +63,7 @@ def test_store_then_hit(ctx_cache) -> None:
     assert first.response.headers["Cache-Status"] == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
     second = flow()
     request(cache, second)
-    assert second.response is not None and second.metadata[STATE].served
+    assert second.response is not None and notes(second).cache.served
     assert second.response.content == b"body"
     assert second.response.headers["Cache-Status"].startswith("fwdproxy; hit; ttl=")
     assert second.response.headers["Age"] == "0"
