@@ -13,12 +13,13 @@ from mitmproxy.addons.clientplayback import ReplayHandler
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _respond
 from addons._cacheflow import CacheFlow, background_copy, without_our_status
-from addons._cachehttp import answer, close, content_length, make_response, read_body, to_response
+from addons._cachehttp import content_length, make_response, read_body, to_response
 from addons._notes import FlowNotes, notes, peek
 from fwdproxy import cache
 from fwdproxy import store as storage
 from fwdproxy.bodysource import FileBody, Progress
 from fwdproxy.cache import After304, CacheConfig, CacheStatus, Fwd
+from fwdproxy.cache.answer import answer, close
 from fwdproxy.http_model import Response, StoredResponse
 from fwdproxy.inflight import Flights, KeyLocks, Shape
 from fwdproxy.sidecar import Sidecar, response_head

@@ -21,11 +21,12 @@ from addons._cacheflow import (
     CacheFlow,
     background_copy,
 )
-from addons._cachehttp import close, to_request
+from addons._cachehttp import to_request
 from addons._notes import notes
 from fwdproxy import cache, ranges, store, unkeyed
 from fwdproxy.bodysource import GrowingBody
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, LookupDecision, Verdict
+from fwdproxy.cache.answer import close, range_of
 from fwdproxy.cache.key import vary_matches
 from fwdproxy.config import read_toml
 from fwdproxy.http_model import Headers, StoredResponse
@@ -352,23 +353,8 @@ class Cache(CacheCore):
             self.sidecar is not None
             and flight.meta is not None
             and vary_matches(flight.meta, state.request)
-            and not isinstance(self._range_of(state, flight.meta), ranges.Unsatisfiable)
+            and not isinstance(range_of(state.request, flight.meta), ranges.Unsatisfiable)
             and not cache.client_conditional_matches(state.request, flight.meta)
-        )
-
-    @staticmethod
-    def _range_of(state: CacheFlow, meta: StoredResponse) -> ranges.RangeDecision:
-        """What the follower's Range (and If-Range) asks of the body the leader is storing (RFC 9110 §14.2)."""
-        if meta.status != 200 or meta.body_length < 0 or "range" not in state.request.headers:
-            return ranges.Full()
-        headers = meta.headers
-        return ranges.range_decision(
-            state.request.method,
-            state.request.headers,
-            length=meta.body_length,
-            etag=headers.get("etag"),
-            last_modified=headers.get("last-modified"),
-            date=headers.get("date"),
         )
 
     def _tail(self, flow: http.HTTPFlow, state: CacheFlow, flight: Flight) -> bool:
@@ -380,7 +366,7 @@ class Cache(CacheCore):
         status = CacheStatus(fwd=state.decision.fwd, fwd_status=meta.status, collapsed=True)
         headers = cache.served_headers(meta, now=time.time())
         code, reason, parts = meta.status, meta.reason, None
-        if isinstance(wanted := self._range_of(state, meta), ranges.Partial):
+        if isinstance(wanted := range_of(state.request, meta), ranges.Partial):
             # A range of the body on its way: a 206 whose parts wait for their bytes (uv's parallel ranges
             # behind one whole fetch, --range-fetch-whole-below).
             layout = ranges.partial_body(
