@@ -14,8 +14,9 @@ from mitmproxy import http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 
 if TYPE_CHECKING:
-    from addons._cacheflow import CacheFlow
+    from addons._cacheflow import Held
     from addons.egress import Chosen
+    from fwdproxy.cache.exchange import Exchange
     from fwdproxy.inflight import Flight
 
 KEY = "fwd"
@@ -44,12 +45,14 @@ class FlowNotes:
     sidecar: bool = False
     """cache: re-pointed at the cache's sidecar; stays local: no probe, no upstream, no read timeout, no
     storing."""
-    cache: CacheFlow | None = None
-    """cache: what its request hook learnt, for its response hooks."""
+    cache: Exchange | None = None
+    """cache: the flow's exchange (fwdproxy/cache/exchange.py): where it is and what was decided."""
+    held: Held | None = None
+    """cache: what it holds for the flow while the origin answers (a stored body, a writer, a flight)."""
     background: bool = False
     """cache: our own background revalidation (RFC 5861 §3)."""
-    resume: CacheFlow | None = None
-    """cache: our own Range request finishing a body whose leader's client left: the leader's record."""
+    resume: FlowNotes | None = None
+    """cache: our own Range request finishing a body whose leader's client left: the leader's notes."""
     whole: tuple[Flight, int | None] | None = None
     """cache: our own whole fetch for range requests on a miss: the flight it leads and its lock descriptor,
     taken over when the cache sees it (--range-fetch-whole-below)."""

@@ -7,6 +7,7 @@ import math
 from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date, parse_list
 from fwdproxy.cache.freshness import current_age
 from fwdproxy.cache.memo import PerObjectLatest
+from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.http_model import Headers, StoredResponse
 
 HOP_BY_HOP = frozenset(
@@ -79,3 +80,14 @@ def _with_age_and_length(stored: StoredResponse, age: str) -> Headers:
 
 _served: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age)
 _full: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age_and_length)
+
+
+def without_our_status(headers: Headers) -> Headers:
+    """The fields minus our own Cache-Status member (set on streamed responses before they are stored);
+    members of caches in front of the origin are kept (RFC 9211 §2: each cache adds its own)."""
+    lines = headers.get_all("cache-status")
+    if not any(CACHE_NAME in line for line in lines):
+        return headers
+    kept = [m.strip() for line in lines for m in line.split(",") if not m.strip().startswith(CACHE_NAME)]
+    out = headers.without("cache-status")
+    return out.with_("Cache-Status", ", ".join(kept)) if kept else out

@@ -145,7 +145,7 @@ def test_script_loads_alone(tmp_path: Path) -> None:
 
 
 def test_our_cache_status_is_never_stored() -> None:
-    from addons._cacheflow import without_our_status
+    from fwdproxy.cache.headers import without_our_status
     from fwdproxy.http_model import Headers
 
     h = Headers.of([("Cache-Status", "upstream-cdn; hit, fwdproxy; fwd=uri-miss; stored"), ("ETag", '"x"')])
