@@ -7,7 +7,6 @@ from mitmproxy import http
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from fwdproxy import cache, store
 from fwdproxy.cache import CacheStatus
-from fwdproxy.cache.memo import PerObject
 from fwdproxy.http_model import Headers, Request, Response
 
 
@@ -65,7 +64,7 @@ def make_response(
     """A response from stored parts, built without re-encoding the body (mitmproxy-notes §1).
 
     ``stable`` headers (see Answer) are encoded once and the encoding reused."""
-    fields = list(_encoded(headers) if stable else _encode(headers))
+    fields = list(headers.latin1() if stable else _encode(headers))
     fields.append((b"Cache-Status", cache.render_bytes(cache_status)))
     now = time.time() if now is None else now
     return http.Response(b"HTTP/1.1", status, reason.encode(), http.Headers(fields), body, None, now, now)
@@ -73,6 +72,3 @@ def make_response(
 
 def _encode(headers: Headers) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in headers)
-
-
-_encoded = PerObject(_encode)
