@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx, exceptions, http
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
-from addons import _flowinfo
+from addons import _flowinfo, _respond
 from addons._notes import notes, peek
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
@@ -366,7 +366,7 @@ class Admin:
                 local = writer.get_extra_info("sockname")
                 status, content_type, body = self.page(method, target, local[0] if local else "")
             writer.write(
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n{extra}"
+                f"HTTP/1.1 {status} {_respond.REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
                 + (b"" if method.upper() == "HEAD" else body)
             )
@@ -441,9 +441,6 @@ class Admin:
                     await asyncio.to_thread(hits.add, self.hits_path, deltas)
                 except OSError as e:
                     log.warning("could not write hit counts to %s: %s", self.hits_path, e.strerror)
-
-
-_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 def _authorization(lines: list[str]) -> str | None:
