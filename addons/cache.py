@@ -202,7 +202,6 @@ class Cache:
                 now=now,
                 config=self.config,
                 in_flight=ex.primary in self.flights.table,
-                ranged="Range" in flow.request.headers,
                 background=noted.background,
                 replay=bool(flow.is_replay),
                 whole=held is not None,

@@ -69,7 +69,6 @@ class Exchange:
     """A body file not yet checked may be waited for (False after one wait: then it is a miss)."""
     collapse: bool = True
     """This request may share one origin request with others for its key."""
-    ranged: bool = False
     background: bool = False
     replay: bool = False
     in_flight: bool = False
@@ -140,7 +139,6 @@ class Exchange:
         now: float,
         config: CacheConfig,
         in_flight: bool,
-        ranged: bool = False,
         background: bool = False,
         replay: bool = False,
         whole: bool = False,
@@ -153,7 +151,7 @@ class Exchange:
         self._expect("looked_up")
         decision = lookup(self.request, [meta for _, meta in listing], now=now, config=config)
         self.listing, self.in_flight, self.may_check, self.collapse = listing, in_flight, may_check, collapse
-        self.ranged, self.background, self.replay = ranged, background, replay
+        self.background, self.replay = background, replay
         self.fetch_whole_below = fetch_whole_below
         if whole:
             self.role = Role.WHOLE
@@ -211,7 +209,7 @@ class Exchange:
         return (
             bool(self.fetch_whole_below)
             and self.request.method == "GET"
-            and self.ranged
+            and "range" in self.request.headers
             and self.decision.verdict is Verdict.FORWARD
             and self.decision.fwd in _MISSES
             and not self.in_flight  # one is in flight: follow it (collapsible)
@@ -226,7 +224,7 @@ class Exchange:
             self.request.method == "GET"
             and self.decision.fwd in (*_MISSES, Fwd.STALE)
             and not self.background
-            and (not self.ranged or self.in_flight)
+            and ("range" not in self.request.headers or self.in_flight)
         )
 
     def joined(self, joined: Joined) -> Action:

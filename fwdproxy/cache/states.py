@@ -10,6 +10,8 @@ from dataclasses import dataclass
 class State(enum.Enum):
     """Where one exchange is."""
 
+    __hash__ = object.__hash__  # by identity, in C: Enum's own hashes the name in Python, per table lookup
+
     NEW = "new"
     """The request is known; nothing was decided yet."""
     LOOKUP = "lookup"
@@ -41,6 +43,8 @@ class State(enum.Enum):
 
 class Action(enum.Enum):
     """What the addon does next; the data it needs is on the Exchange (no allocation per step)."""
+
+    __hash__ = object.__hash__  # by identity, in C: Enum's own hashes the name in Python, per table lookup
 
     LOOKUP = "lookup"
     """List the stored responses of ``primary`` (store.variants): call ``looked_up`` with them."""
@@ -137,6 +141,8 @@ ACTION_STATE: Mapping[Action, State] = {
 class Found(enum.Enum):
     """What reading a stored entry gave (the answer to Action.READ)."""
 
+    __hash__ = object.__hash__  # by identity, in C: Enum's own hashes the name in Python, per table lookup
+
     ENTRY = "entry"
     PENDING = "pending"
     """Its body file awaits a checksum check this process has not made yet (issue 16)."""
@@ -147,6 +153,8 @@ class Found(enum.Enum):
 class Joined(enum.Enum):
     """What joining the key's flight gave (the answer to Action.JOIN)."""
 
+    __hash__ = object.__hash__  # by identity, in C: Enum's own hashes the name in Python, per table lookup
+
     LEAD = "lead"
     FOLLOW = "follow"
     REMOTE = "remote"
@@ -155,6 +163,8 @@ class Joined(enum.Enum):
 
 class Role(enum.Enum):
     """Whether the exchange leads its key's flight (followers wait on its response)."""
+
+    __hash__ = object.__hash__  # by identity, in C: Enum's own hashes the name in Python, per table lookup
 
     ALONE = "alone"
     LEADER = "leader"

@@ -55,7 +55,6 @@ class Row:
     """What each READ gives, in order."""
     joined: Joined = Joined.LEAD
     in_flight: bool = False
-    ranged: bool = False
     background: bool = False
     bypass: str | None = None
     config: CacheConfig = field(default_factory=CacheConfig)
@@ -72,7 +71,6 @@ def walk(row: Row) -> tuple[Exchange, list[Action]]:
                 now=NOW,
                 config=row.config,
                 in_flight=row.in_flight,
-                ranged=row.ranged,
                 background=row.background,
                 fetch_whole_below=LIMITS.fetch_whole_below,
             )
@@ -157,9 +155,14 @@ REQUEST_SIDE = [
         S.FORWARD,
         id="client no-store: alone",
     ),
-    pytest.param(Row(ranged=True), [A.LOOKUP, A.FETCH_WHOLE], S.FOLLOW, id="range on a miss: whole fetch"),
     pytest.param(
-        Row(ranged=True, in_flight=True, joined=Joined.FOLLOW),
+        Row(req=request(Range="bytes=0-9")),
+        [A.LOOKUP, A.FETCH_WHOLE],
+        S.FOLLOW,
+        id="range on a miss: whole fetch",
+    ),
+    pytest.param(
+        Row(req=request(Range="bytes=0-9"), in_flight=True, joined=Joined.FOLLOW),
         [A.LOOKUP, A.JOIN, A.FOLLOW],
         S.FOLLOW,
         id="range follows a flight",
