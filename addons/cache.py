@@ -220,10 +220,8 @@ class Cache:
                     elif got is None:
                         action = ex.read(Found.NONE)
                     else:
-                        if ex.verified:
-                            close(
-                                got.body
-                            )  # only checked (before validating): read again when the origin answers
+                        if ex.verified:  # only checked before validating: read again when the origin answers
+                            close(got.body)
                         else:
                             entry = got
                         action = ex.read(Found.ENTRY)

@@ -357,7 +357,10 @@ class Exchange:
             if self.after_304.action in (After304.SERVE_STORED, After304.SEND_304):
                 return self._do(Action.SERVE_REFRESHED)
             return self._do(Action.FRESHEN_304)
-        if reason := self.stale_reason(resp, failed=failed, now=now, config=config):
+        # A teed response was judged at its head (no stale entry may stand in for it) and is being stored.
+        if self.state is not State.TEE and (
+            reason := self.stale_reason(resp, failed=failed, now=now, config=config)
+        ):
             # Issue 17's contract: an entry standing in for an origin that gave no response at all says
             # `hit; fwd=stale; detail=origin-error` (the body is the cache's; the request did go forward).
             self.stale = CacheStatus(
