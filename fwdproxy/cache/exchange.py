@@ -18,16 +18,27 @@ Exchange (``selected``, ``key``, ``reason``, ``status()``, ``after_304`` ...)::
             --PASS--> PASS --FRESHEN_304 / SERVE_REFRESHED / SERVE_STALE / STORE--> DONE / SERVED
             --ABANDON--> DONE (our whole fetch for ranges turned out too big)
 
-The hit decision alone, flow-free (a layer below mitmproxy's HTTP layer asks the same): ``cache.lookup``
-for the verdict, then ``answer.answer(request, decision.stored, body, now)`` for the response (304, 206/416,
-HEAD, or all of it); see fwdproxy/cache/answer.py.
+The hit path alone, flow-free, for a layer below mitmproxy's HTTP layer that answers memory hits itself
+(it must decide exactly as the addon does, so it drives the same Exchange)::
+
+    hit(request: Request, listing: Sequence[tuple[str, StoredResponse]],
+        body_of: Callable[[str], bytes | None], *, now: float, config: CacheConfig,
+        bypass: str | None = None) -> tuple[Exchange, Answer | None]
+
+``listing`` is ``store.variants(primary_key(method, url))``, ``body_of(key)`` the memory tier's body of an
+entry (None when it is not in memory), ``bypass`` what fwdproxy.unkeyed.bypass says of the request. The
+Answer is the response to send (304, 206/416, HEAD, or all of it; fwdproxy/cache/answer.py) with
+Cache-Status ``exchange.status()``; when ``exchange.state`` is SERVED after SERVE_AND_REVALIDATE the key
+also wants one background revalidation (RFC 5861 §3). None: not a memory hit (a miss, a stale entry to
+validate, a body on disk, a 504 ...): hand the request to the full path unanswered.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from fwdproxy.cache.answer import Answer, answer
 from fwdproxy.cache.config import CacheConfig
 from fwdproxy.cache.freshness import record_lifetime
 from fwdproxy.cache.headers import storable_headers, without_our_status
@@ -429,3 +440,26 @@ class Exchange:
         representation; if not, the followers fail."""
         expected = f"bytes {self.resume_from}-{total - 1}/{total}"
         return resp.status == 206 and (resp.headers.get("content-range") or "").strip() == expected
+
+
+def hit(
+    request: Request,
+    listing: Sequence[tuple[str, StoredResponse]],
+    body_of: Callable[[str], bytes | None],
+    *,
+    now: float,
+    config: CacheConfig,
+    bypass: str | None = None,
+) -> tuple[Exchange, Answer | None]:
+    """The exchange as far as a memory hit goes, and the answer when it is one (see the module doc)."""
+    ex = Exchange(request, now)
+    if ex.begin(bypass=bypass, offline=config.offline) is not Action.LOOKUP:
+        return ex, None
+    if ex.looked_up(listing, now=now, config=config, in_flight=False, collapse=False) is not Action.READ:
+        return ex, None
+    if ex.verified or (body := body_of(ex.selected)) is None:
+        return ex, None  # a stale entry to validate, or a body not in memory: the full path's
+    if ex.read(Found.ENTRY) not in (Action.SERVE, Action.SERVE_AND_REVALIDATE):
+        return ex, None
+    assert ex.decision.stored is not None
+    return ex, answer(request, ex.decision.stored, body, now)

@@ -9,7 +9,7 @@ import pytest
 
 from fwdproxy.cache.config import CacheConfig
 from fwdproxy.cache.directives import format_http_date
-from fwdproxy.cache.exchange import TOO_BIG_FOR_DISK, Exchange, IllegalStep
+from fwdproxy.cache.exchange import TOO_BIG_FOR_DISK, Exchange, IllegalStep, hit
 from fwdproxy.cache.states import ACTION_STATE, MOVES, Action, Found, Joined, Limits, Role, State
 from fwdproxy.cache.status import Fwd, render
 from fwdproxy.http_model import Headers, Request, Response, StoredResponse
@@ -368,3 +368,48 @@ def test_tables_are_whole() -> None:
     assert set(ACTION_STATE) == set(Action)
     ends = {s for s, moves in MOVES.items() if not moves}
     assert ends == {State.CHECK, State.SERVED, State.DONE}
+
+
+BODIES = {KEY + "0": b"0123456789"}
+
+
+@pytest.mark.parametrize(
+    "req, entry, status, body",
+    [
+        pytest.param(request(), FRESH, 200, b"0123456789", id="whole"),
+        pytest.param(request("HEAD"), FRESH, 200, b"", id="HEAD"),
+        pytest.param(request(If_None_Match='"v1"'), FRESH, 304, b"", id="conditional"),
+        pytest.param(request(Range="bytes=2-4"), FRESH, 206, b"234", id="range"),
+        pytest.param(request(Range="bytes=20-"), FRESH, 416, b"", id="unsatisfiable range"),
+        pytest.param(request(), SWR, 200, b"0123456789", id="stale-while-revalidate"),
+    ],
+)
+def test_memory_hit_answers(req: Request, entry: StoredResponse, status: int, body: bytes) -> None:
+    ex, ans = hit(req, [(KEY + "0", entry)], BODIES.get, now=NOW, config=CacheConfig())
+    assert ans is not None and ans.status == status and ans.content == body
+    assert ex.state is State.SERVED
+    assert render(ex.status()).startswith("fwdproxy; hit" if entry is FRESH else "fwdproxy; fwd=stale")
+
+
+@pytest.mark.parametrize(
+    "req, listing, state",
+    [
+        pytest.param(request(), (), State.FORWARD, id="miss"),
+        pytest.param(request(), (STALE,), State.READ, id="stale: validate"),
+        pytest.param(request("POST"), (FRESH,), State.FORWARD, id="POST"),
+        pytest.param(request(Cache_Control="no-cache"), (FRESH,), State.READ, id="client no-cache"),
+    ],
+)
+def test_not_a_memory_hit(req: Request, listing: tuple[StoredResponse, ...], state: State) -> None:
+    ex, ans = hit(
+        req, [(KEY + str(i), m) for i, m in enumerate(listing)], BODIES.get, now=NOW, config=CacheConfig()
+    )
+    assert ans is None
+    assert ex.state is state
+
+
+def test_a_body_not_in_memory_is_no_memory_hit() -> None:
+    ex, ans = hit(request(), [(KEY + "0", FRESH)], {}.get, now=NOW, config=CacheConfig())
+    assert ans is None and ex.state is State.READ
+    _, offline = hit(request(), [], BODIES.get, now=NOW, config=CacheConfig(offline=True))
+    assert offline is None
