@@ -1,16 +1,8 @@
-"""The hit decision: the response a stored entry gives one request (304, 206/416, HEAD, or all of it).
+"""The response a stored entry gives one request: 304, 206/416, HEAD, or all of it (RFC 9111 §4.3.2, RFC 9110 §14).
 
-Pure and flow-free, so every path that answers from the store asks the same function: the cache addon
-(addons/_cachecore.py) and a layer below mitmproxy's HTTP layer alike. The whole decision for a request is
-
-    decision = cache.lookup(request, variants, now=now, config=config)   # serve, revalidate, forward, ...
-    if decision.verdict in (Verdict.SERVE, Verdict.STALE_WHILE_REVALIDATE):
-        answer(request, decision.stored, body, now)                       # what to send from it
-
-where ``variants`` are the stored responses of the request's primary key (``store.variants``) and ``body``
-the selected one's body (bytes, or a ``store.BodyFile`` for a body on disk). STALE_WHILE_REVALIDATE also asks
-for one background revalidation of the key (RFC 5861 §3); every other verdict goes through the exchange
-(fwdproxy/cache/exchange.py).
+Pure and flow-free, so every path that answers from the store sends the same thing: the cache addon
+(addons/_cacheserve.py) and ``exchange.hit`` for a layer below mitmproxy's HTTP layer. Whether the entry
+may answer at all is the exchange's decision (fwdproxy/cache/exchange.py, policy.lookup).
 """
 
 from __future__ import annotations
