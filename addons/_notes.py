@@ -7,7 +7,7 @@ no other module reads or writes ``flow.metadata``. ``notes(flow)`` makes the rec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import http
 
@@ -15,7 +15,6 @@ import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package im
 
 if TYPE_CHECKING:
     from addons._cacheflow import Held
-    from addons.egress import Chosen
     from fwdproxy.cache.exchange import Exchange
     from fwdproxy.inflight import Flight
 
@@ -56,8 +55,9 @@ class FlowNotes:
     whole: tuple[Flight, int | None] | None = None
     """cache: our own whole fetch for range requests on a miss: the flight it leads and its lock descriptor,
     taken over when the cache sees it (--range-fetch-whole-below)."""
-    egress: Chosen | None = None
-    """egress: the upstream proxy chosen for the flow."""
+    egress: Any = None
+    """egress: the upstream proxy chosen for the flow (its Chosen record; typed loosely so that this module
+    imports no addon that imports it)."""
 
 
 def notes(flow: http.HTTPFlow) -> FlowNotes:

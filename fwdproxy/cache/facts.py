@@ -10,14 +10,9 @@ it, or it was freshened) is a new object and gets its own. Nothing is remembered
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fwdproxy.cache.directives import CacheControl, header_date, parse_age, parse_cache_control, parse_vary
 from fwdproxy.http_model import Headers, StoredResponse
-
-if TYPE_CHECKING:
-    from fwdproxy.cache.config import CacheConfig
-    from fwdproxy.cache.freshness import Lifetime
 
 _FORBIDDING = ("must-revalidate", "proxy-revalidate", "s-maxage")
 
@@ -38,8 +33,9 @@ class Facts:
     """The first of must-revalidate, proxy-revalidate, s-maxage (§5.2.2.2, .8, .10), or ""."""
     no_cache: bool
     """§5.2.2.4: it must be validated before every reuse."""
-    lifetime: tuple[CacheConfig, Lifetime] | None = None
-    """The freshness lifetime for the latest config asked (freshness.freshness_lifetime)."""
+    lifetime: tuple[object, object] | None = None
+    """(config, freshness.Lifetime) for the latest config asked (freshness.freshness_lifetime); typed loosely
+    so this module imports nothing that imports it."""
     served: tuple[str, Headers] | None = None
     """The headers served at the latest Age value asked (headers.served_headers)."""
     full: tuple[str, Headers] | None = None

@@ -161,7 +161,7 @@ def freshness_lifetime(stored: StoredResponse, config: CacheConfig) -> Lifetime:
     known = facts(stored)
     latest = known.lifetime
     if latest is not None and latest[0] is config:
-        return latest[1]
+        return latest[1]  # type: ignore[return-value]  # set below: a Lifetime
     recorded = recorded_lifetime(stored) if config.recorded_lifetimes else None
     lifetime = recorded or lifetime_of(
         stored.status, stored.headers, stored.url, stored.response_time, config
