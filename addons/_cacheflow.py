@@ -1,62 +1,34 @@
-"""Per-flow cache state and the flow.metadata keys the cache addons share (not an addon)."""
+"""What the cache addon holds per flow beside its exchange, and the flows it makes itself (not an addon)."""
 
-from dataclasses import dataclass, field
+import asyncio
+from dataclasses import dataclass
 
 from mitmproxy import connection, http
 
 from fwdproxy import store
-from fwdproxy.cache import LookupDecision
-from fwdproxy.cache.status import CACHE_NAME
-from fwdproxy.http_model import Headers, Request, StoredResponse
 from fwdproxy.inflight import Flight
 
-STATE = "fwd_cache"
-"""flow.metadata key of the per-flow CacheFlow record."""
-BACKGROUND = "fwd_background"
-"""flow.metadata key marking our own background revalidations (RFC 5861 §3)."""
-RESUME = "fwd_resume"
-"""flow.metadata key of our own Range request that finishes a body whose leader's client left (the CacheFlow)."""
-WHOLE = "fwd_whole"
-"""flow.metadata key of our own whole fetch made for range requests on a miss: the (Flight, lock descriptor)
-it leads, taken over by its CacheFlow when the cache sees it (--range-fetch-whole-below)."""
-SIDECAR = "fwd_sidecar"
-"""flow.metadata key marking flows re-pointed at the sidecar: no probe, no upstream, no storing."""
-REMOTE = object()
-"""_lookup's answer when another process is fetching the key."""
 COLLAPSE_WAIT = 120.0
 """Seconds a collapsed request waits for each step of its leader (headers, commit) before it goes to the
 origin itself; long enough for a slow registry, short enough that a hung leader does not hang everyone."""
 
 
-@dataclass
-class CacheFlow:
-    """What the request hook learnt about one flow, for the response hooks."""
+@dataclass(slots=True)
+class Held:
+    """What the cache addon holds for one flow while the origin answers (the exchange holds the decisions)."""
 
-    request: Request
-    """The request as the cache saw it (before validators were added)."""
-    decision: LookupDecision
-    primary: str = ""
-    candidates: list[tuple[str, StoredResponse]] = field(default_factory=list)
-    """Stored responses our validators were taken from, the selected one first (§4.3.1)."""
     body: bytes | store.BodyFile | None = None
     """The selected stored body, held while the origin is asked, so a 304 or an error can be answered from it."""
-    request_time: float = 0.0
-    served: bool = False
-    """Answered by the cache: the response hooks leave the flow alone."""
     writer: store.TieredWriter | None = None
-    key: str = ""
-    complete: bool = False
-    stored: bool = False
-    """The response (or a 304's refresh) reached the store."""
-    fwd_status: int | None = None
-    """The status the next hop answered with (RFC 9211 fwd-status)."""
+    """The store writer the body streams into (TEE)."""
+    flight: Flight | None = None
+    """The flight this flow leads: followers wait on it."""
     lock_fd: int | None = None
     """The cross-process lock of a leader (fwdproxy.inflight.KeyLocks)."""
-    flight: Flight | None = None
-    """Set when this flow leads a collapsed request: followers wait on it."""
-    whole_for_range: bool = False
-    """Our own whole fetch for waiting range requests (--range-fetch-whole-below): given up when the body is
-    bigger than that, or of unannounced length."""
+    pending: asyncio.Future[None] | None = None
+    """CHECK: the body check to await before looking again."""
+    leader: Flight | None = None
+    """FOLLOW: the flight this flow follows (None: another process fetches the key)."""
 
 
 def background_copy(flow: http.HTTPFlow) -> http.HTTPFlow:
@@ -76,14 +48,3 @@ def background_copy(flow: http.HTTPFlow) -> http.HTTPFlow:
         background.request.headers.pop(name, None)
     background.is_replay = "request"  # addons/access.py: not a client's request
     return background
-
-
-def without_our_status(headers: Headers) -> Headers:
-    """The fields minus our own Cache-Status member (set on streamed responses before they are stored);
-    members of caches in front of the origin are kept (RFC 9211 §2: each cache adds its own)."""
-    lines = headers.get_all("cache-status")
-    if not any(CACHE_NAME in line for line in lines):
-        return headers
-    kept = [m.strip() for line in lines for m in line.split(",") if not m.strip().startswith(CACHE_NAME)]
-    out = headers.without("cache-status")
-    return out.with_("Cache-Status", ", ".join(kept)) if kept else out

@@ -12,15 +12,7 @@ from mitmproxy.net.http import http1
 from fwdproxy import target
 from fwdproxy.accesslog import TunnelMode
 from fwdproxy.metrics import Outcome, classify
-
-LOCAL = "fwd_local"
-"""flow.metadata: the response existed before the request left the proxy (403, cache hit, PURGE, …)."""
-SENT = "fwd_sent_bytes"
-"""flow.metadata: body bytes of a streamed response, counted as they pass."""
-ADMIN = "fwd_admin"
-"""flow.metadata: answered by the Admin addon (PURGE, http://fwdproxy.local/); not a proxied request."""
-ASKED = "fwd_asked"
-"""flow.metadata: (URL, host) as the client asked, before the cache may re-point a big hit at its sidecar."""
+from fwdproxy_addons._notes import notes, peek
 
 
 def note_request(flow: http.HTTPFlow) -> tuple[str, str]:
@@ -31,41 +23,45 @@ def note_request(flow: http.HTTPFlow) -> tuple[str, str]:
     The URL is the cache key's (issue 16): built from the scheme, host, port and path that are forwarded,
     never from ``request.url``, a string that an HTTP/2 :path such as "@other.host/x" makes name another host
     when parsed back."""
-    asked = flow.metadata.get(ASKED)
+    noted = notes(flow)
+    asked = noted.asked
     if asked is None:
         request = flow.request
         url = target.key_url(request.scheme, request.host, request.port, request.path)
-        asked = flow.metadata[ASKED] = (url, request.host.lower())
+        asked = noted.asked = (url, request.host.lower())
     return asked
 
 
 def asked_url(flow: http.HTTPFlow) -> str:
     """The URL the client asked for (not the sidecar's, for a big hit)."""
-    asked = flow.metadata.get(ASKED)
-    return str(asked[0]) if asked else flow.request.url
+    asked = noted.asked if (noted := peek(flow)) is not None else None
+    return asked[0] if asked else flow.request.url
 
 
 def asked_host(flow: http.HTTPFlow) -> str:
-    asked = flow.metadata.get(ASKED)
-    return str(asked[1]) if asked else flow.request.host.lower()
+    asked = noted.asked if (noted := peek(flow)) is not None else None
+    return asked[1] if asked else flow.request.host.lower()
 
 
 def note_local(flow: http.HTTPFlow) -> None:
     """Call in the ``request`` hook of an addon placed after the cache: a response now was made here."""
     if flow.response is not None:
-        flow.metadata[LOCAL] = True
+        notes(flow).local = True
 
 
 def count_streamed(flow: http.HTTPFlow) -> None:
     """Call in ``responseheaders`` after the cache's: count the bytes of a streamed body (once per flow)."""
     resp = flow.response
-    if resp is None or not resp.stream or SENT in flow.metadata:
+    if resp is None or not resp.stream:
         return
-    flow.metadata[SENT] = 0
+    noted = notes(flow)
+    if noted.sent is not None:
+        return
+    noted.sent = 0
     inner = resp.stream
 
     def counting(chunk: bytes) -> bytes | Iterable[bytes]:
-        flow.metadata[SENT] += len(chunk)
+        noted.sent = (noted.sent or 0) + len(chunk)
         return inner(chunk) if callable(inner) else chunk
 
     resp.stream = counting
@@ -73,8 +69,8 @@ def count_streamed(flow: http.HTTPFlow) -> None:
 
 def body_bytes(flow: http.HTTPFlow) -> int:
     """Body bytes sent to the client (streamed ones as counted, else the held body)."""
-    if SENT in flow.metadata:
-        return int(flow.metadata[SENT])
+    if (noted := peek(flow)) is not None and noted.sent is not None:
+        return noted.sent
     if flow.response is None or flow.request.method == "HEAD":
         return 0
     raw = flow.response.raw_content
@@ -113,7 +109,8 @@ def field(headers: http.Headers, lower_name: bytes) -> str | None:
 
 def is_local(flow: http.HTTPFlow, result: Outcome) -> bool:
     """Answered by the proxy itself, neither from the cache nor by an origin."""
-    return result is Outcome.NONE and bool(flow.metadata.get(LOCAL) or flow.metadata.get("fwd_error"))
+    noted = peek(flow)
+    return result is Outcome.NONE and noted is not None and (noted.local or bool(noted.error))
 
 
 def ttfb(flow: http.HTTPFlow, result: Outcome) -> float | None:

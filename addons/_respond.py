@@ -9,9 +9,12 @@ from mitmproxy import http
 from fwdproxy import __version__
 
 REASONS = {
+    200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
+    405: "Method Not Allowed",
     407: "Proxy Authentication Required",
     408: "Request Timeout",
     416: "Range Not Satisfiable",

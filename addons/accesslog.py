@@ -15,6 +15,7 @@ from fwdproxy import accesslog, logs
 from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode
 from fwdproxy.metrics import Outcome
 from fwdproxy_addons import _flowinfo
+from fwdproxy_addons._notes import peek
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.accesslog")
@@ -140,7 +141,7 @@ class AccessLog:
             server=_flowinfo.server(flow) if _flowinfo.ttfb(flow, result) is not None else "",
             content_type=resp.headers.get("content-type", "") if resp else "",
             tunnel=_flowinfo.tunnel_mode(flow),
-            local=_flowinfo.is_local(flow, result) or bool(flow.metadata.get(_flowinfo.ADMIN)),
+            local=_flowinfo.is_local(flow, result) or ((noted := peek(flow)) is not None and noted.admin),
             aborted=aborted,
         )
 

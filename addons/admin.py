@@ -18,8 +18,9 @@ from mitmproxy import ctx, http
 
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
-from fwdproxy_addons import _flowinfo, _neighbours
+from fwdproxy_addons import _flowinfo, _neighbours, _respond
 from fwdproxy_addons._neighbours import HasMembers, HasStore
+from fwdproxy_addons._notes import notes, peek
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.admin")
@@ -127,7 +128,7 @@ class Admin:
     def _answer(self, flow: http.HTTPFlow, status: int, content_type: str, body: bytes) -> None:
         headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
         flow.response = http.Response.make(status, body, headers)
-        flow.metadata[_flowinfo.ADMIN] = True
+        notes(flow).admin = True
 
     def _purge(self, flow: http.HTTPFlow) -> None:
         client = _flowinfo.client_ip(flow)
@@ -166,7 +167,7 @@ class Admin:
         _flowinfo.count_streamed(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN):
+        if flow.is_replay or ((noted := peek(flow)) is not None and noted.admin):
             return  # our own background revalidations and admin answers are not client traffic
         result = _flowinfo.outcome(flow)
         host = _flowinfo.asked_host(flow)  # a big hit's request was re-pointed at the cache's sidecar
@@ -176,7 +177,7 @@ class Admin:
             self.hit_deltas[cache.primary_key("GET", _flowinfo.asked_url(flow))] += 1
 
     def error(self, flow: http.HTTPFlow) -> None:
-        if flow.is_replay or flow.metadata.get(_flowinfo.ADMIN) or flow.response is not None:
+        if flow.is_replay or ((noted := peek(flow)) is not None and noted.admin) or flow.response is not None:
             return
         self.stats.record(metrics.Served(metrics.Outcome.NONE, _flowinfo.asked_host(flow), 0), time.time())
 
@@ -335,7 +336,7 @@ class Admin:
                 local = writer.get_extra_info("sockname")
                 status, content_type, body = self.page(method, target, local[0] if local else "")
             writer.write(
-                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n{extra}"
+                f"HTTP/1.1 {status} {_respond.REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n{extra}"
                 f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n".encode()
                 + (b"" if method.upper() == "HEAD" else body)
             )
@@ -409,9 +410,6 @@ class Admin:
                     await asyncio.to_thread(hits.add, self.hits_path, deltas)
                 except OSError as e:
                     log.warning("could not write hit counts to %s: %s", self.hits_path, e.strerror)
-
-
-_REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 def _authorization(lines: list[str]) -> str | None:

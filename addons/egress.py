@@ -19,12 +19,10 @@ from fwdproxy import balance
 from fwdproxy.cache.key import primary_key
 from fwdproxy_addons import _check, _flowinfo, _mitm, _respond
 from fwdproxy_addons._mitm import via as _via
+from fwdproxy_addons._notes import notes, peek
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.egress")
-
-STATE = "fwd_egress"
-"""flow.metadata key of the :class:`Chosen` record of a flow sent through an upstream proxy."""
 
 PROBE_TIMEOUT = 3.0
 """Seconds a member may take to accept the pre-request probe before we count a failure and try the next
@@ -35,9 +33,6 @@ GOOD_FOR = 5.0
 """Seconds a member counts as reachable after a response or probe, during which requests skip the probe.
 A busy member is never probed; an idle one costs one probe connection per 5 s of use. A member that dies
 inside the window fails the requests already on their way to it (see README, "Upstream proxies")."""
-
-SIDECAR = "fwd_sidecar"
-"""flow.metadata key the cache sets on flows it points at its local body server: those stay local."""
 
 _CONNECT_REFUSED = re.compile(r"refused HTTP CONNECT request: (\d{3})")
 _PROXY_STATUS_ERROR = re.compile(r";\s*error\s*=", re.IGNORECASE)
@@ -65,6 +60,12 @@ class Chosen:
         self.released = False
         self.client_id = client_id
         """For tunnels: the client connection, to release the member if the client leaves first."""
+
+
+def _chosen(flow: http.HTTPFlow) -> Chosen | None:
+    """The upstream chosen for the flow, if any."""
+    noted = peek(flow)
+    return noted.egress if noted is not None else None
 
 
 def proxy_error(response: http.Response) -> bool:
@@ -142,10 +143,10 @@ class Egress:
     def _route(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """A coroutine choosing the flow's upstream, or None when it leaves directly or is not leaving at all
         (hooks are sync where they can be: a coroutine per hit costs more than the check)."""
-        if flow.response is not None or flow.error is not None or STATE in flow.metadata:
-            return None  # answered (a cache hit, a refusal), dead, or already routed: no upstream is touched
-        if flow.metadata.get(SIDECAR):
-            return None
+        if flow.response is not None or flow.error is not None:
+            return None  # answered (a cache hit, a refusal) or dead: no upstream is touched
+        if (noted := peek(flow)) is not None and (noted.egress is not None or noted.sidecar):
+            return None  # already routed, or pointed at the cache's sidecar (local)
         balancer = self.egress.route(flow.request.host)
         if balancer is None:
             return None
@@ -171,7 +172,7 @@ class Egress:
                 flow.request.headers["Proxy-Authorization"] = auth
         # https: the CONNECT to the member carries the credentials (http_connect_upstream); the request
         # itself travels inside TLS to the origin and must not.
-        flow.metadata[STATE] = Chosen(balancer, choice, time.monotonic())
+        notes(flow).egress = Chosen(balancer, choice, time.monotonic())
 
     def http_connect_upstream(self, flow: http.HTTPFlow) -> None:
         # flow.server_conn is the connection to the upstream proxy (_upstream_proxy.start_handshake).
@@ -180,8 +181,8 @@ class Egress:
             flow.request.headers["Proxy-Authorization"] = auth
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
-        chosen = flow.metadata.get(STATE)
-        if not isinstance(chosen, Chosen) or chosen.answered or flow.response is None:
+        chosen = _chosen(flow)
+        if chosen is None or chosen.answered or flow.response is None:
             return
         now = time.monotonic()
         if proxy_error(flow.response):
@@ -192,12 +193,12 @@ class Egress:
             self.good_until[chosen.member.address] = now + GOOD_FOR
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if isinstance(chosen := flow.metadata.get(STATE), Chosen):
+        if (chosen := _chosen(flow)) is not None:
             self._release(chosen)
 
     def error(self, flow: http.HTTPFlow) -> None:
-        chosen = flow.metadata.get(STATE)
-        if not isinstance(chosen, Chosen):
+        chosen = _chosen(flow)
+        if chosen is None:
             return
         message = flow.error.msg if flow.error else ""
         if not chosen.answered and blames_member(message):

@@ -13,6 +13,7 @@ from mitmproxy.proxy import server_hooks
 from fwdproxy import errors
 from fwdproxy_addons import _mitm, _respond
 from fwdproxy_addons._mitm import failures
+from fwdproxy_addons._notes import notes
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.errors")
@@ -109,14 +110,14 @@ class OriginErrors:
     def answer(self, flow: http.HTTPFlow, message: str) -> http.Response:
         """The response for a request whose origin failed before its response head (addons/_mitm/failures.py)."""
         host, port = flow.request.host, flow.request.port
-        if (known := flow.metadata.get("fwd_error")) is not None:
+        if (known := notes(flow).error) is not None:
             status, text = 504, str(known)  # the read timeout (addons/readtimeout.py) cut this connection
         elif (described := self.failures.get((host, port, message))) is not None:
             status, text = described
         else:
             status, text = errors.describe_origin_failure(host, port, message)
         log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, text)
-        flow.metadata["fwd_error"] = text  # the cache may answer from a stored response instead
+        notes(flow).error = text  # the cache may answer from a stored response instead
         return _respond.text(status, text)
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -19,16 +19,13 @@ from fwdproxy import guard, target
 from fwdproxy_addons import _mitm, _neighbours, _respond
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._neighbours import HasPort
+from fwdproxy_addons._notes import notes
 
 log = logging.getLogger("fwdproxy.guard")
 
 RESOLVE_TIMEOUT = 5.0
 """Seconds the loop check waits for the resolver; a name that does not resolve by then is let through (the
 connect resolves it again, and mitmproxy's own check still refuses 127.0.0.1, ::1 and localhost)."""
-
-EXCESS = "fwd_excess"
-"""Flow metadata: the origin sent bytes past the end its framing announced (the framed message was kept and
-the origin connection closed, addons/_mitm/http1.py)."""
 
 
 class Guard:
@@ -189,7 +186,7 @@ class Guard:
 
     def response(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None and flow.response in _http1.EXCESS:
-            flow.metadata[EXCESS] = True
+            notes(flow).excess = True
             log.warning(
                 "%s %s: the origin sent more bytes than its framing announced; served as framed, extra bytes "
                 "dropped with the connection",

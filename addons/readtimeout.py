@@ -16,6 +16,7 @@ from fwdproxy import errors
 from fwdproxy_addons import _mitm, _neighbours, _respond
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._mitm.readstamp import LAST_READ
+from fwdproxy_addons._notes import notes, peek
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.errors")
@@ -58,7 +59,7 @@ class ReadTimeout:
         if (
             flow.response is not None
             or flow.is_replay
-            or flow.metadata.get("fwd_sidecar")
+            or ((noted := peek(flow)) is not None and noted.sidecar)
             or self.timeout <= 0
         ):
             return
@@ -105,7 +106,7 @@ class ReadTimeout:
             self.watched.pop(flow_id, None)
             message = errors.describe_read_timeout(flow.request.host, flow.request.port, self.timeout, stall)
             log.info("%s %s: %s", flow.request.method, flow.request.pretty_url, message)
-            flow.metadata["fwd_error"] = message
+            notes(flow).error = message
             if stall is errors.Stall.NO_RESPONSE:
                 _http1.TIMED_OUT[flow.server_conn] = _respond.text(504, message)
             origin.handler.cancel("read timeout")

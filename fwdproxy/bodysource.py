@@ -140,6 +140,9 @@ Count = Callable[[int], None]
 class FileBody:
     """Parts of a complete file (the whole file when `parts` is None)."""
 
+    threaded = True
+    """Send with blocking sendfile on a sender thread (a complete file: its bytes never wait)."""
+
     def __init__(self, file: FileRef, parts: Sequence[Part] | None = None) -> None:
         self._ref: FileRef | None = file
         self._parts = parts
@@ -186,16 +189,28 @@ class FileBody:
                 continue
             offset, end = span.offset, span.offset + span.length
             while offset < end:
-                sent = await _sendfile(writer, self._file, offset, end - offset, threaded=True)
+                ready = await self._ready(offset, end, stall_timeout)
+                if isinstance(ready, Outcome):
+                    return ready
+                sent = await _sendfile(writer, self._file, offset, ready - offset, threaded=self.threaded)
                 count(sent)
                 if sent == 0:
-                    return Outcome.SHORT  # truncated under us: a short body must not look complete
+                    # Truncated under us, or the writer counted bytes the file does not have: a short body
+                    # must not look complete.
+                    return Outcome.SHORT
                 offset += sent
         return Outcome.COMPLETE
+
+    async def _ready(self, offset: int, end: int, stall_timeout: float) -> int | Outcome:
+        """How far from ``offset`` (up to ``end``) the file holds the body: a complete file, all of it."""
+        return end
 
 
 class GrowingBody(FileBody):
     """Parts of a file another task is writing; a slice waits for its bytes (whole body: `progress.length`)."""
+
+    threaded = False
+    """Sent on the loop: it waits for the writer between pieces."""
 
     def __init__(self, file: FileRef, progress: Progress, parts: Sequence[Part] | None = None) -> None:
         super().__init__(file, parts)
@@ -212,32 +227,22 @@ class GrowingBody(FileBody):
                 raise ValueError(f"slice {span} reaches past the end of a {limit}-byte body")
         return _total(self._spans)
 
-    async def send(self, writer: asyncio.StreamWriter, count: Count, stall_timeout: float) -> Outcome:
-        assert self._file is not None, "open() first"
+    async def _ready(self, offset: int, end: int, stall_timeout: float) -> int | Outcome:
+        """Wait until the writer has put bytes past ``offset`` in the file; how far they reach, or how the
+        body ended without them."""
         progress = self.progress
-        for span in self._spans:
-            if isinstance(span, bytes):
-                await _write(writer, span, count)
-                continue
-            offset, end = span.offset, span.offset + span.length
-            while offset < end:
-                if progress.failed:
-                    return Outcome.ABORTED
-                if progress.available <= offset:
-                    if progress.done:
-                        return Outcome.SHORT
-                    try:
-                        async with asyncio.timeout(stall_timeout):
-                            await progress.wait()
-                    except TimeoutError:
-                        return Outcome.STALLED
-                    continue
-                sent = await _sendfile(writer, self._file, offset, min(progress.available, end) - offset)
-                count(sent)
-                if sent == 0:
-                    return Outcome.SHORT  # the writer counted bytes the file does not have
-                offset += sent
-        return Outcome.COMPLETE
+        while True:
+            if progress.failed:
+                return Outcome.ABORTED
+            if progress.available > offset:
+                return min(progress.available, end)
+            if progress.done:
+                return Outcome.SHORT
+            try:
+                async with asyncio.timeout(stall_timeout):
+                    await progress.wait()
+            except TimeoutError:
+                return Outcome.STALLED
 
 
 BodySource = FileBody | GrowingBody

@@ -15,11 +15,26 @@ class Headers:
     fields: tuple[Field, ...] = ()
     _index: dict[str, list[str]] | None = field(default=None, init=False, repr=False, compare=False)
     """Lower-case name -> values, built at the first lookup: a policy decision asks a dozen names."""
+    _latin1: tuple[tuple[bytes, bytes], ...] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    """The fields encoded for the wire, made at the first ``latin1()``."""
 
     @classmethod
     def of(cls, fields: Iterable[Field] | dict[str, str] = ()) -> Headers:
         items = fields.items() if isinstance(fields, dict) else fields
         return cls(tuple((str(k), str(v)) for k, v in items))
+
+    def latin1(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The fields as bytes for an HTTP/1 head (Latin-1, unencodable characters replaced), encoded once:
+        a stored entry's served headers are one object for every hit within a second of Age."""
+        encoded = self._latin1
+        if encoded is None:
+            encoded = tuple(
+                (k.encode("latin-1", "replace"), v.encode("latin-1", "replace")) for k, v in self.fields
+            )
+            object.__setattr__(self, "_latin1", encoded)
+        return encoded
 
     def _by_name(self) -> dict[str, list[str]]:
         index = self._index
@@ -122,3 +137,6 @@ class StoredResponse:
     expires, heuristic, none)."""
     rule_detail: str = ""
     """How the cache rule changed the lifetime: rule-immutable, rule-min-ttl, rule-max-ttl; "" if it did not."""
+    facts: object = field(default=None, init=False, repr=False, compare=False)
+    """What its headers say for the cache policy (fwdproxy.cache.facts.Facts), worked out at the first use and
+    kept here: a cache of immutable data, so the record stays immutable outside."""

@@ -9,9 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.store import StoreStats, TierStats
-
-CACHE_NAME = "fwdproxy"
 
 
 class Outcome(enum.StrEnum):

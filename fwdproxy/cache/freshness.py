@@ -7,8 +7,8 @@ import enum
 from dataclasses import dataclass
 
 from fwdproxy.cache.config import CacheConfig
-from fwdproxy.cache.directives import CacheControl, header_date, parse_age, parse_cache_control
-from fwdproxy.cache.memo import PerObject
+from fwdproxy.cache.directives import CacheControl, header_date, parse_cache_control
+from fwdproxy.cache.facts import facts
 from fwdproxy.cache.rules import Rule, match_rule
 from fwdproxy.http_model import Headers, StoredResponse
 
@@ -156,45 +156,25 @@ def recorded_lifetime(stored: StoredResponse) -> Lifetime | None:
     return Lifetime(max(0.0, stored.lifetime), source, rule, stored.rule_detail)
 
 
-def _no_lifetimes(_: StoredResponse) -> list[tuple[CacheConfig, Lifetime]]:
-    return []
-
-
-_lifetimes = PerObject(_no_lifetimes)
-
-
 def freshness_lifetime(stored: StoredResponse, config: CacheConfig) -> Lifetime:
-    """§4.2.1: the freshness lifetime of a stored response (remembered per response and config)."""
-    known = _lifetimes(stored)
-    if known and known[0][0] is config:
-        return known[0][1]
+    """§4.2.1: the freshness lifetime of a stored response (kept with it for the latest config)."""
+    known = facts(stored)
+    latest = known.lifetime
+    if latest is not None and latest[0] is config:
+        return latest[1]  # type: ignore[return-value]  # set below: a Lifetime
     recorded = recorded_lifetime(stored) if config.recorded_lifetimes else None
     lifetime = recorded or lifetime_of(
         stored.status, stored.headers, stored.url, stored.response_time, config
     )
-    known[:] = [(config, lifetime)]
+    known.lifetime = (config, lifetime)
     return lifetime
 
 
-def _cache_control(stored: StoredResponse) -> CacheControl:
-    return parse_cache_control(stored.headers)
-
-
-cache_control_of = PerObject(_cache_control)
-"""§5.2: the stored response's Cache-Control directives, parsed once per stored response."""
-
-
-def _corrected_initial_age(stored: StoredResponse) -> float:
-    age_value = parse_age(stored.headers) or 0
-    date = header_date(stored.headers, "date", now=stored.response_time)
-    apparent_age = max(0.0, stored.response_time - (stored.response_time if date is None else date))
-    response_delay = max(0.0, stored.response_time - stored.request_time)
-    return max(apparent_age, age_value + response_delay)
-
-
-_initial_ages = PerObject(_corrected_initial_age)
+def cache_control_of(stored: StoredResponse) -> CacheControl:
+    """§5.2: the stored response's Cache-Control directives, parsed once per stored response."""
+    return facts(stored).cache_control
 
 
 def current_age(stored: StoredResponse, now: float) -> float:
     """§4.2.3: corrected initial age (Age, Date, request and response times) plus time resident here."""
-    return _initial_ages(stored) + max(0.0, now - stored.response_time)
+    return facts(stored).initial_age + max(0.0, now - stored.response_time)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 
 from fwdproxy.cache.directives import DELTA_SECONDS_MAX, format_http_date, parse_list
+from fwdproxy.cache.facts import facts
 from fwdproxy.cache.freshness import current_age
-from fwdproxy.cache.memo import PerObjectLatest
+from fwdproxy.cache.status import CACHE_NAME
 from fwdproxy.http_model import Headers, StoredResponse
 
 HOP_BY_HOP = frozenset(
@@ -68,14 +69,34 @@ def full_headers(stored: StoredResponse, *, now: float) -> Headers:
     return _full(stored, age_value(current_age(stored, now)))
 
 
-def _with_age(stored: StoredResponse, age: str) -> Headers:
+def _served(stored: StoredResponse, age: str) -> Headers:
+    """The headers at this Age value, kept with the record for the latest one (hits share the object)."""
+    known = facts(stored)
+    latest = known.served
+    if latest is not None and latest[0] == age:
+        return latest[1]
     headers = stored.headers.with_("Age", age)
-    return headers.with_("Accept-Ranges", "bytes") if answers_ranges(stored) else headers
+    headers = headers.with_("Accept-Ranges", "bytes") if answers_ranges(stored) else headers
+    known.served = (age, headers)
+    return headers
 
 
-def _with_age_and_length(stored: StoredResponse, age: str) -> Headers:
-    return _served(stored, age).with_("Content-Length", str(stored.body_length))
+def _full(stored: StoredResponse, age: str) -> Headers:
+    known = facts(stored)
+    latest = known.full
+    if latest is not None and latest[0] == age:
+        return latest[1]
+    headers = _served(stored, age).with_("Content-Length", str(stored.body_length))
+    known.full = (age, headers)
+    return headers
 
 
-_served: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age)
-_full: PerObjectLatest[StoredResponse, str, Headers] = PerObjectLatest(_with_age_and_length)
+def without_our_status(headers: Headers) -> Headers:
+    """The fields minus our own Cache-Status member (set on streamed responses before they are stored);
+    members of caches in front of the origin are kept (RFC 9211 §2: each cache adds its own)."""
+    lines = headers.get_all("cache-status")
+    if not any(CACHE_NAME in line for line in lines):
+        return headers
+    kept = [m.strip() for line in lines for m in line.split(",") if not m.strip().startswith(CACHE_NAME)]
+    out = headers.without("cache-status")
+    return out.with_("Cache-Status", ", ".join(kept)) if kept else out

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 
-from fwdproxy.cache.directives import header_date, parse_list, parse_vary
-from fwdproxy.cache.memo import PerObject
+from fwdproxy.cache.directives import parse_list, parse_vary
+from fwdproxy.cache.facts import facts
 from fwdproxy.http_model import Headers, Request, StoredResponse
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -101,7 +101,7 @@ def secondary_key(response_headers: Headers, request_headers: Headers) -> str:
 
 def vary_matches(stored: StoredResponse, request: Request) -> bool:
     """§4.1: every selecting header of the stored response matches the presented request."""
-    names = _vary_names(stored)
+    names = facts(stored).vary
     if "*" in names:
         return False
     return all(
@@ -110,23 +110,13 @@ def vary_matches(stored: StoredResponse, request: Request) -> bool:
     )
 
 
-def _recency(stored: StoredResponse) -> tuple[float, float]:
-    return header_date(stored.headers, "date") or stored.response_time, stored.response_time
-
-
-_recencies = PerObject(_recency)
-
-
-def _vary(stored: StoredResponse) -> tuple[str, ...]:
-    return parse_vary(stored.headers)
-
-
-_vary_names = PerObject(_vary)
-
-
 def select_variant(request: Request, variants: Sequence[StoredResponse]) -> StoredResponse | None:
     """§4.1: the matching stored response; among several, the most recent by Date, then by receipt."""
     matching = [v for v in variants if vary_matches(v, request)]
     if len(matching) < 2:
         return matching[0] if matching else None
-    return max(matching, key=_recencies)
+    return max(matching, key=_recency)
+
+
+def _recency(stored: StoredResponse) -> tuple[float, float]:
+    return facts(stored).recency

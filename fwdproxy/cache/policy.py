@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from fwdproxy.cache.config import DEFAULT_CONFIG, CacheConfig
 from fwdproxy.cache.directives import CacheControl, request_cache_control
+from fwdproxy.cache.facts import facts
 from fwdproxy.cache.freshness import Lifetime, cache_control_of, current_age, freshness_lifetime
 from fwdproxy.cache.key import select_variant
-from fwdproxy.cache.memo import PerObject
 from fwdproxy.cache.status import CacheStatus, Fwd
 from fwdproxy.http_model import Request, StoredResponse
 
@@ -65,22 +65,12 @@ class LookupDecision:
 
 def stale_forbidden(stored: StoredResponse, lifetime: Lifetime) -> str:
     """§4.2.4: the response directive that forbids serving it stale, or ""."""
-    revalidate, no_cache = _forbidding(stored)
-    if revalidate:
-        return revalidate
-    if no_cache and lifetime.detail != "rule-immutable":  # §5.2.2.4
+    known = facts(stored)
+    if known.forbidding:
+        return known.forbidding
+    if known.no_cache and lifetime.detail != "rule-immutable":  # §5.2.2.4
         return "no-cache"
     return ""
-
-
-def _forbidding_directives(stored: StoredResponse) -> tuple[str, bool]:
-    """The first of must-revalidate, proxy-revalidate, s-maxage (§5.2.2.2, .8, .10) or "", and no-cache."""
-    cc = cache_control_of(stored)
-    first = next((d for d in ("must-revalidate", "proxy-revalidate", "s-maxage") if d in cc), "")
-    return first, "no-cache" in cc
-
-
-_forbidding = PerObject(_forbidding_directives)
 
 
 def shared_with_credentials(cc: CacheControl) -> bool:

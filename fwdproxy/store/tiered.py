@@ -237,7 +237,8 @@ class TieredStore:
         """(key, metadata) of primary and every variant_key(primary, …) stored (§4.1), bodies unread.
 
         Remembered while the primary key's marks stay unchanged (see the module doc), so a repeated
-        lookup returns the very same metadata objects (callers may memoise on them).
+        lookup returns the very same metadata objects, whose policy facts (fwdproxy/cache/facts.py) are then
+        worked out once; correctness never depends on it.
         """
         marks = self._marks(primary)
         known = self._known.get(primary)

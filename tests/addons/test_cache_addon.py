@@ -9,7 +9,7 @@ import pytest
 from mitmproxy import exceptions, http
 from mitmproxy.test import taddons, tflow, tutils
 
-from fwdproxy_addons._cacheflow import STATE
+from fwdproxy_addons._notes import notes
 from fwdproxy_addons.cache import Cache
 from tests.support import REPO
 
@@ -63,7 +63,7 @@ def test_store_then_hit(ctx_cache) -> None:
     assert first.response.headers["Cache-Status"] == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
     second = flow()
     request(cache, second)
-    assert second.response is not None and second.metadata[STATE].served
+    assert second.response is not None and notes(second).cache.served
     assert second.response.content == b"body"
     assert second.response.headers["Cache-Status"].startswith("fwdproxy; hit; ttl=")
     assert second.response.headers["Age"] == "0"
@@ -145,8 +145,8 @@ def test_script_loads_alone(tmp_path: Path) -> None:
 
 
 def test_our_cache_status_is_never_stored() -> None:
+    from fwdproxy.cache.headers import without_our_status
     from fwdproxy.http_model import Headers
-    from fwdproxy_addons._cacheflow import without_our_status
 
     h = Headers.of([("Cache-Status", "upstream-cdn; hit, fwdproxy; fwd=uri-miss; stored"), ("ETag", '"x"')])
     assert without_our_status(h).get_all("cache-status") == ["upstream-cdn; hit"]

@@ -16,7 +16,8 @@ from mitmproxy.proxy.layers.tls import ClientTLSLayer, ServerTLSLayer
 from mitmproxy.test import taddons, tflow, tutils
 
 from fwdproxy_addons._mitm import via as _via
-from fwdproxy_addons.egress import STATE, Chosen, Egress, blames_member, proxy_error
+from fwdproxy_addons._notes import notes, peek
+from fwdproxy_addons.egress import Chosen, Egress, blames_member, proxy_error
 from tests.support import REPO
 from tests.support_upstream import dead_port
 
@@ -126,7 +127,11 @@ def test_bad_tables_are_options_errors(tctx_egress, tmp_path: Path, toml: str, m
 def test_no_upstream_leaves_directly(tctx_egress) -> None:
     _, egress = tctx_egress
     f = request(egress, flow())
-    assert f.server_conn.via is None and STATE not in f.metadata and f.request.authority == ""
+    assert (
+        f.server_conn.via is None
+        and (peek(f) is None or peek(f).egress is None)
+        and f.request.authority == ""
+    )
 
 
 def test_round_robin_sets_via_and_absolute_form(tctx_egress, listeners: list[int]) -> None:
@@ -201,7 +206,7 @@ def test_cache_hits_never_touch_an_upstream(tctx_egress, listeners: list[int]) -
     hit = flow()
     hit.response = tutils.tresp()
     request(egress, hit)
-    assert hit.server_conn.via is None and STATE not in hit.metadata
+    assert hit.server_conn.via is None and (peek(hit) is None or peek(hit).egress is None)
     assert egress.stats()[0].requests == 0
 
 
@@ -253,7 +258,7 @@ def test_outcomes_feed_health_and_release(tctx_egress, listeners: list[int]) -> 
     (stats,) = egress.stats()
     assert (stats.requests, stats.active, stats.failures) == (5, 0, 2)
     assert stats.avg_response_time is not None
-    assert isinstance(ok.metadata[STATE], Chosen) and ok.metadata[STATE].released
+    assert isinstance(chosen := notes(ok).egress, Chosen) and chosen.released
 
 
 @pytest.mark.parametrize(
@@ -297,7 +302,7 @@ def test_sidecar_flows_stay_local(tctx_egress, listeners: list[int]) -> None:
     tctx, egress = tctx_egress
     tctx.configure(egress, fwd_upstreams=[f"http://127.0.0.1:{listeners[0]}"])
     f = flow()
-    f.metadata["fwd_sidecar"] = True
+    notes(f).sidecar = True
     assert request(egress, f).server_conn.via is None
 
 
