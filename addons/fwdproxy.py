@@ -14,6 +14,7 @@ from addons.anonymize import Anonymize
 from addons.cache import Cache
 from addons.egress import Egress
 from addons.errors import OriginErrors
+from addons.fasthit import FastHits
 from addons.guard import Guard
 from addons.lifecycle import Lifecycle
 from addons.origins import Origins
@@ -42,6 +43,7 @@ def chain() -> list[object]:
         Admin(),
         AccessLog(),
         anonymize.last,
+        FastHits(),  # installs its layer in next_layer; asks the addons above through their public methods
     ]
 
 

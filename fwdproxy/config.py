@@ -139,6 +139,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("offline", Kind.BOOL, "answer only from the cache (504 on a miss); never contact an origin"),
     Option(
+        "no_fast_hits",
+        Kind.BOOL,
+        "answer every request through mitmproxy's HTTP layer (turns off the fast hit layer for HTTP/1.1 clients)",
+    ),
+    Option(
         "allow_purge",
         Kind.STR_LIST,
         "client network whose PURGE requests remove entries, as CIDR (repeatable)",
@@ -225,6 +230,8 @@ class Settings:
     §4.2.4). Left at the default it does not cover 5xx answers (those need the response's stale-if-error);
     set explicitly, it does; 0 turns it off."""
     offline: bool = False
+    no_fast_hits: bool = False
+    """Memory hits of HTTP/1.1 clients are answered below mitmproxy's HTTP layer unless this is set (issue 21)."""
     allow_purge: tuple[str, ...] = access.LOOPBACK
     """PURGE empties entries for everyone, so like Squid only the local machine may send it by default."""
     admin_port: int = 8081

@@ -172,6 +172,7 @@ def mitm_options(s: Settings) -> dict[str, Any]:
             f"{s.serve_stale_on_error:g}s" if "serve_stale_on_error" in s.explicit else "1d"
         ),
         "fwd_offline": s.offline,
+        "fwd_fast_hits": not s.no_fast_hits,
         "fwd_config": s.config or "",
         "fwd_upstreams": list(s.upstream),
         "fwd_balance": s.balance,
