@@ -140,9 +140,9 @@ def get(
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def stats(proxy: Proxy) -> dict[str, object]:
+def stats(proxy: Proxy, *extra: str) -> dict[str, object]:
     """The status page's JSON, fetched through the proxy (http://fwdproxy.local/ never takes the fast path)."""
     with plain(proxy) as w:
-        answer = w.exchange(get("http://fwdproxy.local/stats.json"))
+        answer = w.exchange(get("http://fwdproxy.local/stats.json", *extra))
     assert answer.status == 200, answer
     return dict(json.loads(answer.body))
