@@ -73,6 +73,8 @@ class FastHits:
         if client.transport_protocol != "tcp" or client.alpn not in (None, b"", b"http/1.1"):
             return  # HTTP/2 and HTTP/3 clients keep mitmproxy's layer
         if chosen.mode is HTTPMode.regular:
+            if nextlayer.data_client().startswith(b"CONNECT "):
+                return  # a tunnel: mitmproxy's layer opens it, and the next_layer inside asks again
             tunnel = None
         elif chosen.mode is HTTPMode.transparent and context.server.address is not None:
             host, port = context.server.address[:2]
