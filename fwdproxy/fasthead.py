@@ -98,7 +98,29 @@ def read_head(buf: bytes, tunnel: Tunnel | None) -> Head | Leave:
             return Leave.HANDOVER
         return Leave.INCOMPLETE
     size = end + 4
-    head = buf[:size]
+    head = bytes(buf[:size])
+    key = (head, tunnel)
+    if (known := _READ.get(key)) is not None:
+        return known
+    read = _read(head, tunnel)
+    if size <= MEMO_HEAD_MAX:
+        if len(_READ) >= MEMO_MAX:
+            _READ.clear()  # a crawl through many URLs: start again rather than track recency per hit
+        _READ[key] = read
+    return read
+
+
+MEMO_MAX = 4096
+"""Heads remembered with what ``read_head`` made of them: clients repeat their heads byte for byte (a
+package manager asks the same index with the same fields), and reading one costs tens of µs."""
+MEMO_HEAD_MAX = 2048
+"""Longer heads are read every time (bounds the memo at about 8 MiB)."""
+_READ: dict[tuple[bytes, Tunnel | None], Head | Leave] = {}
+
+
+def _read(head: bytes, tunnel: Tunnel | None) -> Head | Leave:
+    """``read_head`` for one whole head (ending in CRLF CRLF)."""
+    size = len(head)
     if size > guard.MAX_HEAD_BYTES or head.startswith(b"\r\n") or strictness.check_head(head) is not None:
         return Leave.HANDOVER
     if head.count(b"\n") != head.count(b"\r\n"):
