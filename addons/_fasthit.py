@@ -25,7 +25,11 @@ class FastAnswer:
     status: int
     reason: bytes
     fields: tuple[tuple[bytes, bytes], ...]
-    """Every header field, Cache-Status last, encoded as the full path encodes them."""
+    """The header fields but Cache-Status, encoded as the full path encodes them (the same tuple for every
+    hit of an entry within a second when ``stable``)."""
+    cache_status: bytes
+    """The Cache-Status value, the full path's last field (the same object within a second of ttl)."""
+    stable: bool
     body: bytes
     """What follows the head: empty for HEAD and 304."""
     primary: str
@@ -55,6 +59,6 @@ def decide(
         return None
     # make_response's fields, without building the mitmproxy Response the full path needs for its hooks.
     stable = ans.stable and ans.parts is None
-    fields = (*(_encoded(ans.headers) if stable else _encode(ans.headers)),)
-    fields += ((b"Cache-Status", cache.render_bytes(decision.cache_status())),)
-    return FastAnswer(ans.status, ans.reason.encode(), fields, ans.content, primary)
+    fields = _encoded(ans.headers) if stable else _encode(ans.headers)
+    status = cache.render_bytes(decision.cache_status())
+    return FastAnswer(ans.status, ans.reason.encode(), fields, status, stable, ans.content, primary)

@@ -13,6 +13,7 @@ from then on the connection behaves exactly as without this layer.
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules.
 import time
 from collections.abc import Generator
+from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import connection, ctx
@@ -21,7 +22,7 @@ from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1
-from addons._fasthit import decide
+from addons._fasthit import FastAnswer, decide
 from fwdproxy.accesslog import LogRecord, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
@@ -32,6 +33,21 @@ Commands = Generator[commands.Command, Any, None]
 
 def _str(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")  # mitmproxy's own header codec
+
+
+PREPARED_MAX = 4096
+"""Requests remembered as prepared (as many as fasthead remembers heads)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    head: Head
+    """Kept so the id() it is filed under stays this head's."""
+    cfg: object
+    """The anonymizer's settings it was rewritten with."""
+    credentials: str | None
+    """Proxy-Authorization, as mitmproxy's headers.get joins several."""
+    request: Request
 
 
 class FastHits:
@@ -45,6 +61,10 @@ class FastHits:
         self.anonymize: Any = None
         self.admin: Any = None
         self.accesslog: Any = None
+        self.prepared: dict[int, _Prepared] = {}
+        self.rendered: dict[
+            tuple[int, int, int, bool], tuple[Any, bytes, object, tuple[bytes, str, str] | None]
+        ] = {}
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         loader.add_option(
@@ -85,12 +105,14 @@ class FastHits:
 
     # -- one request ----------------------------------------------------------------------------------
 
-    def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
-        """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
-        is; None hands the request to the full path. Logs and counts what it answers."""
-        cache = self.cache
-        if cache.store is None or (self.admin is not None and self.admin.owns(head.host)):
-            return None
+    def _prepare(self, head: Head) -> "_Prepared":
+        """The request as the cache addon would see it after Access and Anonymize (Proxy-Authorization taken
+        out, identifying fields rewritten), remembered per head: fasthead returns the same Head object for
+        the same bytes, and the rewrite depends only on them and the anonymizer's settings."""
+        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        known = self.prepared.get(id(head))
+        if known is not None and known.head is head and known.cfg is cfg:
+            return known
         credentials: list[bytes] = []
         fields: list[tuple[bytes, bytes]] = []
         for name, value in head.fields:
@@ -98,46 +120,93 @@ class FastHits:
                 credentials.append(value)
             else:
                 fields.append((name, value))
-        if self.access is not None and not self.access.admits(
-            client, _str(b", ".join(credentials)) if credentials else None
-        ):
-            return None  # 403/407: the full path answers it
-        if self.guard is not None and self.guard.may_target_self(head.port, client.sockname):
-            return None  # the loop check may have to resolve a name
         if self.anonymize is not None:
             fields = self.anonymize.rewrite_request(fields, head.url)
         request = Request(head.method, head.url, Headers(tuple((_str(k), _str(v)) for k, v in fields)))
+        prepared = _Prepared(head, cfg, _str(b", ".join(credentials)) if credentials else None, request)
+        if len(self.prepared) >= PREPARED_MAX:
+            self.prepared.clear()
+        self.prepared[id(head)] = prepared
+        return prepared
+
+    def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
+        """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
+        is; None hands the request to the full path. Logs and counts what it answers."""
+        cache = self.cache
+        if cache.store is None or (self.admin is not None and self.admin.owns(head.host)):
+            return None
+        prepared = self._prepare(head)
+        if self.access is not None and not self.access.admits(client, prepared.credentials):
+            return None  # 403/407: the full path answers it
+        if self.guard is not None and self.guard.may_target_self(head.port, client.sockname):
+            return None  # the loop check may have to resolve a name
+        request = prepared.request
         now = time.time()
         fast = decide(request, cache.store, cache.config, now)
         if fast is None:
             return None
-        out = fast.fields
+        rendered = self._render(fast, head.method)
+        if rendered is None:
+            return None
+        wire, cache_status, content_type = rendered
+        self._account(
+            client,
+            head,
+            fast.status,
+            cache_status,
+            content_type,
+            len(wire),
+            len(fast.body),
+            fast.primary,
+            started,
+        )
+        return wire + fast.body
+
+    def _render(self, fast: FastAnswer, method: str) -> tuple[bytes, str, str] | None:
+        """(status line and header bytes, Cache-Status, Content-Type) as the full path sends them after the
+        anonymizer's response hooks; None when mitmproxy would read the body to the connection's end. The
+        same for every hit of a stable entry within a second: remembered."""
+        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        key = (fast.status, id(fast.fields), id(fast.cache_status), method == "HEAD")
+        known = self.rendered.get(key)
+        if (
+            known is not None
+            and known[0] is fast.fields
+            and known[1] is fast.cache_status
+            and known[2] is cfg
+        ):
+            return known[3]
+        out = (*fast.fields, (b"Cache-Status", fast.cache_status))
         if self.anonymize is not None:
             out = self.anonymize.rewrite_response(out)
-        if fast.status not in (204, 304) and head.method != "HEAD":
-            if not any(k.lower() == b"content-length" for k, _ in out):
-                return None  # mitmproxy would read that as "until the connection closes"
-        wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (
-            fast.status,
-            fast.reason,
-            b"".join(k + b": " + v + b"\r\n" for k, v in out),
-        )
-        self._account(client, head, fast.status, out, len(wire), len(fast.body), fast.primary, started)
-        return wire + fast.body
+        result: tuple[bytes, str, str] | None = None
+        if (
+            fast.status in (204, 304)
+            or method == "HEAD"
+            or any(k.lower() == b"content-length" for k, _ in out)
+        ):
+            lines = b"".join(k + b": " + v + b"\r\n" for k, v in out)
+            wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (fast.status, fast.reason, lines)
+            result = (wire, _field(out, b"cache-status"), _field(out, b"content-type"))
+        if fast.stable:
+            if len(self.rendered) >= PREPARED_MAX:
+                self.rendered.clear()
+            self.rendered[key] = (fast.fields, fast.cache_status, cfg, result)
+        return result
 
     def _account(
         self,
         client: connection.Client,
         head: Head,
         status: int,
-        fields: tuple[tuple[bytes, bytes], ...],
+        cache_status: str,
+        content_type: str,
         head_bytes: int,
         body_bytes: int,
         primary: str,
         started: float,
     ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
-        cache_status = _field(fields, b"cache-status")
         outcome = classify(cache_status or None)
         if self.admin is not None:
             self.admin.record(
@@ -159,7 +228,7 @@ class FastHits:
                     bytes=head_bytes + body_bytes,
                     outcome=outcome,
                     cache_status=cache_status,
-                    content_type=_field(fields, b"content-type"),
+                    content_type=content_type,
                     tunnel=TunnelMode.INTERCEPTED
                     if head.scheme == "https" and client.tls_established
                     else TunnelMode.NONE,
