@@ -62,6 +62,8 @@ class FastHits:
         self.admin: Any = None
         self.accesslog: Any = None
         self.prepared: dict[int, _Prepared] = {}
+        self.recent: dict[int, Any] = {}
+        """addons/_fasthit.decide's memo of plain fresh hits."""
         self.rendered: dict[
             tuple[int, int, int, bool], tuple[Any, bytes, object, tuple[bytes, str, str] | None]
         ] = {}
@@ -142,7 +144,7 @@ class FastHits:
             return None  # the loop check may have to resolve a name
         request = prepared.request
         now = time.time()
-        fast = decide(request, cache.store, cache.config, now)
+        fast = decide(request, cache.store, cache.config, now, self.recent)
         if fast is None:
             return None
         rendered = self._render(fast, head.method)
