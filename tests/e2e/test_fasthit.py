@@ -262,3 +262,28 @@ def test_a_head_sent_a_byte_at_a_time_is_answered(start_proxy, origin: Origin) -
         answer = w.read()
     assert (answer.status, answer.body) == (200, BODY)
     assert origin.hits["/slow"] == 1
+
+
+def test_identical_requests_follow_expiry_purge_and_age(start_proxy, origin: Origin) -> None:
+    short = origin.route("/short", Reply(200, {**CACHED, "Cache-Control": "max-age=2"}, BODY))
+    kept = origin.route("/kept", Reply(200, CACHED, BODY))
+    proxy = start_proxy()
+    with plain(proxy) as w:
+        w.exchange(get(short))
+        w.exchange(get(kept))
+    with plain(proxy) as w:
+        ages = [int(w.exchange(get(kept)).get("age") or -1)]  # type: ignore[arg-type]
+        assert w.exchange(get(short)).get("cache-status").startswith("fwdproxy; hit")  # type: ignore[union-attr]
+        time.sleep(2.5)
+        ages.append(int(w.exchange(get(kept)).get("age") or -1))  # type: ignore[arg-type]
+        # The same bytes as the hit before, now past max-age: the full path's answer (the origin is asked).
+        stale = w.exchange(get(short))
+    assert ages[1] >= ages[0] + 2
+    assert stale.get("cache-status") == "fwdproxy; fwd=stale; fwd-status=200; stored"
+    assert origin.hits["/short"] == 2
+    with plain(proxy) as w:
+        assert w.exchange(get(kept, method="PURGE")).status == 200
+    with plain(proxy) as w:
+        after = w.exchange(get(kept))
+    assert after.get("cache-status") == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
+    assert origin.hits["/kept"] == 2
