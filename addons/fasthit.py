@@ -19,6 +19,7 @@ from typing import Any
 from mitmproxy import connection, ctx
 from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
+from mitmproxy.proxy.mode_specs import RegularMode
 
 import addons as _bootstrap  # noqa: F401  (first: makes the fwdproxy package importable under mitmdump -s)
 from addons import _http1
@@ -94,6 +95,8 @@ class FastHits:
         client = context.client
         if client.transport_protocol != "tcp" or client.alpn not in (None, b"", b"http/1.1"):
             return  # HTTP/2 and HTTP/3 clients keep mitmproxy's layer
+        if not isinstance(client.proxy_mode, RegularMode):
+            return  # a forward proxy's layer: reverse, transparent or upstream modes keep mitmproxy's
         if chosen.mode is HTTPMode.regular:
             if nextlayer.data_client().startswith(b"CONNECT "):
                 return  # a tunnel: mitmproxy's layer opens it, and the next_layer inside asks again
