@@ -42,8 +42,8 @@ def chain() -> list[object]:
         Origins(),
         Admin(),
         AccessLog(),
-        anonymize.last,
         FastHits(),  # installs its layer in next_layer; asks the addons above through their public methods
+        anonymize.last,
     ]
 
 
