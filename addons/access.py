@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from fwdproxy import access
 from fwdproxy_addons import _respond
@@ -66,6 +66,19 @@ class Access:
                 )
                 return True
         return False
+
+    def admits(self, client: connection.Client, authorization: str | None) -> bool:
+        """Whether a request on ``client`` carrying this Proxy-Authorization passes --allow and --auth, as
+        requestheaders would let it (for the fast hit layer, which leaves refusals to the full path)."""
+        allowed = self.allowed.get(client.id)
+        if allowed is None:
+            client_ip = client.peername[0] if client.peername else ""
+            allowed = self.allowed[client.id] = access.client_allowed(client_ip, self.networks)
+        if not allowed:
+            return False
+        return (
+            not self.credentials or client.id in self.authenticated or self.credentials.check(authorization)
+        )
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if self._refuse(flow):

@@ -124,6 +124,18 @@ class AccessLog:
         if requests_log.isEnabledFor(logging.INFO):
             _log_request(flow, flow.error.msg if flow.error else "failed")
 
+    def wanted(self) -> bool:
+        """Whether answered requests are logged at all (a file, or -v)."""
+        return self.out is not None or requests_log.isEnabledFor(logging.INFO)
+
+    def record(self, rec: LogRecord) -> None:
+        """Log a request answered without a flow (the fast hit layer, addons/fasthit.py): the same line and
+        -v line as ``response`` writes for a flow."""
+        if self.out is not None:
+            self._write(rec)
+        if requests_log.isEnabledFor(logging.INFO):
+            _request_line(rec.method, rec.url, str(rec.status), rec.cache_status or "-", rec.elapsed)
+
     def _record(self, flow: http.HTTPFlow, aborted: bool = False) -> LogRecord:
         result = _flowinfo.outcome(flow)
         resp = flow.response
@@ -187,13 +199,21 @@ def _log_request(flow: http.HTTPFlow, failed: str = "") -> None:
     resp = flow.response
     status = str(resp.status_code) if resp is not None and not failed else "---"
     cache_status = resp.headers.get("cache-status", "-") if resp is not None else "-"
+    _request_line(
+        flow.request.method, _flowinfo.asked_url(flow), status, cache_status, _flowinfo.elapsed(flow), failed
+    )
+
+
+def _request_line(
+    method: str, url: str, status: str, cache_status: str, elapsed: float, failed: str = ""
+) -> None:
     requests_log.info(
         "%s %s %s %s %.0fms%s",
-        flow.request.method,
-        _flowinfo.asked_url(flow),
+        method,
+        url,
         status,
         cache_status,
-        _flowinfo.elapsed(flow) * 1000,
+        elapsed * 1000,
         f" ({failed})" if failed else "",
     )
 

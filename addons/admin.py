@@ -172,9 +172,21 @@ class Admin:
         result = _flowinfo.outcome(flow)
         host = _flowinfo.asked_host(flow)  # a big hit's request was re-pointed at the cache's sidecar
         served = metrics.Served(result, host, _flowinfo.body_bytes(flow), _flowinfo.ttfb(flow, result))
+        hit = result in metrics.FROM_CACHE and flow.request.method in ("GET", "HEAD")
+        self.record(served, cache.primary_key("GET", _flowinfo.asked_url(flow)) if hit else "")
+
+    def record(self, served: metrics.Served, hit_key: str, *, fast: bool = False) -> None:
+        """Count one answered client request; ``hit_key``: the primary key of the entry it was served from.
+        (The fast hit layer, addons/fasthit.py, calls this with ``fast`` for the hits it answers.)"""
         self.stats.record(served, time.time())
-        if result in metrics.FROM_CACHE and flow.request.method in ("GET", "HEAD"):
-            self.hit_deltas[cache.primary_key("GET", _flowinfo.asked_url(flow))] += 1
+        self.stats.fast_hits += fast
+        if hit_key:
+            self.hit_deltas[hit_key] += 1
+
+    @staticmethod
+    def owns(host: str) -> bool:
+        """Whether requests for ``host`` are for this addon (the status page), not for an origin."""
+        return host.lower() == ADMIN_HOST
 
     def error(self, flow: http.HTTPFlow) -> None:
         if flow.is_replay or ((noted := peek(flow)) is not None and noted.admin) or flow.response is not None:

@@ -73,21 +73,34 @@ class Anonymize:
         if flow.response is not None:
             return  # answered by the proxy (403, 407): nothing is forwarded
         req = flow.request
-        fields = req.headers.fields
+        fields = list(req.headers.fields)
+        # Only strict reads the URL (Referer same-site check); building it costs a few string joins.
+        after = self.rewrite_request(fields, req.url if self.cfg.level is Level.STRICT else "")
+        if after is fields:
+            return
+        req.headers = http.Headers(after)
+        if log.isEnabledFor(logging.DEBUG):
+            gone = sorted({k.lower() for k, _ in fields} - {k.lower() for k, _ in after})
+            # Names only: the values are what identifies the client.
+            shown = ", ".join(_str(n) for n in gone) or "nothing"
+            log.debug("%s %s: removed %s", req.method, req.pretty_url, shown)
+
+    def rewrite_request(self, fields: list[tuple[bytes, bytes]], url: str) -> list[tuple[bytes, bytes]]:
+        """The request fields as ``requestheaders`` leaves them (for the fast hit layer, which has no flow)."""
         if not self.every_request and not any(
             (n := k.lower()) in self.request_names or n.startswith(self.request_prefixes) for k, _ in fields
         ):
-            return
+            return fields
         before = Headers(tuple((_str(k), _str(v)) for k, v in fields))
-        # Only strict reads the URL (Referer same-site check); building it costs a few string joins.
-        after = anonymize_request(before, req.url if self.cfg.level is Level.STRICT else "", self.cfg)
-        if after == before:
-            return
-        req.headers = http.Headers([(_bytes(k), _bytes(v)) for k, v in after])
-        if log.isEnabledFor(logging.DEBUG):
-            gone = sorted({k.lower() for k, _ in before} - {k.lower() for k, _ in after})
-            # Names only: the values are what identifies the client.
-            log.debug("%s %s: removed %s", req.method, req.pretty_url, ", ".join(gone) or "nothing")
+        after = anonymize_request(before, url if self.cfg.level is Level.STRICT else "", self.cfg)
+        return fields if after == before else [(_bytes(k), _bytes(v)) for k, v in after]
+
+    def rewrite_response(self, fields: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+        """The response fields as ``strip_response`` leaves them."""
+        if not self.response_names or not any(k.lower() in self.response_names for k, _ in fields):
+            return fields
+        after = anonymize_response(Headers(tuple((_str(k), _str(v)) for k, v in fields)), self.cfg)
+        return tuple((_bytes(k), _bytes(v)) for k, v in after)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         # Before the cache stores the response (so entries carry no backend names) and before a streamed
@@ -96,13 +109,12 @@ class Anonymize:
 
     def strip_response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
-        if resp is None or not self.response_names:
+        if resp is None:
             return
         fields = resp.headers.fields
-        if not any(k.lower() in self.response_names for k, _ in fields):
-            return
-        after = anonymize_response(Headers(tuple((_str(k), _str(v)) for k, v in fields)), self.cfg)
-        resp.headers = http.Headers([(_bytes(k), _bytes(v)) for k, v in after])
+        after = self.rewrite_response(fields)
+        if after is not fields:
+            resp.headers = http.Headers(list(after))
 
 
 class AnonymizeResponses:

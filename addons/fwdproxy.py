@@ -61,6 +61,7 @@ from fwdproxy_addons.anonymize import Anonymize
 from fwdproxy_addons.cache import Cache
 from fwdproxy_addons.egress import Egress
 from fwdproxy_addons.errors import OriginErrors
+from fwdproxy_addons.fasthit import FastHits
 from fwdproxy_addons.guard import Guard
 from fwdproxy_addons.lifecycle import Lifecycle
 from fwdproxy_addons.origins import Origins
@@ -83,11 +84,12 @@ def chain(settings: Settings | None = None) -> list[object]:
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
     admin = Admin(source, cache=cache, egress=egress)
+    access, guard, accesslog = Access(source), Guard(admin), AccessLog(source)
     return [
         Lifecycle(source, cache=cache, admin=admin),
-        Access(source),
+        access,
         Strict(source),
-        Guard(admin),
+        guard,
         Tunnel(source),
         anonymize,
         cache,
@@ -96,7 +98,17 @@ def chain(settings: Settings | None = None) -> list[object]:
         ReadTimeout(source),
         Origins(source),
         admin,
-        AccessLog(source),
+        accesslog,
+        # Installs its layer in next_layer; asks the addons above through their public methods.
+        FastHits(
+            source,
+            cache=cache,
+            access=access,
+            guard=guard,
+            anonymize=anonymize,
+            admin=admin,
+            accesslog=accesslog,
+        ),
         anonymize.last,
     ]
 

@@ -78,12 +78,16 @@ class Guard:
     def _loop_check(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """A coroutine that answers 508 if the target is this proxy, or None when its port is none of ours
         (the cheap check: requests to other ports never wait for a resolver)."""
-        self._refresh()
         reached = flow.client_conn.sockname
-        port = flow.request.port
-        if port not in self.ports and not (reached and reached[1] == port):
+        if not self.may_target_self(flow.request.port, reached):
             return None
         return self._refuse_loop(flow, (reached[0], reached[1]) if reached else None)
+
+    def may_target_self(self, port: int, reached: tuple[str, int] | None) -> bool:
+        """Whether a request to ``port`` on a connection that reached us at ``reached`` needs the loop check
+        (the cheap part: one of our ports). The fast hit layer leaves such requests to the full path."""
+        self._refresh()
+        return port in self.ports or bool(reached and reached[1] == port)
 
     async def _refuse_loop(self, flow: http.HTTPFlow, reached_at: tuple[str, int] | None) -> None:
         host, port = flow.request.host, flow.request.port

@@ -84,6 +84,7 @@ class Settings:
     range_fetch_whole_below: int = _d("range_fetch_whole_below")
     serve_stale_on_error: float = _d("serve_stale_on_error")
     offline: bool = _d("offline")
+    no_fast_hits: bool = _d("no_fast_hits")
     allow_purge: tuple[str, ...] = _d("allow_purge")
     shared_cache: str | None = _d("shared_cache")
     shared_object_max: int = _d("shared_object_max")

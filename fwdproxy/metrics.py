@@ -124,6 +124,8 @@ class Stats:
         self.open_connections = 0
         self.purges = 0
         """Entries removed by PURGE requests."""
+        self.fast_hits = 0
+        """Requests the fast hit layer answered (issue 21), also counted in ``requests``."""
         self.minutes: dict[int, list[int]] = {}
         """Minute (epoch // 60) → [requests, served from cache], the last TIMELINE_MINUTES only."""
         self.hosts: dict[str, list[int]] = {}
@@ -169,6 +171,7 @@ class Stats:
             "latency_sum": self.latency_sum,
             "open_connections": self.open_connections,
             "purges": self.purges,
+            "fast_hits": self.fast_hits,
             "minutes": {str(m): list(v) for m, v in self.minutes.items()},
             "hosts": {h: list(v) for h, v in self.hosts.items()},
         }
@@ -194,6 +197,7 @@ class Stats:
                 _count(state[k])
                 for k in ("bytes_from_cache", "bytes_from_origin", "open_connections", "purges")
             ]
+            fast_hits = _count(state.get("fast_hits", 0))  # absent in a state written before issue 21
             started, latency_sum = float(state["started"]), float(state["latency_sum"])
         except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"not a stats state: {e!r}") from None
@@ -216,6 +220,7 @@ class Stats:
         if connections:
             self.open_connections += scalars[2]
         self.purges += scalars[3]
+        self.fast_hits += fast_hits
         self.started = min(self.started, started)
 
     def _forget_hosts(self) -> None:
@@ -264,6 +269,7 @@ class Stats:
             "origin_latency": {"count": cumulative, "sum": self.latency_sum, "buckets": buckets},
             "open_connections": self.open_connections,
             "purges": self.purges,
+            "fast_hits": self.fast_hits,
             "top_hosts": [{"host": h, "bytes_saved": v[0], "requests": v[1]} for h, v in hosts],
             "timeline": timeline,
             "cache": None if store is None else store_dict(store),

@@ -363,6 +363,14 @@ OPTIONS: tuple[Option, ...] = (
     ),
     # PURGE empties entries for everyone, so like Squid only the local machine may send it by default.
     Option(
+        "no_fast_hits",
+        Kind.BOOL,
+        False,
+        "answer every request through mitmproxy's HTTP layer (turns off the fast hit layer for HTTP/1.1 clients)",
+        "answer every request through mitmproxy's HTTP layer: turns off the fast hit layer that answers "
+        "memory hits of HTTP/1.1 clients in one send (see [Fast hits](#fast-hits))",
+    ),
+    Option(
         "allow_purge",
         Kind.STR_LIST,
         access.LOOPBACK,

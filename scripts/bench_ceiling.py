@@ -2,7 +2,12 @@
 """The hit ceiling for scripts/bench: a bare embedded Master (Core, Proxyserver, NextLayer, TlsConfig) plus
 one addon that answers every request from a dict, as fwdproxy's memory tier would at best.
 
-    .venv/bin/python scripts/bench_ceiling.py --port 0 --body-size 1024
+    .venv/bin/python scripts/bench_ceiling.py --port 0            # flows: the full path's ceiling
+    .venv/bin/python scripts/bench_ceiling.py --port 0 --layer    # a layer of its own: the fast path's
+
+``--layer`` answers below mitmproxy's HTTP machinery instead (issue 21): its ``next_layer`` hook puts a layer
+in place of the HttpLayer that finds each request head and answers it from the dict with one SendData, with
+no parsing beyond the request target and no policy: the fastest a fast hit layer can be.
 
 Prints ``listening at 127.0.0.1:PORT`` like fwdproxy run; SIGINT/SIGTERM stop it.
 """
@@ -13,10 +18,14 @@ import argparse
 import asyncio
 import signal
 import time
+from collections.abc import Generator
+from typing import Any
 
 from mitmproxy import http, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers.http import HttpLayer
 
 
 class DictHits:
@@ -43,14 +52,64 @@ class DictHits:
         flow.response = http.Response(b"HTTP/1.1", 200, b"OK", http.Headers(fields), body, None, now, now)
 
 
-async def main(port: int) -> None:
+class DictLayer(layer.Layer):
+    """Answers every complete request head on the connection from the table, one SendData per read."""
+
+    def __init__(self, context: Any, table: dict[bytes, bytes], sizes: dict[str, int]) -> None:
+        super().__init__(context)
+        context.layers.remove(self)
+        self.table, self.sizes, self.buf = table, sizes, b""
+
+    def handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        if type(event) is events.DataReceived:
+            self.buf += event.data
+            out = []
+            while (end := self.buf.find(b"\r\n\r\n")) >= 0:
+                target = self.buf.split(b" ", 2)[1]
+                self.buf = self.buf[end + 4 :]
+                out.append(self.table.get(target) or self._entry(target))
+            if out:
+                yield commands.SendData(self.context.client, b"".join(out))
+        elif type(event) is events.ConnectionClosed:
+            yield commands.CloseConnection(self.context.client)
+
+    def _handle_event(self, event: events.Event) -> Generator[commands.Command, Any, None]:
+        yield from self.handle_event(event)
+
+    def _entry(self, target: bytes) -> bytes:
+        size = next((n for suffix, n in self.sizes.items() if target.endswith(suffix.encode())), 1024)
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: %d\r\n" % size
+        self.table[target] = response = head + b"Cache-Control: max-age=3600\r\n\r\n" + b"x" * size
+        return response
+
+
+class LayerHits:
+    """Installs a DictLayer wherever mitmproxy chose its HTTP layer for an HTTP/1 client."""
+
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self.sizes = sizes
+        self.table: dict[bytes, bytes] = {}
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if (
+            type(nextlayer.layer) is HttpLayer
+            and nextlayer.context.client.alpn in (None, b"", b"http/1.1")
+            and not nextlayer.data_client().startswith(b"CONNECT ")  # tunnels: mitmproxy's layer opens them
+        ):
+            nextlayer.layer = DictLayer(nextlayer.context, self.table, self.sizes)
+
+
+async def main(port: int, with_layer: bool, confdir: str | None) -> None:
     master = Master(options.Options())
+    if confdir:
+        master.options.update(confdir=confdir)
+    sizes = {"1k.bin": 1024, "100k.bin": 100 * 1024}
     master.addons.add(
         core.Core(),
         proxyserver.Proxyserver(),
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
-        DictHits({"1k.bin": 1024, "100k.bin": 100 * 1024}),
+        LayerHits(sizes) if with_layer else DictHits(sizes),
     )
     master.options.update(listen_host="127.0.0.1", listen_port=port, connection_strategy="lazy")
     loop = asyncio.get_running_loop()
@@ -69,4 +128,7 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--port", type=int, default=0)
-    asyncio.run(main(p.parse_args().port))
+    p.add_argument("--layer", action="store_true", help="answer in a layer of its own (no flows)")
+    p.add_argument("--confdir", help="mitmproxy confdir (its CA signs intercepted tunnels)")
+    ns = p.parse_args()
+    asyncio.run(main(ns.port, ns.layer, ns.confdir))

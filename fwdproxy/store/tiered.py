@@ -196,6 +196,23 @@ class TieredStore:
             self.memory.put(key, entry.meta, entry.body, entry.stamp)
         return entry
 
+    def memory_get(self, key: str) -> Entry | None:
+        """The entry when the memory tier holds its body, checked exactly as ``get`` checks it; None when
+        the body would have to come from disk (the fast hit layer answers memory hits only)."""
+        if (cached := self.memory.get(key)) is None:
+            return None
+        primary = primary_of(key)
+        known = self._known.get(primary)
+        if (
+            known is not None
+            and known.checked.get(key) is cached
+            and known.marks == self._marks(primary)
+            and time.monotonic() - self._followed < FOLLOW_INTERVAL
+        ):
+            return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)  # get()'s first answer
+        entry = self.get(key)
+        return entry if entry is not None and isinstance(entry.body, bytes) else None
+
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""
         self.disk.confirm(key, body, matches)

@@ -1,0 +1,349 @@
+"""Fast hits (issue 21): memory hits of HTTP/1.1 clients answered in a layer below mitmproxy's HTTP machinery.
+
+mitmproxy's cost per request is its flow path (HttpLayer, HttpStream, HTTPFlow, a round of hooks through
+every addon), not its connection or TLS handling (mitmproxy-notes §12). The ``next_layer`` hook puts a
+FastLayer where mitmproxy chose its HTTP layer for an HTTP/1 client connection (plain HTTP to the proxy, or
+HTTP/1.1 inside an intercepted tunnel). It reads each complete request head strictly (fwdproxy.fasthead) and,
+when the cache answers it from the memory tier (addons/_fasthit.decide: the full path's own policy and
+rendering), writes the whole response with one SendData, logs and counts it as the full path would. Any other
+request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes already read:
+from then on the connection behaves exactly as without this layer.
+"""
+
+# No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules.
+import time
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import connection
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
+from mitmproxy.proxy.mode_specs import RegularMode
+
+from fwdproxy.accesslog import LogRecord, TunnelMode
+from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
+from fwdproxy.http_model import Headers, Request
+from fwdproxy.metrics import FROM_CACHE, Served, classify
+from fwdproxy_addons._fasthit import FastAnswer, decide
+from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._settings import SettingsSource
+
+Commands = Generator[commands.Command, Any, None]
+
+
+def _str(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")  # mitmproxy's own header codec
+
+
+PREPARED_MAX = 4096
+"""Requests remembered as prepared (as many as fasthead remembers heads)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    head: Head
+    """Kept so the id() it is filed under stays this head's."""
+    cfg: object
+    """The anonymizer's settings it was rewritten with."""
+    credentials: str | None
+    """Proxy-Authorization, as mitmproxy's headers.get joins several."""
+    request: Request
+
+
+class FastHits:
+    """Declares ``fwd_no_fast_hits`` and installs the FastLayer on HTTP/1 client connections."""
+
+    def __init__(
+        self,
+        source: SettingsSource | None = None,
+        *,
+        cache: Any = None,
+        access: Any = None,
+        guard: Any = None,
+        anonymize: Any = None,
+        admin: Any = None,
+        accesslog: Any = None,
+    ) -> None:
+        """The neighbours are the addons whose hooks a hit passes through on the full path, handed over by
+        ``chain()``; loaded alone (without a cache) the layer is never installed."""
+        self.source = source or SettingsSource()
+        self.enabled = not self.source.given.no_fast_hits
+        self.cache, self.access, self.guard = cache, access, guard
+        self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
+        self.prepared: dict[int, _Prepared] = {}
+        self.recent: dict[int, Any] = {}
+        """addons/_fasthit.decide's memo of plain fresh hits."""
+        self.rendered: dict[
+            tuple[int, int, int, bool], tuple[Any, bytes, object, tuple[bytes, str, str] | None]
+        ] = {}
+
+    def load(self, loader):  # type: ignore[no-untyped-def]
+        self.source.declare(loader, "fwd_no_fast_hits")
+
+    def configure(self, updated: set[str]) -> None:
+        self.enabled = not self.source.current().no_fast_hits
+
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        chosen = nextlayer.layer
+        if not self.enabled or type(chosen) is not HttpLayer or self.cache is None:
+            return
+        context = nextlayer.context
+        client = context.client
+        if client.transport_protocol != "tcp" or client.alpn not in (None, b"", b"http/1.1"):
+            return  # HTTP/2 and HTTP/3 clients keep mitmproxy's layer
+        if not isinstance(client.proxy_mode, RegularMode):
+            return  # a forward proxy's layer: reverse, transparent or upstream modes keep mitmproxy's
+        if chosen.mode is HTTPMode.regular:
+            if nextlayer.data_client().startswith(b"CONNECT "):
+                return  # a tunnel: mitmproxy's layer opens it, and the next_layer inside asks again
+            tunnel = None
+        elif chosen.mode is HTTPMode.transparent and context.server.address is not None:
+            host, port = context.server.address[:2]
+            tunnel = Tunnel("https" if context.server.tls else "http", host, port)
+        else:
+            return
+        nextlayer.layer = FastLayer(context, chosen, self, tunnel)
+
+    # -- one request ----------------------------------------------------------------------------------
+
+    def _prepare(self, head: Head) -> "_Prepared":
+        """The request as the cache addon would see it after Access and Anonymize (Proxy-Authorization taken
+        out, identifying fields rewritten), remembered per head: fasthead returns the same Head object for
+        the same bytes, and the rewrite depends only on them and the anonymizer's settings."""
+        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        known = self.prepared.get(id(head))
+        if known is not None and known.head is head and known.cfg is cfg:
+            return known
+        credentials: list[bytes] = []
+        fields: list[tuple[bytes, bytes]] = []
+        for name, value in head.fields:
+            if name.lower() == b"proxy-authorization":
+                credentials.append(value)
+            else:
+                fields.append((name, value))
+        if self.anonymize is not None:
+            fields = self.anonymize.rewrite_request(fields, head.url)
+        request = Request(head.method, head.url, Headers(tuple((_str(k), _str(v)) for k, v in fields)))
+        prepared = _Prepared(head, cfg, _str(b", ".join(credentials)) if credentials else None, request)
+        if len(self.prepared) >= PREPARED_MAX:
+            self.prepared.clear()
+        self.prepared[id(head)] = prepared
+        return prepared
+
+    def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
+        """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
+        is; None hands the request to the full path. Logs and counts what it answers."""
+        cache = self.cache
+        if cache.store is None or (self.admin is not None and self.admin.owns(head.host)):
+            return None
+        prepared = self._prepare(head)
+        if self.access is not None and not self.access.admits(client, prepared.credentials):
+            return None  # 403/407: the full path answers it
+        if self.guard is not None and self.guard.may_target_self(head.port, client.sockname):
+            return None  # the loop check may have to resolve a name
+        request = prepared.request
+        now = time.time()
+        fast = decide(request, cache.store, cache.config, now, self.recent)
+        if fast is None:
+            return None
+        rendered = self._render(fast, head.method)
+        if rendered is None:
+            return None
+        wire, cache_status, content_type = rendered
+        self._account(
+            client,
+            head,
+            fast.status,
+            cache_status,
+            content_type,
+            len(wire),
+            len(fast.body),
+            fast.primary,
+            started,
+        )
+        return wire + fast.body
+
+    def _render(self, fast: FastAnswer, method: str) -> tuple[bytes, str, str] | None:
+        """(status line and header bytes, Cache-Status, Content-Type) as the full path sends them after the
+        anonymizer's response hooks; None when mitmproxy would read the body to the connection's end. The
+        same for every hit of a stable entry within a second: remembered."""
+        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        key = (fast.status, id(fast.fields), id(fast.cache_status), method == "HEAD")
+        known = self.rendered.get(key)
+        if (
+            known is not None
+            and known[0] is fast.fields
+            and known[1] is fast.cache_status
+            and known[2] is cfg
+        ):
+            return known[3]
+        out = (*fast.fields, (b"Cache-Status", fast.cache_status))
+        if self.anonymize is not None:
+            out = self.anonymize.rewrite_response(out)
+        result: tuple[bytes, str, str] | None = None
+        if (
+            fast.status in (204, 304)
+            or method == "HEAD"
+            or any(k.lower() == b"content-length" for k, _ in out)
+        ):
+            lines = b"".join(k + b": " + v + b"\r\n" for k, v in out)
+            wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (fast.status, fast.reason, lines)
+            result = (wire, _field(out, b"cache-status"), _field(out, b"content-type"))
+        if fast.stable:
+            if len(self.rendered) >= PREPARED_MAX:
+                self.rendered.clear()
+            self.rendered[key] = (fast.fields, fast.cache_status, cfg, result)
+        return result
+
+    def _account(
+        self,
+        client: connection.Client,
+        head: Head,
+        status: int,
+        cache_status: str,
+        content_type: str,
+        head_bytes: int,
+        body_bytes: int,
+        primary: str,
+        started: float,
+    ) -> None:
+        """The metrics and the access log line the full path's response hooks give a hit."""
+        outcome = classify(cache_status or None)
+        if self.admin is not None:
+            self.admin.record(
+                Served(outcome, head.host.lower(), body_bytes),
+                primary if outcome in FROM_CACHE else "",
+                fast=True,
+            )
+        log = self.accesslog
+        if log is not None and log.wanted():
+            ended = time.time()
+            log.record(
+                LogRecord(
+                    time=started,
+                    elapsed=max(0.0, ended - started),
+                    client=str(client.peername[0]) if client.peername else "",
+                    method=head.method,
+                    url=head.url,
+                    status=status,
+                    bytes=head_bytes + body_bytes,
+                    outcome=outcome,
+                    cache_status=cache_status,
+                    content_type=content_type,
+                    tunnel=TunnelMode.INTERCEPTED
+                    if head.scheme == "https" and client.tls_established
+                    else TunnelMode.NONE,
+                )
+            )
+
+
+def _field(fields: tuple[tuple[bytes, bytes], ...], lower: bytes) -> str:
+    values = [v for k, v in fields if k.lower() == lower]
+    return _str(b", ".join(values)) if values else ""
+
+
+class FastLayer(layer.Layer):
+    """Answers memory hits on one client connection until a request needs the full path, then hands the
+    connection (and the bytes read) to mitmproxy's HttpLayer for good."""
+
+    def __init__(self, context: Any, inner: HttpLayer, hits: FastHits, tunnel: Tunnel | None) -> None:
+        super().__init__(context)
+        # Invisible in the stack, as mitmproxy's NextLayer is: layers find their parents by position.
+        context.layers.remove(self)
+        self.inner = inner
+        self.hits = hits
+        self.tunnel = tunnel
+        self.buf = b""
+        self.handed = False
+        self.closed = False
+        self.start: events.Start | None = None
+        self.wakeup: commands.RequestWakeup | None = None
+        self.since = time.monotonic()
+        """When the connection last became idle (the header timeout closes it after that long)."""
+
+    def __repr__(self) -> str:
+        return f"FastLayer({'handed over' if self.handed else 'answering'}: {self.inner!r})"
+
+    def handle_event(self, event: events.Event) -> Commands:
+        if type(event) is events.Wakeup and event.command is self.wakeup:
+            self.wakeup = None  # our timer: never the HttpLayer's business (it would not know the command)
+            if not self.handed:
+                yield from self._on_wakeup()
+            return
+        if self.closed:
+            return
+        if self.handed:
+            yield from self.inner.handle_event(event)
+        elif type(event) is events.Start:
+            yield from self._start(event)
+        elif type(event) is events.DataReceived and event.connection is self.context.client:
+            yield from self._receive(event.data)
+        else:
+            yield from self._hand_over(event)
+
+    def _handle_event(self, event: events.Event) -> Commands:
+        yield from self.handle_event(event)  # pragma: no cover (handle_event is overridden whole)
+
+    def _start(self, event: events.Start) -> Commands:
+        self.start = event
+        client = self.context.client
+        if (timeout := _http1.HEADER_TIMEOUT.seconds) > 0:
+            # The header timeout's clock, as addons/_http1 runs it for mitmproxy's layer: from the connection's
+            # start for its first HTTP layer, else from now (a tunnel's inner layer).
+            waited = (
+                0.0
+                if client in _http1.HTTP_STARTED
+                else time.time() - (client.timestamp_start or time.time())
+            )
+            self.since = time.monotonic() - max(0.0, waited)
+            self.wakeup = commands.RequestWakeup(max(0.0, timeout - waited))
+            yield self.wakeup
+        _http1.HTTP_STARTED.add(client)
+
+    def _on_wakeup(self) -> Commands:
+        timeout = _http1.HEADER_TIMEOUT.seconds
+        if timeout <= 0:
+            return
+        left = self.since + timeout - time.monotonic()
+        if left > 0:
+            self.wakeup = commands.RequestWakeup(left)
+            yield self.wakeup
+        else:
+            # Idle and kept alive (this layer never holds part of a head): closed without a word, as the
+            # full path does after the header timeout (addons/_http1.py).
+            self.closed = True
+            yield commands.CloseConnection(self.context.client)
+
+    def _receive(self, data: bytes) -> Commands:
+        self.buf += data
+        started = time.time()
+        out: list[bytes] = []
+        while self.buf:
+            head = read_head(self.buf, self.tunnel)
+            if isinstance(head, Leave):
+                break
+            wire = self.hits.answer(self.context.client, head, started)
+            if wire is None:
+                break
+            out.append(wire)
+            self.buf = self.buf[head.size :]
+        if out:
+            yield commands.SendData(self.context.client, b"".join(out))
+            self.since = time.monotonic()
+        if self.buf:
+            # A request for the full path, or part of a head: mitmproxy's layer reads it (with its header
+            # timeout and its strict-head checks) and everything after it.
+            yield from self._hand_over(None)
+
+    def _hand_over(self, event: events.Event | None) -> Commands:
+        self.handed = True
+        buffered, self.buf = self.buf, b""
+        yield from self.inner.handle_event(self.start or events.Start())
+        if buffered:
+            yield from self.inner.handle_event(events.DataReceived(self.context.client, buffered))
+        if event is not None:
+            yield from self.inner.handle_event(event)
+
+
+addons = [FastHits()]
