@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from fwdproxy import cache, unkeyed
 from fwdproxy import store as storage
 from fwdproxy.cache import CacheConfig, Verdict
+from fwdproxy.cache.answer import answer
 from fwdproxy.http_model import Request, StoredResponse
-from fwdproxy_addons._cachehttp import _encode, _encoded, answer
+from fwdproxy_addons._cachehttp import _encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +101,7 @@ def decide(
         return None
     # make_response's fields, without building the mitmproxy Response the full path needs for its hooks.
     stable = ans.stable and ans.parts is None
-    fields = _encoded(ans.headers) if stable else _encode(ans.headers)
+    fields = ans.headers.latin1() if stable else _encode(ans.headers)
     status = cache.render_bytes(decision.cache_status())
     fast = FastAnswer(ans.status, ans.reason.encode(), fields, status, stable, ans.content, primary)
     if (
