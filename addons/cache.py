@@ -121,6 +121,7 @@ class Cache:
                 os.makedirs(directory, mode=0o700, exist_ok=True)  # it holds decrypted HTTPS responses
                 shared = self._shared_tier(s)
                 if self.store is not None:
+                    self.fleet = None
                     self._close_store(self.store)
                 self.locks = KeyLocks(directory)
                 kind = store.TieredStore if shared is None else FleetStore
@@ -130,18 +131,16 @@ class Cache:
                     memory_object_max=s.memory_object_max,
                     disk_size=s.disk_cache_size,
                 )
-                self.fleet = None
                 if isinstance(self.store, FleetStore) and shared is not None:
                     self.fleet = self.store
                     self.fleet.attach(shared)
-                    self.fleet.stream_above = self.stream_threshold
                     if self.sidecar is not None:  # changed while running: connect now
                         asyncio.get_running_loop().create_task(self.fleet.start())
             except (ValueError, OSError) as e:
                 raise exceptions.OptionsError(f"cache: {e}") from e
             self.opened = wanted
         if self.fleet is not None:
-            self.fleet.stream_above = self.stream_threshold
+            self.fleet.stream_above = self.stream_threshold  # a big shared entry streams while copied in
 
     async def check_store(self) -> bool | None:
         """Check the store's database (SQLite's quick_check); None when no store is open."""
