@@ -354,3 +354,39 @@ def test_redis_dying_mid_body_cuts_the_transfer_and_never_sends_a_wrong_byte(
         again = c.get(url)
     assert again.content == body
     assert origin.hits["/huge"] == 2
+
+
+def test_ranges_validators_and_head_on_a_shared_entry(
+    start_proxy, origin: Origin, redis: RedisServer, tmp_path: Path
+) -> None:
+    """The exchange's SHARED step for requests a big entry cannot stream to whole: a range and a matching
+    validator wait for the copy and are answered from it locally (detail=shared); HEAD never looks there."""
+    big, small = pattern(40 * MIB + 77, 5), pattern(4000, 6)  # big enough to be announced while copied
+    tagged = Reply(200, {"Cache-Control": "max-age=600", "ETag": '"rbig-1"'}, big)
+    big_url, small_url = origin.route("/rbig", tagged), origin.route("/rsmall", cached(small))
+    a, b = two_nodes(start_proxy, tmp_path, redis.url)
+    with client(a) as c:
+        assert c.get(big_url).content == big
+        assert c.get(small_url).content == small
+    wait_for(lambda: entries(redis) == 2, 30)
+    with client(b) as c:
+        ranged = c.get(big_url, headers={"Range": "bytes=1000-1999"})
+        head = c.head(small_url)
+        whole = c.get(big_url)
+    assert ranged.status_code == 206
+    assert ranged.content == big[1000:2000]
+    assert "detail=shared" in ranged.headers["Cache-Status"]
+    assert whole.content == big
+    assert "detail=shared" not in whole.headers["Cache-Status"]  # the range's copy is local now
+    assert head.status_code == 200
+    assert head.headers["Cache-Status"].startswith("fwdproxy; fwd=uri-miss")  # HEAD went to the origin
+    assert origin.hits["/rbig"] == 1
+    assert origin.hits["/rsmall"] == 2
+    # A matching validator on a third node: a 304 answered from the copy, the origin not asked again.
+    c3 = start_proxy("--shared-cache", redis.url, "--shared-timeout", "2s", cache_dir=tmp_path / "c")
+    with client(c3) as c:
+        cond = c.get(big_url, headers={"If-None-Match": '"rbig-1"'})
+    assert cond.status_code == 304
+    assert cond.content == b""
+    assert "detail=shared" in cond.headers["Cache-Status"]
+    assert origin.hits["/rbig"] == 1
