@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.support import Origin, Proxy, fwdproxy_argv
+from tests.support import Origin, Proxy, RawOrigin, fwdproxy_argv
 from tests.support_redis import (  # noqa: F401  (the shared tier's redis-server fixtures, issue 20)
     private_redis,
     redis,
@@ -96,3 +96,12 @@ def start_proxy(tmp_path: Path, confdir: Path, origin_ca_file: Path) -> Iterator
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def raw_origins() -> Iterator[list[RawOrigin]]:
+    """Raw-socket origins a test starts (RawOrigin); each is stopped when the test ends."""
+    made: list[RawOrigin] = []
+    yield made
+    for o in made:
+        o.stop()

@@ -264,14 +264,6 @@ def proxy(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[P
     p.stop()
 
 
-@pytest.fixture
-def raw_origins() -> Iterator[list[RawOrigin]]:
-    made: list[RawOrigin] = []
-    yield made
-    for o in made:
-        o.stop()
-
-
 def exchange(proxy: Proxy, data: bytes, *, timeout: float = 10) -> bytes:
     """Send raw bytes to the proxy and read until it closes (a reset after the answer ends it too)."""
     out = b""

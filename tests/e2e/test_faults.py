@@ -27,14 +27,6 @@ def vm_kib(pid: int, field: str) -> int:
     raise AssertionError(field)
 
 
-@pytest.fixture
-def raw_origins() -> Iterator[list[RawOrigin]]:
-    made: list[RawOrigin] = []
-    yield made
-    for o in made:
-        o.stop()
-
-
 def silent(head: bytes, sock: socket.socket) -> None:
     """Accept the request and never answer (the connection stays open until the test ends)."""
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import gzip
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.support import Origin, Proxy, RawOrigin, Recorded, Reply, client
 
@@ -29,14 +26,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
-
-
-@pytest.fixture
-def raw_origins() -> Iterator[list[RawOrigin]]:
-    made: list[RawOrigin] = []
-    yield made
-    for o in made:
-        o.stop()
 
 
 def test_request_head_over_64_kib_is_431_and_the_proxy_serves_on(start_proxy, origin: Origin) -> None:

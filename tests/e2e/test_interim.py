@@ -7,7 +7,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from tests.support import Proxy, RawOrigin, client, h2_client
 
 FINAL = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nfinal\n"
 HINTS = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
-
-
-@pytest.fixture
-def raw_origins() -> Iterator[list[RawOrigin]]:
-    made: list[RawOrigin] = []
-    yield made
-    for o in made:
-        o.stop()
 
 
 def origin(raw_origins: list[RawOrigin], *pieces: bytes, tls: ssl.SSLContext | None = None) -> RawOrigin:
