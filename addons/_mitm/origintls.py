@@ -192,6 +192,10 @@ def _mark(conn: connection.Server, top: Any) -> None:
     _OPENED_AS[conn] = opened
 
 
+_VERIFY_WORDS = {62: "hostname mismatch", 64: "IP address mismatch"}
+"""X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH as X509_verify_cert_error_string words them."""
+
+
 class RouteFailure(Exception):
     """The CONNECT or the TLS handshake failed; the message is worded as mitmproxy's layers word it."""
 
@@ -219,7 +223,9 @@ async def open_route(
                     context(r.sni), server_hostname=r.sni, ssl_handshake_timeout=handshake_timeout
                 )
             except ssl.SSLCertVerificationError as e:
-                raise TlsFailure(f"Certificate verify failed: {e.verify_message}") from e
+                # OpenSSL's own wording, as mitmproxy reports it (Python words the name checks its own way).
+                why = _VERIFY_WORDS.get(e.verify_code, e.verify_message)
+                raise TlsFailure(f"Certificate verify failed: {why}") from e
             except ssl.SSLError as e:
                 if e.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
                     raise TlsFailure("The remote server does not speak TLS.") from e

@@ -150,9 +150,11 @@ def _key(conn: connection.Server) -> PoolKey | None:
     return PoolKey("http", host.lower(), port)
 
 
-async def _open_socket(self: server.ConnectionHandler, conn: connection.Server) -> tuple[Any, Any]:
-    """A new socket for ``conn``: through its route (TLS, upstream proxy) when it has one, else plain TCP."""
-    local = conn.sockname
+async def _open_socket(
+    self: server.ConnectionHandler, conn: connection.Server, local: tuple[str, int] | None
+) -> tuple[Any, Any]:
+    """A new socket for ``conn`` (from ``local``, a source address): through its route (TLS, upstream proxy)
+    when it has one, else plain TCP."""
     if origintls.route(conn) is None:
         assert conn.address is not None
         return await _connect(conn.address, local)
@@ -212,7 +214,7 @@ async def _run(
             sock = await _take(key)
             holding = True  # a slot: the idle connection's, or one for a new connection
         if sock is None:
-            reader, writer = await _open_socket(self, conn)
+            reader, writer = await _open_socket(self, conn, conn.sockname)
         else:
             reader, writer = sock.reader, sock.writer
     except origintls.RouteFailure as e:
@@ -409,7 +411,7 @@ async def _replay_on_fresh(
     replay.writer.close()
     where = human.format_address(replay.address)
     try:
-        reader, writer = await _open_socket(self, replay.conn)
+        reader, writer = await _open_socket(self, replay.conn, None)
     except (OSError, origintls.RouteFailure) as connect_error:
         log.info("reused connection to %s was closed (%s); a new one failed: %s", where, e, connect_error)
         return False
@@ -449,7 +451,25 @@ Commands = Generator[commands.Command, Any, None]
 
 def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
     def wrapper(self: _http1.Http1Client, *, request: bool = False, response: bool = False) -> Commands:
-        yield from mark_done(self, request=request, response=response)
+        req = self.request
+        if (
+            req is None
+            or not (req.is_http2 or req.is_http3)
+            or not (request or self.request_done)
+            or not (response or self.response_done)
+            or _IN_USE.get(origintls.opened_as(self.conn)) is None
+        ):
+            yield from mark_done(self, request=request, response=response)
+        else:
+            # mitmproxy closes an HTTP/1 origin connection after one request of an HTTP/2 client, leaving the
+            # limit per origin to its per-client semaphore; the pool has its own limit, so the connection is
+            # judged as for an HTTP/1.1 request (Connection headers, framing) and may go back to the pool.
+            version, req.http_version = req.http_version, "HTTP/1.1"
+            try:
+                done = list(mark_done(self, request=request, response=response))
+            finally:
+                req.http_version = version
+            yield from done
         if _clean(self) and (pooled := _IN_USE.get(origintls.opened_as(self.conn))) is not None:
             # After this event is handled: the HTTP layer is iterating over our commands right now.
             asyncio.get_running_loop().call_soon(_detach, self, pooled)
