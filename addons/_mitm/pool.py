@@ -8,9 +8,11 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 
 - the host name is resolved through :class:`fwdproxy.dnscache.DnsCache` (the connection keeps the name as its
   address, so SNI, certificate checks, Host and logs are unchanged; only the socket gets the IP);
-- a plain-HTTP connection straight to an origin (no TLS, no upstream proxy, no source address) comes from the
-  process-wide :class:`fwdproxy.originpool.OriginPool`: an idle one is reused, else a new one is opened
-  within ``max_per_origin``;
+- an origin connection comes from the process-wide :class:`fwdproxy.originpool.OriginPool` (keyed by scheme,
+  host, port, upstream proxy and TLS name and settings): an idle one is reused, else a new one is opened
+  within ``max_per_origin``. Plain HTTP straight to the origin is a bare socket; HTTPS origins and
+  connections through an http:// upstream proxy are opened through the route addons/_mitm/origintls.py gave
+  them (CONNECT and TLS done on the socket), so they too are sockets that any client can use;
 - ``Http1Client.mark_done`` is wrapped: when an exchange on a pooled connection ends and the connection is
   clean (response complete, no request started, no byte buffered, neither side closing), the connection is
   taken out of its client's HTTP layer and handed to the pool, so the next request of *any* client gets it;
@@ -18,9 +20,12 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
   once on a fresh connection when its method is idempotent (RFC 9110 §9.2.2, RFC 9112 §9.3.1): the client
   has been sent nothing, and the HTTP layer never sees the first connection end.
 
-TLS connections and connections through an upstream proxy are not pooled: their state (the OpenSSL object,
-the CONNECT tunnel) lives in layers of the client's stack, which cannot be moved to another client. They
-still get cached DNS and close with their client as before. :func:`apply` makes the changes;
+- an HTTP/2 client's request on a pooled HTTP/1.1 connection no longer closes it (mitmproxy's rule for
+  HTTP/2 -> HTTP/1, which relies on its per-client limit; the pool has its own).
+
+Not pooled: connections whose TLS or tunnel mitmproxy's layers still do (pass-through tunnels, an https://
+upstream proxy, a source address), and everything with ``--origin-idle-timeout 0``. They get cached DNS
+and close with their client as before. :func:`apply` makes the changes;
 addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §17).
 """
 
@@ -512,5 +517,7 @@ def _detach(client: _http1.Http1Client, pooled: _Pooled) -> None:
     if layer is None or conn not in layer.connections or conn in layer.waiting_for_establishment:
         return
     del layer.connections[conn]
+    if opened is not conn:
+        layer.connections.pop(opened, None)  # the upstream proxy's connection, filed there for its events
     pooled.detach = True
     io.handler.cancel("fwdproxy: back to the origin pool")
