@@ -11,6 +11,7 @@ import contextlib
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -242,6 +243,7 @@ def test_http2_client_in_a_tunnel_uses_the_pool(
     assert versions == ["2 200"] * 20
     assert len(origin.heads) == 20
     # mitmproxy gives an HTTP/2 client talking to an HTTP/1.1 origin a new connection per request (20).
+    print(f"HTTPS origin, HTTP/2 client, 20 misses in 4 runs: {origin.accepted} connections")
     assert origin.accepted <= 2, origin.requests_per_conn
 
 
@@ -322,3 +324,44 @@ def test_https_through_an_upstream_that_refuses_connect_is_a_502(
     finally:
         with contextlib.suppress(Exception):
             up.close()
+
+
+def test_client_certificate_is_presented_to_the_origin(
+    start_proxy: StartProxy, origin_ca: trustme.CA, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    """mitmproxy's ``client_certs`` option still reaches the origin's handshake (now done by origintls.py)."""
+    ctx = _server_ctx(origin_ca, "localhost")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    origin_ca.configure_trust(ctx)
+    origin = CountingTlsOrigin(ctx, _cacheable)
+    try:
+        pem = tmp_path / "client.pem"
+        origin_ca.issue_cert("fwdproxy-client.test").private_key_and_cert_chain_pem.write_to_path(str(pem))
+        without = start_proxy("--connect-port", str(origin.port))
+        with client(without, verify=proxy_ca_file) as c:
+            assert c.get(origin.url("/no-cert")).status_code == 502
+        assert origin.heads == []  # the origin refused the handshake: no request reached it
+        proxy = start_proxy("--connect-port", str(origin.port), "--set", f"client_certs={pem}")
+        for i in range(2):
+            with client(proxy, verify=proxy_ca_file) as c:
+                r = c.get(origin.url(f"/cert{i}"))
+            assert (r.status_code, r.content) == (200, b"secret")
+        assert origin.handshakes == 1  # one handshake with the certificate, then the pooled connection
+    finally:
+        origin.stop()
+
+
+def test_idle_tls_connections_close_after_the_idle_timeout(
+    start_proxy: StartProxy, tls_counting: Callable[..., CountingTlsOrigin], proxy_ca_file: Path
+) -> None:
+    origin = tls_counting()
+    proxy = start_proxy("--connect-port", str(origin.port), "--origin-idle-timeout", "1s")
+    with client(proxy, verify=proxy_ca_file) as c:
+        assert c.get(origin.url("/idle")).status_code == 200
+    deadline = time.monotonic() + 10
+    while origin.open_now and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert origin.open_now == 0  # the proxy closed its idle TLS connection
+    with client(proxy, verify=proxy_ca_file) as c:
+        assert c.get(origin.url("/idle")).status_code == 200
+    assert origin.accepted == 2
