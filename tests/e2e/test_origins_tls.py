@@ -365,3 +365,25 @@ def test_idle_tls_connections_close_after_the_idle_timeout(
     with client(proxy, verify=proxy_ca_file) as c:
         assert c.get(origin.url("/idle")).status_code == 200
     assert origin.accepted == 2
+
+
+def test_tls_failure_on_revalidation_serves_the_stored_response_stale(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    origin_ca: trustme.CA,
+    proxy_ca_file: Path,
+) -> None:
+    def once(conn_no: int, req_no: int, head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nCache-Control: max-age=0\r\nConnection: close\r\nContent-Length: 6\r\n\r\nstored"
+
+    origin = tls_counting(once)
+    proxy = start_proxy("--connect-port", str(origin.port))
+    with client(proxy, verify=proxy_ca_file) as c:
+        assert c.get(origin.url("/stale")).content == b"stored"
+    origin.ctx = _server_ctx(origin_ca, "other.test")  # from now on a certificate for another name
+    with client(proxy, verify=proxy_ca_file) as c:
+        r = c.get(origin.url("/stale"))
+    assert (r.status_code, r.content) == (200, b"stored")
+    assert "fwd=stale" in r.headers["Cache-Status"]
+    assert origin.accepted == 2
+    assert len(origin.heads) == 1  # the revalidation never got past the handshake
