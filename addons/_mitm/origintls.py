@@ -51,9 +51,6 @@ from mitmproxy.utils import human
 
 from fwdproxy_addons._mitm.mark import marked
 
-CONNECT_HEAD_LIMIT = 64 * 1024
-"""Bytes an upstream proxy's answer to CONNECT may take before we call it malformed."""
-
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -72,27 +69,30 @@ class Route:
         return self.sni is not None
 
 
-_ROUTES: weakref.WeakKeyDictionary[connection.Server, tuple[Route, connection.Server]] = (
-    weakref.WeakKeyDictionary()
-)
-"""The connection the proxy opens -> its route and the connection the HTTP layer uses (the same one, or
-the origin connection inside an upstream proxy's tunnel)."""
-_OPENED_AS: weakref.WeakKeyDictionary[connection.Server, connection.Server] = weakref.WeakKeyDictionary()
-"""The connection the HTTP layer uses -> the one the proxy opens for it (only where they differ)."""
+Ref = weakref.ref[connection.Server]
+_ROUTES: weakref.WeakKeyDictionary[connection.Server, Route] = weakref.WeakKeyDictionary()
+"""The connection the proxy opens -> its route."""
+_INNER: weakref.WeakKeyDictionary[connection.Server, Ref] = weakref.WeakKeyDictionary()
+"""Through an upstream proxy: the connection the proxy opens -> the origin connection the HTTP layer uses
+(weak both ways, so that neither keeps the other alive)."""
+_OPENED_AS: weakref.WeakKeyDictionary[connection.Server, Ref] = weakref.WeakKeyDictionary()
+"""Through an upstream proxy: the HTTP layer's connection -> the one the proxy opens for it."""
 
 
 def route(conn: connection.Server) -> Route | None:
-    return entry[0] if (entry := _ROUTES.get(conn)) is not None else None
+    return _ROUTES.get(conn)
 
 
 def inner(conn: connection.Server) -> connection.Server:
     """The HTTP layer's connection carried by an opened one (itself unless through a proxy)."""
-    return entry[1] if (entry := _ROUTES.get(conn)) is not None else conn
+    return ((ref := _INNER.get(conn)) is not None and ref()) or conn
 
 
 def opened_as(conn: connection.Connection) -> connection.Connection:
     """The socket-owning connection behind an HTTP layer's connection (itself unless through a proxy)."""
-    return _OPENED_AS.get(conn, conn) if isinstance(conn, connection.Server) else conn
+    if not isinstance(conn, connection.Server):
+        return conn
+    return ((ref := _OPENED_AS.get(conn)) is not None and ref()) or conn
 
 
 class SocketTLS(tls.ServerTLSLayer):
@@ -173,7 +173,7 @@ def _mark(conn: connection.Server, top: Any) -> None:
     if conn.via is None:
         if conn.tls and type(top) is tls.ServerTLSLayer and top.conn is conn:
             top.__class__ = SocketTLS
-            _ROUTES[conn] = (Route(address, conn.sni or address[0]), conn)
+            _ROUTES[conn] = Route(address, conn.sni or address[0])
         return
     scheme, proxy = conn.via
     if scheme != "http" or not isinstance(top, _upstream_proxy.HttpUpstreamProxy) or top.conn is not conn:
@@ -181,15 +181,16 @@ def _mark(conn: connection.Server, top: Any) -> None:
     opened = top.tunnel_connection
     assert isinstance(opened, connection.Server)
     if conn.tls:
-        inner = top.child_layer
-        if type(inner) is not tls.ServerTLSLayer or inner.conn is not conn:
+        tls_layer = top.child_layer
+        if type(tls_layer) is not tls.ServerTLSLayer or tls_layer.conn is not conn:
             return
-        inner.__class__ = SocketTLS
+        tls_layer.__class__ = SocketTLS
         top.send_connect = False  # open_route sends the CONNECT
-        _ROUTES[opened] = (Route(address, conn.sni or address[0], (proxy[0], proxy[1]), connect=True), conn)
+        _ROUTES[opened] = Route(address, conn.sni or address[0], (proxy[0], proxy[1]), connect=True)
     else:
-        _ROUTES[opened] = (Route(address, None, (proxy[0], proxy[1])), conn)
-    _OPENED_AS[conn] = opened
+        _ROUTES[opened] = Route(address, None, (proxy[0], proxy[1]))
+    _INNER[opened] = weakref.ref(conn)
+    _OPENED_AS[conn] = weakref.ref(opened)
 
 
 _VERIFY_WORDS = {62: "hostname mismatch", 64: "IP address mismatch"}
@@ -212,7 +213,7 @@ async def open_route(
     conn: connection.Server, connect: Connect, hook: ConnectHook, handshake_timeout: float = 60.0
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A socket through the route of ``conn``: TCP (``connect``), then CONNECT and TLS where the route says."""
-    r, _ = _ROUTES[conn]
+    r = _ROUTES[conn]
     reader, writer = await connect(r.proxy or r.origin)
     try:
         if r.connect:
@@ -354,16 +355,16 @@ def context(sni: str | None) -> ssl.SSLContext:
 
 def describe(conn: connection.Server, writer: asyncio.StreamWriter) -> None:
     """Fill in the TLS facts of the HTTP layer's connection from the socket (mitmproxy's TLS layer would)."""
-    if (entry := _ROUTES.get(conn)) is None or not entry[0].tls:
+    if (r := _ROUTES.get(conn)) is None or not r.tls:
         return
-    r, inner = entry
+    carried = inner(conn)
     obj = writer.get_extra_info("ssl_object")
     if not isinstance(obj, ssl.SSLObject):
         return
-    inner.sni = r.sni
-    inner.alpn = (obj.selected_alpn_protocol() or "").encode()
-    inner.cipher = (obj.cipher() or ("",))[0]
-    inner.tls_version = obj.version()  # type: ignore[assignment]  # the same names mitmproxy uses
+    carried.sni = r.sni
+    carried.alpn = (obj.selected_alpn_protocol() or "").encode()
+    carried.cipher = (obj.cipher() or ("",))[0]
+    carried.tls_version = obj.version()  # type: ignore[assignment]  # the same names mitmproxy uses
     if der := obj.getpeercert(binary_form=True):
-        inner.certificate_list = [certs.Cert(x509.load_der_x509_certificate(der))]
-    inner.timestamp_tls_setup = time.time()
+        carried.certificate_list = [certs.Cert(x509.load_der_x509_certificate(der))]
+    carried.timestamp_tls_setup = time.time()

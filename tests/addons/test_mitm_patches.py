@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import gc
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -414,3 +416,15 @@ def test_with_pooling_off_mitmproxy_does_the_tls(monkeypatch: pytest.MonkeyPatch
     (server_conn,) = layer.connections
     assert type(layer.connections[server_conn]) is tls.ServerTLSLayer
     assert origintls.route(server_conn) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("via", [None, ("http", ("proxy.test", 3128))], ids=["direct", "upstream"])
+def test_marks_do_not_keep_connections_alive(via: tuple[str, tuple[str, int]] | None) -> None:
+    _mitm.install()
+    layer, commands_ = _new_connection(via)
+    refs = [weakref.ref(c) for c in layer.connections]
+    assert refs
+    assert any(origintls.route(r()) is not None for r in refs)  # type: ignore[arg-type]
+    del layer, commands_
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)
