@@ -387,3 +387,20 @@ def test_tls_failure_on_revalidation_serves_the_stored_response_stale(
     assert "fwd=stale" in r.headers["Cache-Status"]
     assert origin.accepted == 2
     assert len(origin.heads) == 1  # the revalidation never got past the handshake
+
+
+def test_https_through_an_upstream_replays_once_on_a_fresh_tunnel(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting(closes_reused)
+    proxy = start_proxy("--upstream", upstream.url, "--connect-port", str(origin.port), "-v")
+    for i in range(3):
+        with client(proxy, verify=proxy_ca_file) as c:
+            r = c.get(origin.url(f"/v{i}", host="secure.test"))
+            assert (r.status_code, r.content) == (200, b"GET answered")
+    assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/v0", b"/v1", b"/v1", b"/v2", b"/v2"]
+    assert proxy.log().count("request replayed") == 2
+    assert upstream.count("secure.test", "CONNECT") == 3  # the first tunnel, then one fresh one per replay
