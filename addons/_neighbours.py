@@ -15,7 +15,8 @@ from fwdproxy.store import TieredStore
 class HasStore(Protocol):
     """The cache addon, as Admin sees it: PURGE and the tiers' sizes."""
 
-    store: TieredStore | None
+    @property
+    def store(self) -> TieredStore | None: ...
 
 
 class HasMembers(Protocol):
