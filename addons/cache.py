@@ -1,8 +1,6 @@
 """The shared HTTP cache: turns mitmproxy's flows into exchanges (fwdproxy/cache/exchange.py) and the actions
 into flow changes; the store, flights and sidecar behind them are the core's CacheService."""
 
-# No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules, where a
-# dataclass with string annotations cannot be built.
 import os
 import time
 from collections.abc import Callable, Coroutine

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from mitmproxy import ctx, http
@@ -22,11 +21,16 @@ from fwdproxy_addons._settings import SettingsSource
 log = logging.getLogger("fwdproxy.errors")
 
 
-@dataclass(slots=True)
 class _Watch:
-    flow: http.HTTPFlow
-    since: float
-    """monotonic() when the request was handed to the origin, or when a slow client last held it up."""
+    """One watched request. A plain class, not a dataclass: ``mitmdump -s addons/readtimeout.py`` runs this
+    file as a module missing from sys.modules, where @dataclass cannot resolve string annotations."""
+
+    __slots__ = ("flow", "since")
+
+    def __init__(self, flow: http.HTTPFlow, since: float) -> None:
+        self.flow = flow
+        self.since = since
+        """monotonic() when the request was handed to the origin, or when a slow client last held it up."""
 
 
 class ReadTimeout:
