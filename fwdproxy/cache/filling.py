@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from fwdproxy import store as storage
 from fwdproxy.bodysource import Progress
@@ -48,6 +49,24 @@ class Held:
     """CHECK: the body check to await before looking again."""
     leader: Flight | None = None
     """FOLLOW: the flight this flow follows (None: another process fetches the key)."""
+
+
+class Noted(Protocol):
+    """What the service keeps in a flow's notes (addons/_notes.py FlowNotes has these fields)."""
+
+    held: Held | None
+    whole: tuple[Flight, int | None] | None
+    background: bool
+    shared_tried: bool
+    shared_hit: bool
+
+
+def held(noted: Noted) -> Held:
+    """The flow's Held record, made on first use (a hit never needs one)."""
+    found = noted.held
+    if found is None:
+        found = noted.held = Held()
+    return found
 
 
 class Filling:
