@@ -64,8 +64,9 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
     master = Master(options.Options())
     master.addons = HookTable(master)
     builtins = [cls() for cls in BUILTIN_ADDONS]
+    # mitmproxy's Proxyserver is made here: handed to the addons that need it, never looked up by name.
     servers = next(a for a in builtins if isinstance(a, proxyserver.Proxyserver))
-    ours = chain(dataclasses.replace(s, role="worker" if shared_port else "run"), Server(servers))  # handed over
+    ours = chain(dataclasses.replace(s, role="worker" if shared_port else "run"), Server(servers))
     master.addons.add(*builtins, *ours)
     if shared_port:
         master.fwd_shared_port = SharedPort(servers.servers)  # type: ignore[attr-defined]

@@ -142,7 +142,7 @@ class Filling:
                         flight.file_ready.set()
                     progress.advance(writer.written)
             else:
-                ex.complete = True  # mitmproxy-notes §3: the end of the body is signalled by b""
+                ex.complete = True  # the caller signals the end of the body with b"" (mitmproxy-notes §3)
             return chunk
 
         return copy
