@@ -25,7 +25,7 @@ from fwdproxy.store.fleet import FleetStore, Growing
 from fwdproxy.store.shared import SharedTier
 from fwdproxy.store.shared_client import password_from
 from fwdproxy.store.shared_layout import parse_url
-from fwdproxy_addons import _cacheserve, _cachestore, _flowinfo, _mitm
+from fwdproxy_addons import _cachepartial, _cacheserve, _cachestore, _flowinfo, _mitm
 from fwdproxy_addons._cacheflow import COLLAPSE_WAIT, Held, background_copy
 from fwdproxy_addons._cachehttp import content_length, to_request, to_response
 from fwdproxy_addons._mitm import wideread as _wideread
@@ -205,6 +205,8 @@ class Cache:
         if noted.resume is not None:
             return None
         ex = self._lookup(flow, noted, collapse=True, may_check=True)
+        if ex.state is State.FORWARD:
+            _cachepartial.before_forward(flow, ex, self.store, self.config)  # RFC 9111 §3.3 pieces
         if ex.state in (State.SERVED, State.FORWARD):
             return None  # answered, or on its way to the origin: no coroutine for the common case (a hit)
         return self._wait_for(flow, noted, ex)
@@ -237,6 +239,8 @@ class Cache:
                     return
                 collapse = False  # the leader's response was not for us: ask the origin ourselves
             ex = self._lookup(flow, noted, collapse=collapse, may_check=may_check)
+        if ex.state is State.FORWARD and self.store is not None:
+            _cachepartial.before_forward(flow, ex, self.store, self.config)  # RFC 9111 §3.3 pieces
 
     def _lookup(self, flow: http.HTTPFlow, noted: FlowNotes, *, collapse: bool, may_check: bool) -> Exchange:
         """§4: a new exchange for the flow, driven as far as it goes without waiting; the state it stopped
@@ -525,6 +529,7 @@ class Cache:
                     resp.stream = True  # pass through without holding the body
                 if flight is not None:
                     flight.set_shape(Shape.BUFFERED if ex.shared else Shape.NOT_SHARED)
+        _cachepartial.headers(flow, ex, noted)  # a 206 held for a fill, or copied as a piece
         if resp.stream:
             # A streamed body's headers leave now, before the response hook: say what the cache does here.
             writing = held is not None and held.writer is not None
@@ -543,6 +548,8 @@ class Cache:
             return
         try:
             self._response(flow, noted)
+            if self.store is not None:
+                _cachepartial.response(flow, noted, self.store, self.config)  # pieces kept, a fill answered
         finally:
             self._land(noted)
 

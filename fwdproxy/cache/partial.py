@@ -274,7 +274,9 @@ def answer(
 ) -> tuple[Headers, bytes]:
     """SERVE: the header fields and body of the 206 for ``ranges`` from a partial entry (RFC 9110 §14)."""
     layout = partial_body(ranges, meta.full_length, meta.headers.get("content-type"), boundary)
-    kept = meta.headers.without("content-length", "content-range", "age", *(k for k, _ in layout.headers))
+    kept = meta.headers.without(
+        "content-length", "content-range", "age", "accept-ranges", *(k for k, _ in layout.headers)
+    )
     headers = Headers(
         (
             *kept.fields,
@@ -288,13 +290,13 @@ def answer(
 
 
 def fill_headers(meta: StoredResponse, *, now: float) -> Headers:
-    """FILL: the header fields of the whole 200 assembled from the completed pieces."""
+    """FILL: the header fields of the whole 200 assembled from the completed pieces (``complete``'s record)."""
     kept = meta.headers.without("content-length", "content-range", "age", "accept-ranges")
     return Headers(
         (
             *kept.fields,
             ("Age", age_value(current_age(meta, now))),
             ("Accept-Ranges", "bytes"),
-            ("Content-Length", str(meta.full_length)),
+            ("Content-Length", str(meta.body_length)),
         )
     )
