@@ -343,6 +343,8 @@ class Exchange:
         (a hit), FILL the rest of a whole GET (``fwd=partial``), or go FORWARD as the request is (a range
         the pieces lack: ``fwd=partial`` too when there are some; RFC 9211 §2.2)."""
         self._expect("pieces")
+        if self.partial is not None:
+            raise IllegalStep("pieces twice")
         self.partial = found
         match found.plan:
             case Plan.SERVE:
