@@ -126,6 +126,7 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
             ex.request.headers.with_("Range", f"bytes={found.span.start}-{found.span.end}"),
         )
         whole = _keep(flow, ex, noted, store, config, asked, if_range=found.if_range)
+        whole = whole or _completed_meanwhile(store, ex, found.if_range)
         if whole is not None:
             meta, body = whole
             now = time.time()
@@ -194,3 +195,17 @@ def _keep(
     ex.stored = store.put(storage.variant_key(ex.primary, ""), whole, body) is storage.Outcome.STORED
     store.delete(key)
     return whole, body
+
+
+def _completed_meanwhile(
+    store: storage.TieredStore, ex: Exchange, validator: str
+) -> tuple[StoredResponse, bytes] | None:
+    """The complete entry other pieces made while this fill was on its way (the partial entry is gone then),
+    when it is of the same representation: the fill's client is answered from it."""
+    entry = store.get(storage.variant_key(ex.primary, ""))
+    if entry is None:
+        return None
+    body = whole_body(entry)
+    if body is None or entry.meta.status != 200 or partial.strong_validator(entry.meta.headers) != validator:
+        return None
+    return entry.meta, body
