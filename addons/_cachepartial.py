@@ -15,6 +15,7 @@ from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, partial
 from fwdproxy.cache.exchange import Exchange
 from fwdproxy.cache.states import Action
 from fwdproxy.http_model import Request, StoredResponse
+from fwdproxy.ranges import Partial
 from fwdproxy.store.pieces import whole_body
 from fwdproxy_addons import _respond
 from fwdproxy_addons._cachehttp import make_response, to_response
@@ -117,7 +118,7 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
             if ex.stored and not resp.stream:  # a held body: its head has not left yet (RFC 9211 stored)
                 resp.headers["Cache-Status"] = cache.render(ex.forward_status(stored=True))
         return
-    # FILL: the client asked for the whole response and must never get our 206.
+    # FILL: the client never gets our 206 as it came: it asked the whole response, or a wider range.
     assert found.span is not None
     if resp.status_code == 206:
         asked = Request(
@@ -125,13 +126,22 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
             ex.request.url,
             ex.request.headers.with_("Range", f"bytes={found.span.start}-{found.span.end}"),
         )
-        whole = _keep(flow, ex, noted, store, config, asked, if_range=found.if_range)
-        whole = whole or _completed_meanwhile(store, ex, found.if_range)
-        if whole is not None:
-            meta, body = whole
+        want = found.want
+        merged = _keep(flow, ex, noted, store, config, asked, if_range=found.if_range)
+        if not _answers(merged, want):
+            merged = _completed_meanwhile(store, ex, found.if_range)
+        if merged is not None and _answers(merged, want):
             now = time.time()
             status = CacheStatus(fwd=Fwd.PARTIAL, fwd_status=206, stored=ex.stored)
-            flow.response = make_response(200, "OK", partial.fill_headers(meta, now=now), body, status, now)
+            if want is None:
+                assert merged.whole is not None
+                fields = partial.fill_headers(merged.whole, now=now)
+                flow.response = make_response(200, "OK", fields, merged.body, status, now)
+            else:
+                fields, content = partial.answer(
+                    merged.meta, merged.body, want, now=now, boundary=secrets.token_hex(16)
+                )
+                flow.response = make_response(206, "Partial Content", fields, content, status, now)
             return
         why = "the origin's answer to the range for the rest did not fit the stored pieces"
     elif resp.status_code == 416:
@@ -143,6 +153,17 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
     flow.response = _respond.text(502, f"{ex.request.url}: {why}; retry")
 
 
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """The pieces once a 206 was merged in."""
+
+    meta: StoredResponse
+    """The partial record, with its pieces (all of the representation when ``whole`` is set)."""
+    body: bytes
+    whole: StoredResponse | None
+    """The complete entry the pieces became (stored under the primary key's variant), or None."""
+
+
 def _keep(
     flow: http.HTTPFlow,
     ex: Exchange,
@@ -152,9 +173,9 @@ def _keep(
     asked: Request,
     *,
     if_range: str = "",
-) -> tuple[StoredResponse, bytes] | None:
-    """Merge the 206 into the partial entry when it may be kept (§3.3-3.4); the complete record and body
-    when the pieces now make the whole response (then stored as a complete entry), else None."""
+) -> Merged | None:
+    """Merge the 206 into the partial entry when it may be kept (§3.3-3.4): stored as pieces, or as a
+    complete entry once they make the whole response; None when it is not kept."""
     resp = flow.response
     assert resp is not None
     record = to_response(resp)
@@ -188,24 +209,32 @@ def _keep(
     pieces, body = partial.merge(old, old_body or b"", new, piece, data)
     meta = replace(new, pieces=pieces, body_length=len(body))
     if not partial.is_complete(pieces, total):
-        if store.put(key, meta, body) is storage.Outcome.STORED:
-            ex.stored = True
-        return None
+        ex.stored = store.put(key, meta, body) is storage.Outcome.STORED
+        return Merged(meta, body, None)
     whole = partial.complete(meta, config)
     ex.stored = store.put(storage.variant_key(ex.primary, ""), whole, body) is storage.Outcome.STORED
     store.delete(key)
-    return whole, body
+    return Merged(meta, body, whole)
 
 
-def _completed_meanwhile(
-    store: storage.TieredStore, ex: Exchange, validator: str
-) -> tuple[StoredResponse, bytes] | None:
+def _answers(merged: Merged | None, want: Partial | None) -> bool:
+    """Whether the merged pieces answer a FILL: all of it (``want`` None), or the client's ranges."""
+    if merged is None:
+        return False
+    if want is None:
+        return merged.whole is not None
+    return all(partial.covers(merged.meta.pieces, r) for r in want.ranges)
+
+
+def _completed_meanwhile(store: storage.TieredStore, ex: Exchange, validator: str) -> Merged | None:
     """The complete entry other pieces made while this fill was on its way (the partial entry is gone then),
     when it is of the same representation: the fill's client is answered from it."""
     entry = store.get(storage.variant_key(ex.primary, ""))
     if entry is None:
         return None
     body = whole_body(entry)
-    if body is None or entry.meta.status != 200 or partial.strong_validator(entry.meta.headers) != validator:
+    meta = entry.meta
+    if body is None or meta.status != 200 or partial.strong_validator(meta.headers) != validator:
         return None
-    return entry.meta, body
+    as_pieces = replace(meta, pieces=((0, meta.body_length - 1),), full_length=meta.body_length)
+    return Merged(as_pieces, body, meta)

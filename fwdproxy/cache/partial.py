@@ -6,8 +6,9 @@ a lookup's listing never holds, so it is never served as a complete response). I
 its body is the pieces' bytes concatenated. A request that finds no complete entry asks ``plan``:
 
     SERVE    a GET whose Range lies inside the pieces, the entry fresh: a 206 from them (``answer``)
-    FILL     a whole GET: ask the origin for the span from the first to the last missing byte
-             (Range + If-Range), ``merge`` its 206 and answer the whole 200 (``assemble``)
+    FILL     a whole GET, or a single range that overlaps the pieces without lying inside them: ask the
+             origin for the span from the first to the last byte missing (Range + If-Range), ``merge``
+             its 206 and answer the whole 200 (``fill_headers``) or the range (``answer``)
     CAPTURE  any other GET with a Range: forward it as it is and keep a fitting 206 (``piece_of``)
     NONE     nothing to do with pieces
 
@@ -61,6 +62,8 @@ class Decision:
     """SERVE: the ranges to answer."""
     span: ByteRange | None = None
     """FILL: the bytes to ask the origin for."""
+    want: Partial | None = None
+    """FILL: the range the client asked (answered with a 206 once merged); None: the whole response."""
     if_range: str = ""
     """FILL: the strong validator the origin's 206 must have (sent as If-Range, RFC 9110 §13.1.5)."""
     had: bool = False
@@ -146,15 +149,20 @@ def plan(request: Request, stored: StoredResponse | None, *, now: float, config:
     asked = parse_range(headers.get("range"), stored.full_length)
     validator = strong_validator(stored.headers)
     if_range = headers.get("if-range")
-    if (
-        isinstance(asked, Partial)
-        and all(covers(stored.pieces, r) for r in asked.ranges)
-        and (if_range is None or if_range.strip(" \t") == validator)  # §13.1.5: strong comparison
-    ):
+    if not isinstance(asked, Partial) or validator is None:
+        return Decision(Plan.CAPTURE, had=True)
+    if if_range is not None and if_range.strip(" \t") != validator:  # §13.1.5: strong comparison
+        return Decision(Plan.CAPTURE, had=True)  # the origin answers a changed object whole
+    if all(covers(stored.pieces, r) for r in asked.ranges):
         plain = Request("GET", request.url, headers.without("range", "if-range"))
         decision = lookup(plain, [stored], now=now, config=config)
         if decision.verdict is Verdict.SERVE:
             return Decision(Plan.SERVE, lookup=decision, ranges=asked, had=True)
+        return Decision(Plan.CAPTURE, had=True)  # stale (or refused): the whole range goes forward
+    if len(asked.ranges) == 1 and overlaps(stored.pieces, asked.ranges[0]):
+        span = missing_span(stored.pieces, stored.full_length, within=asked.ranges[0])
+        assert span is not None  # not inside, so something is missing
+        return Decision(Plan.FILL, span=span, if_range=validator, want=asked, had=True)
     return Decision(Plan.CAPTURE, had=True)
 
 
@@ -163,16 +171,23 @@ def covers(pieces: Pieces, r: ByteRange) -> bool:
     return any(start <= r.start and r.end <= end for start, end in pieces)
 
 
-def missing_span(pieces: Pieces, total: int) -> ByteRange | None:
-    """From the first byte the pieces lack to the last (one Range for every gap); None when they have all."""
+def overlaps(pieces: Pieces, r: ByteRange) -> bool:
+    """Whether a stored piece holds some byte of ``r``."""
+    return any(start <= r.end and r.start <= end for start, end in pieces)
+
+
+def missing_span(pieces: Pieces, total: int, *, within: ByteRange | None = None) -> ByteRange | None:
+    """From the first byte the pieces lack to the last, of the whole representation or ``within`` a range
+    of it (one Range for every gap); None when they have all."""
+    low, high = (0, total - 1) if within is None else within
     gaps: list[tuple[int, int]] = []
-    at = 0
+    at = low
     for start, end in pieces:
-        if start > at:
-            gaps.append((at, start - 1))
+        if start > at and at <= high:
+            gaps.append((at, min(start - 1, high)))
         at = max(at, end + 1)
-    if at < total:
-        gaps.append((at, total - 1))
+    if at <= high:
+        gaps.append((at, high))
     return ByteRange(gaps[0][0], gaps[-1][1]) if gaps else None
 
 

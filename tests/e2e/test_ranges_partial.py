@@ -110,7 +110,8 @@ def test_ranges_outside_go_forward_and_merge(start_proxy, origin: Origin) -> Non
     assert joined.content == body[:200] and status(joined).startswith("fwdproxy; hit")
     assert suffix.content == body[-100:]
     assert suffix_again.content == body[-50:] and status(suffix_again).startswith("fwdproxy; hit")
-    assert [a for a, _ in obj.asked] == ["bytes=0-99", "bytes=50-199", "bytes=-100"]
+    # The overlapping range asked only what was missing, guarded by If-Range (§13.1.5).
+    assert obj.asked == [("bytes=0-99", None), ("bytes=100-199", '"p1"'), ("bytes=-100", None)]
 
 
 def test_a_whole_get_fetches_only_the_rest(start_proxy, origin: Origin) -> None:
@@ -245,6 +246,29 @@ def test_a_wrong_answer_to_the_rest_is_never_served_as_the_whole(start_proxy, or
     assert bad.status_code == 502 and body[101:] not in bad.content
     assert after.status_code == 200 and after.content == body  # the pieces were dropped: fetched whole
     assert obj.asked[-1] == (None, None)
+
+
+def test_a_wrong_answer_to_a_narrowed_range_is_never_passed_on(start_proxy, origin: Origin) -> None:
+    body = blob(SIZE, 15)
+    obj = Ranged(body)
+    url = origin.route("/n", obj)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(url, headers={"Range": "bytes=0-99"})
+        good = obj.__call__
+
+        def liar(req) -> Reply:
+            if req.headers.get("Range") == "bytes=100-199":  # the narrowed range, answered for another span
+                return Reply(206, obj.headers() | {"Content-Range": f"bytes 0-99/{SIZE}"}, body[:100])
+            return good(req)
+
+        origin.route("/n", liar)
+        bad = c.get(url, headers={"Range": "bytes=50-199"})
+        origin.route("/n", obj)
+        after = c.get(url, headers={"Range": "bytes=50-199"})
+    assert bad.status_code == 502 and body[:100] not in bad.content
+    assert after.status_code == 206 and after.content == body[50:200]
+    assert obj.asked[-1] == ("bytes=50-199", None)  # the pieces were dropped: asked as the client did
 
 
 def test_parallel_ranges_of_a_cold_object_move_it_once(start_proxy, origin: Origin) -> None:

@@ -204,6 +204,18 @@ def test_missing_span_and_completeness() -> None:
     assert partial.missing_span(((100, 199), (500, 999)), TOTAL) == ByteRange(0, 499)
     assert partial.missing_span(((0, 99), (500, 599)), TOTAL) == ByteRange(100, 999)
     assert partial.missing_span(((0, 999),), TOTAL) is None
+    assert partial.missing_span(((0, 99),), TOTAL, within=ByteRange(50, 199)) == ByteRange(100, 199)
+    assert partial.missing_span(((0, 99), (150, 160)), TOTAL, within=ByteRange(50, 199)) == ByteRange(
+        100, 199
+    )
+    assert partial.missing_span(((100, 199),), TOTAL, within=ByteRange(50, 150)) == ByteRange(50, 99)
+    assert partial.missing_span(((100, 199), (300, 399)), TOTAL, within=ByteRange(150, 350)) == ByteRange(
+        200, 299
+    )
+    assert partial.missing_span(((0, 99),), TOTAL, within=ByteRange(10, 20)) is None
+    assert partial.overlaps(((0, 99),), ByteRange(99, 200)) and not partial.overlaps(
+        ((0, 99),), ByteRange(100, 200)
+    )
     assert partial.is_complete(((0, 999),), TOTAL) and not partial.is_complete(((0, 998),), TOTAL)
     with pytest.raises(ValueError):
         partial.extract(((0, 9),), BODY[:10], ByteRange(5, 10))
@@ -222,7 +234,11 @@ def test_missing_span_and_completeness() -> None:
         (req(Range="bytes=10-19", If_Range='"e2"'), ((0, 99),), 0, Plan.CAPTURE),
         (req(Range="bytes=10-19", If_Range='W/"e1"'), ((0, 99),), 0, Plan.CAPTURE),
         (req(Range="bytes=10-19"), ((0, 99),), 120, Plan.CAPTURE),  # stale: the origin is asked
-        (req(Range="bytes=90-109"), ((0, 99),), 0, Plan.CAPTURE),  # past the piece
+        (req(Range="bytes=90-109"), ((0, 99),), 0, Plan.FILL),  # past the piece: only the rest is asked
+        (req(Range="bytes=90-109"), ((0, 99),), 120, Plan.FILL),  # stale pieces: If-Range guards them
+        (req(Range="bytes=200-209"), ((0, 99),), 0, Plan.CAPTURE),  # nothing of it stored: as it is
+        (req(Range="bytes=90-109, 500-509"), ((0, 99),), 0, Plan.CAPTURE),  # several ranges: as they are
+        (req(Range="bytes=90-109", If_Range='"e2"'), ((0, 99),), 0, Plan.CAPTURE),
         (req(Range="bytes=5000-"), ((0, 99),), 0, Plan.CAPTURE),  # unsatisfiable: the origin says 416
         (req(Range="bytes=10-19", Cache_Control="no-cache"), ((0, 99),), 0, Plan.CAPTURE),
         (req(), ((0, 99),), 0, Plan.FILL),
@@ -248,6 +264,13 @@ def test_fill_asks_from_the_first_missing_byte_with_if_range() -> None:
     meta, _ = entry((0, 99), (500, 599))
     found = partial.plan(req(), meta, now=NOW, config=CONFIG)
     assert found.span == ByteRange(100, 999) and found.if_range == '"e1"'
+
+
+def test_a_range_over_the_edge_of_the_pieces_asks_only_the_rest() -> None:
+    meta, _ = entry((0, 99), (500, 599))
+    found = partial.plan(req(Range="bytes=50-549"), meta, now=NOW, config=CONFIG)
+    assert found.plan is Plan.FILL and found.span == ByteRange(100, 499) and found.if_range == '"e1"'
+    assert found.want == Partial((ByteRange(50, 549),))
 
 
 def test_answer_single_and_multipart() -> None:
