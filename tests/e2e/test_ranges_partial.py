@@ -271,6 +271,25 @@ def test_a_wrong_answer_to_a_narrowed_range_is_never_passed_on(start_proxy, orig
     assert obj.asked[-1] == ("bytes=50-199", None)  # the pieces were dropped: asked as the client did
 
 
+def test_a_length_that_changes_under_the_same_validator_is_never_combined(
+    start_proxy, origin: Origin
+) -> None:
+    body, longer = blob(SIZE, 16), blob(SIZE + 10, 17)
+    obj = Ranged(body)
+    url = origin.route("/len", obj)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(url, headers={"Range": "bytes=0-99"})
+        obj.body = longer  # same ETag, another length: an origin that contradicts itself
+        whole = c.get(url)  # asks bytes=100-4095: answered ".../4106"
+        obj.body = body
+        again = c.get(url)
+        piece = c.get(url, headers={"Range": "bytes=0-99"})
+    assert whole.status_code == 502 and longer[100:SIZE] not in whole.content
+    assert again.status_code == 200 and again.content == body  # the pieces were dropped: fetched whole
+    assert piece.content == body[:100]
+
+
 def test_parallel_ranges_of_a_cold_object_move_it_once(start_proxy, origin: Origin) -> None:
     """uv-style: 8 ranges at once of a cold 20 MiB object, without --range-fetch-whole-below."""
     size = 20 * 1024 * 1024
