@@ -13,7 +13,7 @@ from fwdproxy import cache
 from fwdproxy import store as storage
 from fwdproxy.cache import CacheConfig, CacheStatus, Fwd, partial
 from fwdproxy.cache.exchange import Exchange
-from fwdproxy.cache.states import Action
+from fwdproxy.cache.states import Action, Role
 from fwdproxy.http_model import Request, StoredResponse
 from fwdproxy.ranges import Partial
 from fwdproxy.store.pieces import whole_body
@@ -102,6 +102,17 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
     ex, resp = noted.cache, flow.response
     found = ex.partial if ex is not None else None
     if (
+        ex is not None
+        and ex.role is Role.WHOLE
+        and ex.stored
+        and resp is not None
+        and resp.status_code == 200
+    ):
+        store.delete(
+            storage.partial_key(ex.primary)
+        )  # our whole fetch for ranges stored it: pieces not needed
+        return
+    if (
         ex is None
         or found is None
         or resp is None
@@ -175,12 +186,15 @@ def _keep(
     if_range: str = "",
 ) -> Merged | None:
     """Merge the 206 into the partial entry when it may be kept (§3.3-3.4): stored as pieces, or as a
-    complete entry once they make the whole response; None when it is not kept."""
+    complete entry once they make the whole response; None when it is not kept. A FILL's 206 (``if_range``
+    given) that may not be stored (the request's no-store or credentials, the response's no-store) is still
+    merged in memory, to answer its client, and nothing is stored."""
     resp = flow.response
     assert resp is not None
     record = to_response(resp)
     got = partial.piece_of(asked, record)
-    if got is None or not partial.may_keep(asked, record, config):
+    keep = partial.may_keep(asked, record, config)
+    if got is None or not (keep or if_range):
         return None
     if if_range and partial.strong_validator(record.headers) != if_range:
         return None  # the origin ignored our If-Range and sent a piece of another representation
@@ -208,6 +222,10 @@ def _keep(
     old = entry.meta if entry is not None and old_body is not None and entry.meta.pieces else None
     pieces, body = partial.merge(old, old_body or b"", new, piece, data)
     meta = replace(new, pieces=pieces, body_length=len(body))
+    if not keep:
+        return Merged(
+            meta, body, partial.complete(meta, config) if partial.is_complete(pieces, total) else None
+        )
     if not partial.is_complete(pieces, total):
         ex.stored = store.put(key, meta, body) is storage.Outcome.STORED
         return Merged(meta, body, None)

@@ -290,6 +290,28 @@ def test_a_length_that_changes_under_the_same_validator_is_never_combined(
     assert piece.content == body[:100]
 
 
+def test_a_fill_that_may_not_be_stored_still_answers(start_proxy, origin: Origin) -> None:
+    body = blob(SIZE, 18)
+    obj = Ranged(body)
+    url = origin.route("/ns", obj)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        c.get(url, headers={"Range": "bytes=0-99"})
+        no_store = c.get(url, headers={"Cache-Control": "no-store"})
+        with_credentials = c.get(url, headers={"Range": "bytes=50-149", "Authorization": "Basic eDp5"})
+        piece = c.get(url, headers={"Range": "bytes=0-99"})
+        whole = c.get(url)
+    assert no_store.status_code == 200 and no_store.content == body and "stored" not in status(no_store)
+    assert with_credentials.status_code == 206 and with_credentials.content == body[50:150]
+    assert piece.content == body[:100] and status(piece).startswith("fwdproxy; hit")  # the pieces stayed
+    assert whole.content == body and "stored" in status(whole)
+    assert obj.asked[1:] == [
+        (f"bytes=100-{SIZE - 1}", '"p1"'),
+        ("bytes=100-149", '"p1"'),
+        (f"bytes=100-{SIZE - 1}", '"p1"'),
+    ]
+
+
 def test_parallel_ranges_of_a_cold_object_move_it_once(start_proxy, origin: Origin) -> None:
     """uv-style: 8 ranges at once of a cold 20 MiB object, without --range-fetch-whole-below."""
     size = 20 * 1024 * 1024
