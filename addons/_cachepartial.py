@@ -108,9 +108,8 @@ def response(flow: http.HTTPFlow, noted: FlowNotes, store: storage.TieredStore, 
         and resp is not None
         and resp.status_code == 200
     ):
-        store.delete(
-            storage.partial_key(ex.primary)
-        )  # our whole fetch for ranges stored it: pieces not needed
+        # Our whole fetch for ranges stored the object: its pieces are not needed any more.
+        store.delete(storage.partial_key(ex.primary))
         return
     if (
         ex is None

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 
+from fwdproxy import cache
+from fwdproxy.store import TieredStore, partial_key
 from tests.support import Origin, Reply, client, h2_client
 
 SIZE = 4096
@@ -425,3 +427,21 @@ def test_a_206_cut_short_is_never_kept(start_proxy, origin: Origin) -> None:
     assert second.status_code == 206 and second.content == body
     assert len(calls) == 2  # the cut one was not kept; the whole second one was
     assert third.content == body[:10] and status(third).startswith("fwdproxy; hit")
+
+
+def test_a_whole_fetch_for_ranges_drops_the_pieces(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    body = blob(SIZE, 19)
+    obj = Ranged(body)
+    url = origin.route("/wf", obj)
+    cache_dir = tmp_path / "shared-cache"
+    with client(start_proxy(cache_dir=cache_dir)) as c:
+        c.get(url, headers={"Range": "bytes=0-99"})
+    store = TieredStore.open(cache_dir)
+    key = partial_key(cache.primary_key("GET", url))
+    assert store.get(key) is not None
+    with client(start_proxy("--range-fetch-whole-below", "64KiB", cache_dir=cache_dir)) as c:
+        r = c.get(url, headers={"Range": "bytes=200-299"})  # a miss: fetched whole, stored, answered
+    assert r.status_code == 206 and r.content == body[200:300]
+    assert obj.asked[-1] == (None, None)
+    assert store.get(key) is None
+    store.close()
