@@ -17,7 +17,7 @@ from fwdproxy.cache.service import CacheService, held, whole_content
 from fwdproxy.cache.states import Action, State
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import BodyFile, TieredStore
-from fwdproxy_addons import _flowinfo, _mitm, _respond
+from fwdproxy_addons import _cachepartial, _flowinfo, _mitm, _respond
 from fwdproxy_addons._cachehttp import content_length, make_response, to_request, to_response
 from fwdproxy_addons._mitm import wideread as _wideread
 from fwdproxy_addons._notes import FlowNotes, notes, peek
@@ -90,6 +90,10 @@ class Cache:
         if noted.resume is not None:
             return None
         ex = self._lookup(flow, noted, collapse=True, may_check=True)
+        if ex.state is State.FORWARD and self.service.store is not None:
+            _cachepartial.before_forward(
+                flow, ex, self.service.store, self.service.config
+            )  # RFC 9111 §3.3 pieces
         if ex.state in _WAITING:
             return None  # answered, or on its way to the origin: no coroutine for the common case (a hit)
         return self._wait_for(flow, noted, ex)
@@ -117,6 +121,8 @@ class Cache:
                         return self._serve(flow, ex, entry.meta, entry.body, status, now)
                 collapse = False  # the leader's response was not for us: ask the origin ourselves
             ex = self._lookup(flow, noted, collapse=collapse, may_check=may_check)
+        if ex.state is State.FORWARD and self.store is not None:
+            _cachepartial.before_forward(flow, ex, self.store, self.config)  # RFC 9111 §3.3 pieces
 
     def _lookup(self, flow: http.HTTPFlow, noted: FlowNotes, *, collapse: bool, may_check: bool) -> Exchange:
         """§4: a new exchange for the flow, driven as far as it goes without waiting; the state it stopped
@@ -227,6 +233,7 @@ class Cache:
             resp.stream = copy
         elif ex.big:
             resp.stream = True  # pass through without holding the body
+        _cachepartial.headers(flow, ex, noted)  # a 206 held for a fill, or copied as a piece
         if resp.stream:
             # A streamed body's headers leave now, before the response hook: say what the cache does here.
             writing = mine.writer is not None
@@ -246,6 +253,10 @@ class Cache:
         try:
             if ex is not None and ex.state in (State.FORWARD, State.TEE, State.BUFFER, State.PASS):
                 self._response(flow, noted, ex)
+            if self.service.store is not None:
+                _cachepartial.response(
+                    flow, noted, self.service.store, self.service.config
+                )  # pieces kept, a fill answered
         finally:
             if ex is not None and noted.held is not None:
                 self.service.land(ex, noted.held)

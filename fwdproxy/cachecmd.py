@@ -18,7 +18,7 @@ from rich.table import Table
 
 from fwdproxy import cache, cacheview, config, hits, metrics, runtime
 from fwdproxy.cache import CacheConfig
-from fwdproxy.store import TieredStore, Verification, backend
+from fwdproxy.store import BodyFile, TieredStore, Verification, backend, partial_key
 from fwdproxy.store.handle import ERRORS
 from fwdproxy.store.verify import ORPHAN_AGE, _remove_orphans
 from fwdproxy.units import format_duration, format_size
@@ -199,6 +199,7 @@ def cmd_ls(ns: argparse.Namespace) -> int:
     for r in found:
         fresh = format_duration(r.ttl) if r.ttl > 0 else f"[yellow]stale {format_duration(-r.ttl)}[/yellow]"
         url = r.url + (f" [dim](vary {r.vary.replace(chr(10), '; ')})[/dim]" if r.vary else "")
+        url += f" [dim](partial: {r.partial})[/dim]" if r.pieces else ""
         table.add_row(
             url, str(r.status), format_size(r.size), format_duration(r.age), fresh, str(r.hits), r.source
         )
@@ -211,6 +212,10 @@ def cmd_show(ns: argparse.Namespace) -> int:
     store = _open(settings)
     primary = cache.primary_key("GET", ns.url)
     variants = store.variants(primary)
+    if (pieces := store.get(partial_key(primary))) is not None:
+        if isinstance(pieces.body, BodyFile):
+            pieces.body.close()
+        variants.append((partial_key(primary), pieces.meta))  # RFC 9111 §3.3: shown as partial
     if not variants:
         if ns.json:
             _print_json([])
@@ -226,7 +231,13 @@ def cmd_show(ns: argparse.Namespace) -> int:
     console = _console()
     console.print(f"[bold]{ns.url}[/bold]  key {primary!r}, {len(shown)} variant(s), {shown[0]['hits']} hits")
     for v in shown:
-        console.rule(f"variant {v['vary'] or '(no Vary)'}")
+        part = v["partial"]
+        title = (
+            f"partial: bytes {', '.join(f'{a}-{b}' for a, b in part['pieces'])} of {part['length']}"
+            if part
+            else ""
+        )
+        console.rule(title or f"variant {v['vary'] or '(no Vary)'}")
         console.print(f"{v['status_text']}, {format_size(v['size'])} body, rule: {v['rule'] or 'none'}")
         headers = Table(show_header=False, box=None)
         headers.add_column(style="cyan")

@@ -66,6 +66,17 @@ class EntryRow:
     """The Vary secondary key ("" when the response has no Vary)."""
     rule: str
     stored_at: float
+    pieces: tuple[tuple[int, int], ...] = ()
+    """A partial entry (RFC 9111 §3.3): the byte ranges it holds; () for a complete response."""
+    full_length: int = -1
+    """A partial entry: the length of the whole representation."""
+
+    @property
+    def partial(self) -> str:
+        """``bytes 0-99, 500-599 of 1000`` for a partial entry, "" for a complete one."""
+        if not self.pieces:
+            return ""
+        return f"bytes {', '.join(f'{a}-{b}' for a, b in self.pieces)} of {self.full_length}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +93,11 @@ class EntryRow:
             "vary": self.vary or None,
             "rule": self.rule or None,
             "stored_at": self.stored_at,
+            "partial": (
+                {"pieces": [list(p) for p in self.pieces], "length": self.full_length}
+                if self.pieces
+                else None
+            ),
         }
 
 
@@ -108,6 +124,8 @@ def row(key: str, meta: StoredResponse, config: CacheConfig, now: float, hits: M
         vary=secondary,
         rule=meta.rule or (lifetime.rule.name if lifetime.rule else ""),
         stored_at=meta.response_time,
+        pieces=meta.pieces,
+        full_length=meta.full_length,
     )
 
 
@@ -216,6 +234,13 @@ def explain(meta: StoredResponse, config: CacheConfig, now: float) -> list[str]:
     forbid = stale_forbidden(meta, lifetime)
     if forbid:
         lines.append(f"{forbid}: never served stale without revalidation (§4.2.4)")
+    if meta.pieces:
+        held = ", ".join(f"{a}-{b}" for a, b in meta.pieces)
+        lines.append(f"partial (§3.3): holds bytes {held} of {meta.full_length}, {meta.body_length} in all")
+        lines.append(
+            "a range inside them is answered from them while fresh; a plain GET asks the origin for the rest"
+        )
+        return lines
     request = Request("GET", meta.url, meta.vary_request)
     decision = cache.lookup(request, [meta], now=now, config=config)
     validators = [f"{n}: {meta.headers.get(n)}" for n in ("ETag", "Last-Modified") if n in meta.headers]

@@ -137,6 +137,11 @@ class StoredResponse:
     expires, heuristic, none)."""
     rule_detail: str = ""
     """How the cache rule changed the lifetime: rule-immutable, rule-min-ttl, rule-max-ttl; "" if it did not."""
+    pieces: tuple[tuple[int, int], ...] = ()
+    """A partial entry (RFC 9111 §3.3, fwdproxy/cache/partial.py): the byte ranges of the representation its
+    body holds, both ends inclusive, sorted, disjoint, concatenated in that order; () for a complete entry."""
+    full_length: int = -1
+    """A partial entry: the length of the whole representation (its Content-Range complete-length)."""
     facts: object = field(default=None, init=False, repr=False, compare=False)
     """What its headers say for the cache policy (fwdproxy.cache.facts.Facts), worked out at the first use and
     kept here: a cache of immutable data, so the record stays immutable outside."""

@@ -39,12 +39,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import assert_never
 
 from fwdproxy.cache.answer import Answer, answer
 from fwdproxy.cache.config import CacheConfig
 from fwdproxy.cache.freshness import record_lifetime
 from fwdproxy.cache.headers import storable_headers, without_our_status
 from fwdproxy.cache.key import primary_key, secondary_key, vary_matches, vary_request_headers
+from fwdproxy.cache.partial import Decision as PiecesDecision
+from fwdproxy.cache.partial import Plan
 from fwdproxy.cache.policy import LookupDecision, Verdict, lookup, stale_on_error
 from fwdproxy.cache.states import (
     ACTION_STATE,
@@ -128,6 +131,8 @@ class Exchange:
     """SERVE_STALE's Cache-Status."""
     resume_from: int = 0
     if_range: str = ""
+    partial: PiecesDecision | None = None
+    """What the URL's partial entry gave this miss (``pieces``; fwdproxy/cache/partial.py), None: not asked."""
 
     def _do(self, action: Action) -> Action:
         to = ACTION_STATE[action]
@@ -318,6 +323,43 @@ class Exchange:
         if self.decision.verdict is Verdict.REVALIDATE:
             return self._do(Action.FORWARD_VALIDATING)
         return self._do(Action.FORWARD)
+
+    def wants_pieces(self) -> bool:
+        """Whether this exchange, on its way to the origin, asks the URL's partial entry first (RFC 9111 §3.3):
+        a client's GET that found nothing stored for the URL and leads (or goes alone)."""
+        return (
+            self.state is State.FORWARD
+            and self.partial is None
+            and self.request.method == "GET"
+            and self.decision.verdict is Verdict.FORWARD
+            and self.decision.fwd is Fwd.URI_MISS
+            and self.role in (Role.ALONE, Role.LEADER)
+            and not self.background
+            and not self.replay
+        )
+
+    def pieces(self, found: PiecesDecision) -> Action:
+        """What the URL's partial entry gave (``partial.plan``): SERVE_PIECES a range inside fresh pieces
+        (a hit), FILL the rest of a whole GET (``fwd=partial``), or go FORWARD as the request is (a range
+        the pieces lack: ``fwd=partial`` too when there are some; RFC 9211 §2.2)."""
+        self._expect("pieces")
+        if self.partial is not None:
+            raise IllegalStep("pieces twice")
+        self.partial = found
+        match found.plan:
+            case Plan.SERVE:
+                assert found.lookup is not None
+                self.decision = found.lookup
+                return self._do(Action.SERVE_PIECES)
+            case Plan.FILL:
+                self.decision = replace(self.decision, fwd=Fwd.PARTIAL)
+                return self._do(Action.FILL)
+            case Plan.CAPTURE | Plan.NONE:
+                if found.had:
+                    self.decision = replace(self.decision, fwd=Fwd.PARTIAL)
+                return self._do(Action.FORWARD)
+            case _:
+                assert_never(found.plan)
 
     def hold(self, selected: StoredResponse) -> Headers:
         """§4.3.1: the validators to ask with, taken from the selected entry (read again just now) and its

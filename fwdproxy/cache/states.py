@@ -81,6 +81,11 @@ class Action(enum.Enum):
     """Let the request go to the origin as it is."""
     FORWARD_VALIDATING = "forward-validating"
     """Hold the selected entry and ask the origin with validators (``validate``, §4.3.1)."""
+    SERVE_PIECES = "serve-pieces"
+    """A range inside a fresh partial entry's pieces: answer the 206 from them (fwdproxy/cache/partial.py)."""
+    FILL = "fill"
+    """A whole GET finds pieces: ask the origin for ``fill.span`` only (Range, If-Range ``fill.if_range``),
+    merge its 206 and answer the whole 200 from the completed entry (RFC 9111 §3.4)."""
     ABANDON = "abandon"
     """Our whole fetch for ranges is too big or of unknown length: kill it; its followers go themselves."""
     PASS = "pass"
@@ -115,7 +120,7 @@ MOVES: Mapping[State, frozenset[State]] = {
     State.JOIN: frozenset({State.FORWARD, State.FOLLOW}),
     State.FOLLOW: frozenset({State.SERVED}),
     State.CHECK: frozenset(),
-    State.FORWARD: frozenset({State.TEE, State.BUFFER, State.PASS, State.SERVED, State.DONE}),
+    State.FORWARD: frozenset({State.FORWARD, State.TEE, State.BUFFER, State.PASS, State.SERVED, State.DONE}),
     State.TEE: frozenset({State.DONE, State.PASS, State.RESUME}),
     State.BUFFER: frozenset({State.DONE, State.SERVED}),
     State.PASS: frozenset({State.DONE, State.SERVED}),
@@ -140,6 +145,8 @@ ACTION_STATE: Mapping[Action, State] = {
     Action.WAIT_REMOTE: State.FOLLOW,
     Action.FORWARD: State.FORWARD,
     Action.FORWARD_VALIDATING: State.FORWARD,
+    Action.SERVE_PIECES: State.SERVED,
+    Action.FILL: State.FORWARD,
     Action.ABANDON: State.DONE,
     Action.PASS: State.PASS,
     Action.BUFFER: State.BUFFER,
@@ -222,6 +229,7 @@ EVENTS: Mapping[str, frozenset[State]] = {
     "joined": frozenset({State.JOIN}),
     "followed": frozenset({State.FOLLOW}),
     "streaming": frozenset({State.SHARED}),
+    "pieces": frozenset({State.FORWARD}),
     "head": frozenset({State.FORWARD}),
     "no_room": frozenset({State.TEE}),
     "response": frozenset({State.FORWARD, State.TEE, State.BUFFER, State.PASS}),

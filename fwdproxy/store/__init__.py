@@ -17,6 +17,8 @@ from fwdproxy.store.record import (
     TierStats,
     Verification,
     VerifyReport,
+    is_partial_key,
+    partial_key,
     variant_key,
 )
 from fwdproxy.store.tiered import TieredStore, TieredWriter
@@ -44,6 +46,8 @@ __all__ = [
     "VerifyReport",
     "Writer",
     "body_matches",
+    "is_partial_key",
+    "partial_key",
     "variant_key",
     "verify_all",
 ]

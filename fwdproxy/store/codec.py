@@ -85,6 +85,8 @@ def encode(meta: StoredResponse, *, stamp: bytes, digest: str, inline: bytes = b
     }
     if meta.lifetime is not None:  # optional keys: records without them (older ones) still decode
         doc |= {"lifetime": meta.lifetime, "source": meta.lifetime_source, "rule_detail": meta.rule_detail}
+    if meta.pieces:  # a partial entry (RFC 9111 §3.3): which bytes of how many its body holds
+        doc |= {"pieces": [list(p) for p in meta.pieces], "full_length": meta.full_length}
     # ensure_ascii keeps any str (even lone surrogates from odd header bytes) round-trippable.
     text = json.dumps(doc, separators=(",", ":"), ensure_ascii=True).encode("ascii")
     return HEADER.pack(MAGIC, FORMAT_VERSION, stamp, len(text)) + text + inline
@@ -119,6 +121,16 @@ def _number(doc: dict[str, Any], name: str) -> float:
     return float(value)
 
 
+def _pieces(doc: dict[str, Any]) -> tuple[tuple[int, int], ...]:
+    raw = _typed(doc, "pieces", list)
+    if not all(
+        isinstance(p, list) and len(p) == 2 and all(isinstance(n, int) and not isinstance(n, bool) for n in p)
+        for p in raw
+    ):
+        raise ValueError("pieces is not a list of [start, end] pairs")
+    return tuple((p[0], p[1]) for p in raw)
+
+
 def decode(record: bytes) -> Decoded | Undecodable:
     """Parse a record; never raises."""
     if len(record) < HEADER.size:
@@ -148,6 +160,8 @@ def decode(record: bytes) -> Decoded | Undecodable:
             lifetime=_number(doc, "lifetime") if "lifetime" in doc else None,
             lifetime_source=_typed(doc, "source", str) if "lifetime" in doc else "",
             rule_detail=_typed(doc, "rule_detail", str) if "lifetime" in doc else "",
+            pieces=_pieces(doc) if "pieces" in doc else (),
+            full_length=_typed(doc, "full_length", int) if "pieces" in doc else -1,
         )
         digest = _typed(doc, CHECKSUM, str)
     except (ValueError, KeyError, RecursionError):  # JSONDecodeError, UnicodeDecodeError: ValueErrors

@@ -28,7 +28,7 @@ from fwdproxy.store import codec
 from fwdproxy.store.disk import DiskStore
 from fwdproxy.store.generations import primary_of
 from fwdproxy.store.memory import MemoryStore
-from fwdproxy.store.record import Outcome
+from fwdproxy.store.record import Outcome, is_partial_key, partial_key
 from fwdproxy.store.shared import WINDOW, SharedTier
 from fwdproxy.store.shared_breaker import State
 from fwdproxy.store.shared_client import Corrupt, Missing, Unavailable
@@ -64,7 +64,7 @@ class FleetWriter(TieredWriter):
 
     def commit(self, meta: StoredResponse) -> Outcome:
         outcome = super().commit(meta)
-        if outcome is Outcome.STORED:
+        if outcome is Outcome.STORED and not is_partial_key(self.key):  # pieces stay local (shared-tier.md)
             self._fleet.copy_up(self.key)
         return outcome
 
@@ -120,6 +120,8 @@ class FleetStore(TieredStore):
 
     def delete(self, key: str) -> bool:
         gone = super().delete(key)
+        if is_partial_key(key):
+            return gone  # never published, so nothing to forget
         self._background(lambda shared: shared.forget(primary_of(key), key))
         return gone
 
@@ -129,8 +131,9 @@ class FleetStore(TieredStore):
         return removed
 
     def purge_local(self, primary: str) -> int:
-        """Purge the local tiers only (what another node told us)."""
-        return sum(TieredStore.delete(self, key) for key, _ in self.disk.variants(primary))
+        """Purge the local tiers only (what another node told us), the partial entry too."""
+        partial = TieredStore.delete(self, partial_key(primary))
+        return sum(TieredStore.delete(self, key) for key, _ in self.disk.variants(primary)) + partial
 
     def invalidated(self, primary: str, key: str) -> None:
         """Another node deleted a variant (``key``) or purged the primary key: drop our copies."""

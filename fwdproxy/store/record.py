@@ -24,6 +24,20 @@ def variant_key(primary: str, secondary: str) -> str:
     return f"{primary}{VARIANT_SEPARATOR}{secondary}"
 
 
+PARTIAL_PREFIX = "partial:"
+"""Starts the store key of a URL's partial entry (RFC 9111 §3.3). A primary key starts with an upper-case
+method, so no primary key, and no variant, has this prefix: a lookup's listing never holds a partial entry."""
+
+
+def partial_key(primary: str) -> str:
+    """The store key of the partial entry (pieces of one representation) of a primary key."""
+    return PARTIAL_PREFIX + primary
+
+
+def is_partial_key(key: str) -> bool:
+    return key.startswith(PARTIAL_PREFIX)
+
+
 class Outcome(enum.StrEnum):
     """What became of a streamed body when it was committed or abandoned."""
 

@@ -29,7 +29,7 @@ from fwdproxy.store.backend import Row
 from fwdproxy.store.disk import DISK_SIZE, DiskStore
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
-from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification
+from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification, partial_key
 from fwdproxy.store.writer import DiskWriter
 
 FOLLOW_INTERVAL = 1.0
@@ -247,8 +247,9 @@ class TieredStore:
         return self.disk.delete(key)
 
     def purge(self, primary: str) -> int:
-        """Delete primary and all its variants from both tiers (§4.4 invalidation); how many."""
-        return sum(self.delete(key) for key, _ in self.disk.variants(primary))
+        """Delete primary, all its variants and its partial entry from both tiers (§4.4 invalidation); how many."""
+        partial = self.delete(partial_key(primary))
+        return sum(self.delete(key) for key, _ in self.disk.variants(primary)) + partial
 
     def variants(self, primary: str) -> list[tuple[str, StoredResponse]]:
         """(key, metadata) of primary and every variant_key(primary, …) stored (§4.1), bodies unread.
