@@ -1,0 +1,85 @@
+"""The registry simulator of scripts/bench_clients answers like a registry (issue 17, point 9), plain and HTTPS."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import io
+import re
+import ssl
+import sys
+import time
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+
+from tests.support import REPO
+
+
+def load_bench() -> ModuleType:
+    path = REPO / "scripts" / "bench_clients"
+    loader = importlib.machinery.SourceFileLoader("bench_clients", str(path))
+    spec = importlib.util.spec_from_loader("bench_clients", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_clients"] = module  # dataclasses look their module up while the class is made
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("sim", ["plain", "internet"])
+def test_index_page_and_wheel_carry_the_registry_headers(sim: str, tmp_path: Path) -> None:
+    bench = load_bench()
+    reg = bench.Registry(["smokepkg"], ["smoke-npm"], bench.SIMS[sim])
+    bench.start_registry(reg, tmp_path)
+    try:
+        verify: ssl.SSLContext | bool = False
+        if reg.sim.tls:
+            verify = ssl.create_default_context(cafile=str(reg.ca_pem))
+        with httpx.Client(verify=verify, timeout=10) as client:
+            started = time.monotonic()
+            index = client.get(f"{reg.base('index')}/simple/smokepkg/")
+            first = time.monotonic() - started
+            assert index.status_code == 200
+            assert index.headers["cache-control"] == "max-age=600"
+            assert index.headers["content-type"] == "text/html"
+            link = re.search(r'href="([^"#]+)#sha256=([0-9a-f]+)"', index.text)
+            assert link is not None, index.text
+            url, digest = link.groups()
+            assert url.startswith(reg.base("files") + "/packages/smokepkg-1.0.0-py3-none-any.whl")
+
+            wheel = client.get(url)
+            assert wheel.status_code == 200
+            assert wheel.headers["cache-control"] == "max-age=365000000, immutable"
+            assert hashlib.sha256(wheel.content).hexdigest() == digest
+            with zipfile.ZipFile(io.BytesIO(wheel.content)) as z:
+                assert "smokepkg/__init__.py" in z.namelist()
+
+            again = client.get(
+                f"{reg.base('index')}/simple/smokepkg/", headers={"If-None-Match": index.headers["etag"]}
+            )
+            assert again.status_code == 304
+            assert again.content == b""
+
+            packument = client.get(f"{reg.base('npm')}/npm/smoke-npm")
+            assert packument.headers["cache-control"] == "public, max-age=300"
+            tarball = client.get(packument.json()["versions"]["1.0.0"]["dist"]["tarball"])
+            assert tarball.headers["cache-control"] == "public, immutable, max-age=31557600"
+            assert tarball.content[:2] == b"\x1f\x8b"
+        used, connections, requests, not_modified = reg.reset()
+        assert requests == 5
+        assert not_modified == 1
+        origins = 2 if reg.sim.split_hosts else 1
+        assert reg.origins("pip") == origins
+        # One keep-alive connection per host: the index, then the files host, then npm (the index's host when
+        # there is one host only).
+        assert connections == (3 if reg.sim.split_hosts else 1)
+        assert used == connections
+        # The first answer waits one request round trip, plus TCP and TLS round trips on a new connection.
+        assert first >= bench.DELAY * (3 if reg.sim.setup_rtt else 1)
+    finally:
+        bench.stop_registry(reg)
