@@ -52,6 +52,16 @@ class _Known:
     """Database rows read under these marks: a disk hit then reads the body file alone, no SQLite."""
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryMark:
+    """Which memory copy of a key was current, under which marks (TieredStore.memory_mark)."""
+
+    key: str
+    slot: int
+    marks: tuple[int, int]
+    cached: Cached
+
+
 class TieredWriter:
     """A DiskWriter that also keeps the chunks of a body small enough for memory, to copy up at commit."""
 
@@ -212,6 +222,36 @@ class TieredStore:
             return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)  # get()'s first answer
         entry = self.get(key)
         return entry if entry is not None and isinstance(entry.body, bytes) else None
+
+    def memory_mark(self, key: str) -> MemoryMark | None:
+        """A mark of the memory copy ``memory_get(key)`` answers with now without reading anything (None when
+        it would have to look at the disk tier first): ``unchanged(mark)`` is true while that very copy would
+        still be its answer. The fast hit layer keeps a rendered response per mark."""
+        if (cached := self.memory.get(key)) is None:
+            return None
+        primary = primary_of(key)
+        known = self._known.get(primary)
+        slot = slot_of(primary)
+        marks = (self.disk.generations.read(slot), self.disk.generations.read(GLOBAL))
+        if (
+            known is None
+            or known.checked.get(key) is not cached
+            or known.marks != marks
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return MemoryMark(key, slot, marks, cached)
+
+    def unchanged(self, mark: MemoryMark) -> bool:
+        """Whether ``memory_get(mark.key)`` would still answer with the copy ``mark`` was taken of: no write
+        to its slot or the database by any process, the copy still in memory, the database followed."""
+        gens = self.disk.generations
+        return (
+            self.memory.get(mark.key) is mark.cached
+            and gens.read(mark.slot) == mark.marks[0]
+            and gens.read(GLOBAL) == mark.marks[1]
+            and time.monotonic() - self._followed < FOLLOW_INTERVAL
+        )
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""
