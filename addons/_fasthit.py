@@ -4,8 +4,10 @@
 ``decide`` asks the cache exchange's own hit decision (fwdproxy/cache/exchange.py ``hit``: the same
 Exchange, §4 lookup, Vary selection and answer.py rendering the cache addon drives for a flow), so Vary,
 request directives, 304s, ranges, HEAD, Age and Cache-Status come out identical. It answers only when the
-exchange serves from a body in the memory tier; anything else (a miss, a stale entry to validate, a disk or
-big body, a 504) is None and the full path takes the request.
+exchange serves from a body in the memory tier, or from a disk-tier body the store reads whole (at most
+``disk_max`` bytes: what the full path too reads on the event loop, checksum verified, and promotes to memory
+when it fits); anything else (a miss, a stale entry to validate, a body streamed from its file, a 504) is
+None and the full path takes the request.
 """
 
 import math
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from fwdproxy import cache, unkeyed
 from fwdproxy import store as storage
 from fwdproxy.cache import CacheConfig, exchange
+from fwdproxy.cache.answer import close
 from fwdproxy.cache.states import State
 from fwdproxy.http_model import Request
 from fwdproxy_addons._cachehttp import _encode
@@ -43,10 +46,11 @@ class FastAnswer:
 
 
 def decide(
-    request: Request, store: storage.TieredStore, config: CacheConfig, now: float
+    request: Request, store: storage.TieredStore, config: CacheConfig, now: float, *, disk_max: int = 0
 ) -> FastAnswer | None:
     """The answer to ``request`` (method, key URL and headers as the cache addon would see them after the
-    addons before it) from the memory tier, or None when the full path must handle it."""
+    addons before it) from the memory tier, or from the disk tier for a body of at most ``disk_max`` bytes;
+    None when the full path must handle it."""
     if request.method not in ("GET", "HEAD"):
         return None
     bypass = unkeyed.bypass(request.headers, has_body=False)
@@ -57,7 +61,16 @@ def decide(
 
     def body_of(key: str) -> bytes | None:
         entry = store.memory_get(key)
-        return entry.body if entry is not None and isinstance(entry.body, bytes) else None
+        if entry is None and disk_max > 0:
+            length = next((m.body_length for k, m in listing if k == key), -1)
+            if 0 <= length <= disk_max:
+                entry = store.get(key)  # the full path's read (_checked_get), promoted to memory if it fits
+        if entry is None:
+            return None
+        if not isinstance(entry.body, bytes):
+            close(entry.body)  # a file to stream (or to check first): the full path's
+            return None
+        return entry.body
 
     ex, ans = exchange.hit(request, listing, body_of, now=now, config=config, bypass=bypass)
     if ans is None or ans.file is not None:

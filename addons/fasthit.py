@@ -204,7 +204,7 @@ class FastHits:
         """The response to ``head`` worked out in full (the cache exchange's hit decision, the anonymizer's
         response rewrite), remembered for as long as it stays the same bytes."""
         cache = self.cache
-        fast = decide(prepared.request, store, cache.config, now)
+        fast = decide(prepared.request, store, cache.config, now, disk_max=store.disk.read_whole_max)
         if fast is None:
             return None
         rendered = self._render(fast, head.method)

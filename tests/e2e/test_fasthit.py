@@ -287,3 +287,34 @@ def test_identical_requests_follow_expiry_purge_and_age(start_proxy, origin: Ori
         after = w.exchange(get(kept))
     assert after.get("cache-status") == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
     assert origin.hits["/kept"] == 2
+
+
+def test_disk_tier_hits_small_enough_to_read_whole_are_fast(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    """Without a memory tier (--memory-cache-size 0) a body the store reads whole (at most
+    --memory-object-max) is answered by the fast layer from the disk tier, read and checked on every hit as
+    the full path reads it; a bigger one streams from its file through the full path. Both answer alike."""
+    small = origin.route("/small", Reply(200, CACHED, BODY))
+    big_body = bytes(range(256)) * 40  # 10 KiB: over the 4 KiB --memory-object-max below
+    big = origin.route("/big", Reply(200, CACHED, big_body))
+    args = ("--memory-cache-size", "0", "--memory-object-max", "4096")
+    fast = start_proxy(*args, cache_dir=tmp_path / "c1")
+    full = start_proxy(*args, "--no-fast-hits", cache_dir=tmp_path / "c2")
+    answers: dict[str, list[object]] = {}
+    for proxy, name in ((fast, "fast"), (full, "full")):
+        for url in (small, big):
+            with plain(proxy) as w:
+                w.exchange(get(url))  # stored on disk only
+        with plain(proxy) as w:
+            got = [w.exchange(get(small)), w.exchange(get(small, method="HEAD"))]
+            got += [w.exchange(get(small, "Range: bytes=2-5")), w.exchange(get(big))]
+        answers[name] = [a.comparable() for a in got]
+        assert [a.body for a in got] == [BODY, b"", BODY[2:6], big_body]
+        assert all((a.get("cache-status") or "").startswith("fwdproxy; hit") for a in got)
+    for a, b in zip(answers["fast"], answers["full"], strict=True):
+        assert a[:4] == b[:4]  # type: ignore[index]
+    assert _fast(fast) == 3  # the small entry's three; the big one went the full path's way
+    assert _fast(full) == 0
+    assert origin.hits["/small"] == 2
+    assert origin.hits["/big"] == 2
