@@ -1,13 +1,25 @@
-"""Fast hits (issue 21): memory hits of HTTP/1.1 clients answered in a layer below mitmproxy's HTTP machinery.
+"""Fast hits (issue 21): cache hits of HTTP/1.1 clients answered in a layer below mitmproxy's HTTP machinery.
 
 mitmproxy's cost per request is its flow path (HttpLayer, HttpStream, HTTPFlow, a round of hooks through
 every addon), not its connection or TLS handling (mitmproxy-notes §12). The ``next_layer`` hook puts a
 FastLayer where mitmproxy chose its HTTP layer for an HTTP/1 client connection (plain HTTP to the proxy, or
 HTTP/1.1 inside an intercepted tunnel). It reads each complete request head strictly (fwdproxy.fasthead) and,
-when the cache answers it from the memory tier (addons/_fasthit.decide: the full path's own policy and
-rendering), writes the whole response with one SendData, logs and counts it as the full path would. Any other
-request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes already read:
-from then on the connection behaves exactly as without this layer.
+when the cache exchange serves it from a body in memory or one the disk tier reads whole
+(addons/_fasthit.decide: the full path's own decision and rendering), writes the whole response with one
+SendData, logs and counts it as the full path would. A stale-while-revalidate hit is answered only while the
+cache addon's background revalidation of that key is in flight; the first one goes the full way and starts
+it. The response worked out for a head is kept (``_Wire``) and sent again as is while the store says its
+memory copy is unchanged and Age and Cache-Status would read the same.
+
+Any other request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes
+already read: from then on the connection behaves exactly as without this layer. It does not come back to
+the fast layer after that exchange, because nothing public says when the HttpLayer is done with it: the
+layer keeps per-connection state mitmproxy exposes no API for (the Http1Server's receive buffer and
+request/response stream states, a response body still streaming to the client, server connections it keeps
+for the next request, a WebSocket or a nested tunnel it may have switched to, its own timers). Taking the
+client's bytes back would mean reading those private attributes (a patch under addons/_mitm/) to know that
+no response is still being written and no byte is buffered; answering a pipelined request while the
+HttpLayer's response before it is still streaming would reorder responses on the wire.
 """
 
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules.
