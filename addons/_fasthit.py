@@ -43,6 +43,10 @@ class FastAnswer:
     until: float
     """The same request gets exactly this answer from this entry while ``now < until`` (0: do not reuse it):
     Age and Cache-Status ttl show whole seconds, and a fresh entry stays fresh until its ttl runs out."""
+    from_disk: bool
+    """The body was read from the disk tier (not held in memory)."""
+    whole: bool
+    """``body`` is the stored body itself (not a HEAD, 304 or range): another read of it gives the answer."""
 
 
 def decide(
@@ -59,17 +63,23 @@ def decide(
     if not listing:
         return None  # nothing stored: whatever the exchange decides, it is not a hit
 
+    read: list[tuple[bytes, bool]] = []
+    """The body hit() asked for, and whether it came from the disk tier."""
+
     def body_of(key: str) -> bytes | None:
         entry = store.memory_get(key)
+        from_disk = False
         if entry is None and disk_max > 0:
             length = next((m.body_length for k, m in listing if k == key), -1)
             if 0 <= length <= disk_max:
                 entry = store.get(key)  # the full path's read (_checked_get), promoted to memory if it fits
+                from_disk = True
         if entry is None:
             return None
         if not isinstance(entry.body, bytes):
             close(entry.body)  # a file to stream (or to check first): the full path's
             return None
+        read.append((entry.body, from_disk))
         return entry.body
 
     ex, ans = exchange.hit(request, listing, body_of, now=now, config=config, bypass=bypass)
@@ -104,4 +114,6 @@ def decide(
         ex.selected,
         revalidate,
         until,
+        read[0][1],
+        ans.content is read[0][0] and request.method == "GET",
     )

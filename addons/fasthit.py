@@ -37,7 +37,7 @@ from fwdproxy.accesslog import LogRecord, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
 from fwdproxy.metrics import FROM_CACHE, Served, classify
-from fwdproxy.store.tiered import MemoryMark, TieredStore
+from fwdproxy.store.tiered import DiskMark, MemoryMark, TieredStore
 from fwdproxy_addons._fasthit import FastAnswer, decide
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._settings import SettingsSource
@@ -72,7 +72,7 @@ class _Wire:
 
     head: Head
     data: bytes
-    """Status line, fields and body: the bytes the client gets."""
+    """Status line, fields and body: the bytes the client gets (without the body with ``disk``)."""
     status: int
     cache_status: str
     content_type: str
@@ -87,7 +87,10 @@ class _Wire:
     config: object
     cfg: object
     mark: MemoryMark | None
-    """None: never reused."""
+    """The memory copy ``data`` (head and body) was made from."""
+    disk: DiskMark | None
+    """Else the disk entry whose body file is read again after ``data`` (the head) for each hit; neither:
+    never reused."""
 
 
 class FastHits:
@@ -177,6 +180,7 @@ class FastHits:
         cfg = self.anonymize.cfg if self.anonymize is not None else None
         known = self.wires.get(id(head))
         wire: _Wire | None = None
+        data: bytes | None = None
         if (
             known is not None
             and known.head is head
@@ -184,10 +188,18 @@ class FastHits:
             and known.store is store
             and known.config is cache.config
             and known.cfg is cfg
-            and known.mark is not None
-            and store.unchanged(known.mark)
         ):
-            wire = known  # the very bytes the steps below gave this head from this entry, this second
+            # The very response the steps below gave this head from this entry, this second: from a memory
+            # copy the store says is unchanged, or the same head and the body read again from its file.
+            if known.mark is not None:
+                if store.unchanged(known.mark):
+                    data = known.data
+            elif known.disk is not None:
+                body = store.disk_body(known.disk)
+                if body is not None and len(body) == known.served.body_bytes:
+                    data = known.data + body
+        if data is not None and known is not None:
+            wire = known
             credentials = known.credentials
         else:
             if self.admin is not None and self.admin.owns(head.host):
@@ -198,23 +210,27 @@ class FastHits:
             return None  # 403/407: the full path answers it
         if self.guard is not None and self.guard.may_target_self(head.port, client.sockname):
             return None  # the loop check may have to resolve a name
-        if wire is None:
-            wire = self._wire(head, prepared, store, cfg, started)
-            if wire is None:
+        if wire is None or data is None:
+            worked = self._wire(head, prepared, store, cfg, started)
+            if worked is None:
                 return None
+            wire, data = worked
         if wire.revalidate and not self._revalidating(wire.primary):
             return None  # RFC 5861 §3: the full path starts the background revalidation (once per key)
-        self._account(client, head, wire, started)
-        return wire.data
+        self._account(client, head, wire, len(data), started)
+        return data
 
     def _revalidating(self, primary: str) -> bool:
         """Whether the cache addon has a background revalidation of ``primary`` in flight (started by the full
         path for an earlier stale-while-revalidate hit): then the full path would start none, only answer."""
         return primary in getattr(self.cache, "revalidating", ())
 
-    def _wire(self, head: Head, prepared: _Prepared, store: Any, cfg: object, now: float) -> "_Wire | None":
+    def _wire(
+        self, head: Head, prepared: _Prepared, store: Any, cfg: object, now: float
+    ) -> "tuple[_Wire, bytes] | None":
         """The response to ``head`` worked out in full (the cache exchange's hit decision, the anonymizer's
-        response rewrite), remembered for as long as it stays the same bytes."""
+        response rewrite) and its bytes, remembered for as long as it stays the same: with the body when it
+        is a memory copy, without it when it was read from a body file (read again for each hit)."""
         cache = self.cache
         fast = decide(prepared.request, store, cache.config, now, disk_max=store.disk.read_whole_max)
         if fast is None:
@@ -224,10 +240,15 @@ class FastHits:
             return None
         wire_head, cache_status, content_type = rendered
         outcome = classify(cache_status or None)
-        mark = store.memory_mark(fast.key) if fast.until > now else None
+        mark = disk = None
+        if fast.until > now:
+            mark = store.memory_mark(fast.key)
+            if mark is None and fast.from_disk and fast.whole:
+                disk = store.disk_mark(fast.key)
+        data = wire_head + fast.body
         wire = _Wire(
             head=head,
-            data=wire_head + fast.body,
+            data=wire_head if disk is not None else data,
             status=fast.status,
             cache_status=cache_status,
             content_type=content_type,
@@ -241,12 +262,13 @@ class FastHits:
             config=cache.config,
             cfg=cfg,
             mark=mark,
+            disk=disk,
         )
-        if mark is not None:
+        if mark is not None or disk is not None:
             if len(self.wires) >= PREPARED_MAX:
                 self.wires.clear()
             self.wires[id(head)] = wire
-        return wire
+        return wire, data
 
     def _render(self, fast: FastAnswer, method: str) -> tuple[bytes, str, str] | None:
         """(status line and header bytes, Cache-Status, Content-Type) as the full path sends them after the
@@ -264,7 +286,9 @@ class FastHits:
         wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (fast.status, fast.reason, lines)
         return wire, _field(out, b"cache-status"), _field(out, b"content-type")
 
-    def _account(self, client: connection.Client, head: Head, wire: "_Wire", started: float) -> None:
+    def _account(
+        self, client: connection.Client, head: Head, wire: "_Wire", sent: int, started: float
+    ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
         if self.admin is not None:
             self.admin.record(
@@ -281,7 +305,7 @@ class FastHits:
                     method=head.method,
                     url=head.url,
                     status=wire.status,
-                    bytes=len(wire.data),
+                    bytes=sent,
                     outcome=wire.served.outcome,
                     cache_status=wire.cache_status,
                     content_type=wire.content_type,

@@ -62,6 +62,16 @@ class MemoryMark:
     cached: Cached
 
 
+@dataclass(frozen=True, slots=True)
+class DiskMark:
+    """Which disk entry of a key was read, from which body file, under which marks (TieredStore.disk_mark)."""
+
+    key: str
+    slot: int
+    marks: tuple[int, int]
+    path: str
+
+
 class TieredWriter:
     """A DiskWriter that also keeps the chunks of a body small enough for memory, to copy up at commit."""
 
@@ -252,6 +262,37 @@ class TieredStore:
             and gens.read(GLOBAL) == mark.marks[1]
             and time.monotonic() - self._followed < FOLLOW_INTERVAL
         )
+
+    def disk_mark(self, key: str) -> DiskMark | None:
+        """A mark of the disk entry ``get(key)`` has just read whole from its body file (None when its row is
+        not remembered, its body is inline, or the database was not followed lately): ``disk_body(mark)``
+        reads that body again while the entry is unchanged."""
+        primary = primary_of(key)
+        known = self._known.get(primary)
+        slot = slot_of(primary)
+        marks = (self.disk.generations.read(slot), self.disk.generations.read(GLOBAL))
+        if (
+            known is None
+            or known.marks != marks
+            or (row := known.rows.get(key)) is None
+            or row.filename is None
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return DiskMark(key, slot, marks, os.path.join(self.disk.db.store_dir, row.filename))
+
+    def disk_body(self, mark: DiskMark) -> bytes | None:
+        """The body of the entry ``mark`` was taken of, read again from its file (DiskStore.body_again), while
+        no process wrote to its slot or the database and the database was followed lately; None: read the
+        entry anew (``get``)."""
+        gens = self.disk.generations
+        if (
+            gens.read(mark.slot) != mark.marks[0]
+            or gens.read(GLOBAL) != mark.marks[1]
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return self.disk.body_again(mark.key, mark.path)
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""
