@@ -4,7 +4,7 @@ import time
 
 from mitmproxy import http
 
-from fwdproxy import cache, store
+from fwdproxy import cache
 from fwdproxy.cache import CacheStatus
 from fwdproxy.http_model import Headers, Request, Response
 
@@ -40,14 +40,6 @@ def content_length(resp: http.Response) -> int | None:
     except ValueError:
         return None
     return n if n >= 0 else None
-
-
-def read_body(body: bytes | store.BodyFile) -> bytes:
-    """The whole stored body (files are read once, then closed)."""
-    if isinstance(body, bytes):
-        return body
-    with body:
-        return body.file.read()
 
 
 def make_response(

@@ -4,8 +4,9 @@ An addon never looks a neighbour up by name (``ctx.master.addons.get("cache")``)
 ``getattr``; run alone under ``mitmdump -s``, it gets None and does without.
 """
 
-from typing import Any, Protocol
+from typing import Protocol
 
+from mitmproxy import ctx
 from mitmproxy.addons.proxyserver import Proxyserver
 
 from fwdproxy.balance import MemberStats
@@ -15,7 +16,8 @@ from fwdproxy.store import TieredStore
 class HasStore(Protocol):
     """The cache addon, as Admin sees it: PURGE and the tiers' sizes."""
 
-    store: TieredStore | None
+    @property
+    def store(self) -> TieredStore | None: ...
 
 
 class HasMembers(Protocol):
@@ -38,11 +40,24 @@ class HasPort(Protocol):
     port: int
 
 
-def proxyserver(master: Any) -> Proxyserver | None:
-    """mitmproxy's own Proxyserver addon (its listeners and live connections), or None without one.
+class Server:
+    """mitmproxy's own Proxyserver addon (its listeners and live connections), shared by the addons that need it.
 
-    The one neighbour ``chain()`` cannot hand over: mitmdump, or `fwdproxy run`'s engine, makes it before our
-    addons exist. Looked up here only, by the type it has, so a rename in mitmproxy fails in one place.
+    ``chain()`` hands one Server to Lifecycle, Admin, Guard, Strict and ReadTimeout. It cannot hand them the
+    Proxyserver itself in every case: under ``mitmdump -s addons/fwdproxy.py`` mitmdump made it among its
+    default addons before our script ran, and the script API gives a script no reference to its siblings
+    but the addon manager's name table. So `fwdproxy run`'s engine, which makes the built-in addons itself,
+    passes its instance in (``Server(instance)``), and under mitmdump (or an addon loaded alone) ``get()``
+    finds it by name once, on first use in a hook, and keeps it: this is the one lookup, checked by type, so
+    a rename in mitmproxy fails here only.
     """
-    found = master.addons.get("proxyserver")
-    return found if isinstance(found, Proxyserver) else None
+
+    def __init__(self, proxyserver: Proxyserver | None = None) -> None:
+        self._found = proxyserver
+
+    def get(self) -> Proxyserver | None:
+        """The Proxyserver, or None without one (a test's master)."""
+        if self._found is None:
+            found = ctx.master.addons.get("proxyserver")
+            self._found = found if isinstance(found, Proxyserver) else None
+        return self._found

@@ -13,8 +13,8 @@ from mitmproxy import http
 
 if TYPE_CHECKING:
     from fwdproxy.cache.exchange import Exchange
+    from fwdproxy.cache.filling import Held
     from fwdproxy.inflight import Flight
-    from fwdproxy_addons._cacheflow import Held
 
 KEY = "fwd"
 """The one flow.metadata key fwdproxy uses."""

@@ -18,8 +18,8 @@ from mitmproxy import ctx, http
 
 from fwdproxy import __version__, access, cache, exposition, hits, metrics, pac, statuspage, workerstats
 from fwdproxy.store import TierStats
-from fwdproxy_addons import _flowinfo, _neighbours, _respond
-from fwdproxy_addons._neighbours import HasMembers, HasStore
+from fwdproxy_addons import _flowinfo, _respond
+from fwdproxy_addons._neighbours import HasMembers, HasStore, Server
 from fwdproxy_addons._notes import notes, peek
 from fwdproxy_addons._settings import SettingsSource
 
@@ -42,8 +42,11 @@ class Admin:
         source: SettingsSource | None = None,
         cache: HasStore | None = None,
         egress: HasMembers | None = None,
+        server: Server | None = None,
     ) -> None:
         self.source = source or SettingsSource()
+        self.proxyserver = server or Server()
+        """mitmproxy's Proxyserver, shared through chain() (addons/_neighbours.py)."""
         self.cache = cache
         """The cache addon (PURGE, tier sizes); None when Admin runs without it."""
         self.egress = egress
@@ -89,7 +92,7 @@ class Admin:
             )
 
     async def running(self) -> None:
-        proxyserver = _neighbours.proxyserver(ctx.master)
+        proxyserver = self.proxyserver.get()
         if proxyserver is not None and not proxyserver.listen_addrs():
             return  # the proxy could not listen and is stopping (Lifecycle said why): no status page
         self.master = ctx.master
@@ -278,8 +281,7 @@ class Admin:
 
     def _pac(self, reached: str) -> str:
         """The PAC file for the proxy's own listening address (the one reached, for a wildcard listener)."""
-        master = self.master or ctx.master
-        proxyserver = _neighbours.proxyserver(master)
+        proxyserver = self.proxyserver.get()
         addrs = proxyserver.listen_addrs() if proxyserver else []
         host, port = (
             (addrs[0][0], addrs[0][1]) if addrs else (ctx.options.listen_host, ctx.options.listen_port)

@@ -53,6 +53,7 @@ from mitmproxy import exceptions
 
 from fwdproxy.config import Settings
 from fwdproxy_addons import _mitm
+from fwdproxy_addons._neighbours import Server
 from fwdproxy_addons._settings import SettingsSource
 from fwdproxy_addons.access import Access
 from fwdproxy_addons.accesslog import AccessLog
@@ -70,32 +71,35 @@ from fwdproxy_addons.strict import Strict
 from fwdproxy_addons.tunnel import Tunnel
 
 
-def chain(settings: Settings | None = None) -> list[object]:
+def chain(settings: Settings | None = None, server: Server | None = None) -> list[object]:
     """Fresh instances of every fwdproxy addon, in the order their hooks must run.
 
     ``settings``: typed, from `fwdproxy run` (flags and the TOML file); None under mitmdump, where the
-    ``fwd_*`` options are parsed with the same table. Addons that need each other are handed over here.
+    ``fwd_*`` options are parsed with the same table. Addons that need each other are handed over here, and
+    ``server`` (mitmproxy's Proxyserver, when the caller made it; else found once, see addons/_neighbours.py)
+    to those that need the listeners or live connections.
     Raises UnsupportedMitmproxy (an OptionsError) on a mitmproxy the patches were not written for.
     """
     _mitm.install()  # every adaptation of mitmproxy's internals, checked first (addons/_mitm/__init__.py)
     source = SettingsSource(settings)
+    server = server or Server()
     anonymize = Anonymize(source)  # requests before the cache; anonymize.last has the last word on responses
     cache, egress = Cache(source), Egress(source)
     # Admin answers PURGE and http://fwdproxy.local/ in requestheaders, before the cache's request hook;
     # it and AccessLog come after the cache so their response hooks see the final Cache-Status.
-    admin = Admin(source, cache=cache, egress=egress)
-    access, guard, accesslog = Access(source), Guard(admin), AccessLog(source)
+    admin = Admin(source, cache=cache, egress=egress, server=server)
+    access, guard, accesslog = Access(source), Guard(admin, server), AccessLog(source)
     return [
-        Lifecycle(source, cache=cache, admin=admin),
+        Lifecycle(source, cache=cache, admin=admin, server=server),
         access,
-        Strict(source),
+        Strict(source, server),
         guard,
         Tunnel(source),
         anonymize,
         cache,
         egress,
         OriginErrors(source),
-        ReadTimeout(source),
+        ReadTimeout(source, server),
         Origins(source),
         admin,
         accesslog,

@@ -16,9 +16,9 @@ from typing import Any
 from mitmproxy import ctx, http
 
 from fwdproxy import guard, target
-from fwdproxy_addons import _mitm, _neighbours, _respond
+from fwdproxy_addons import _mitm, _respond
 from fwdproxy_addons._mitm import http1 as _http1
-from fwdproxy_addons._neighbours import HasPort
+from fwdproxy_addons._neighbours import HasPort, Server
 from fwdproxy_addons._notes import notes
 
 log = logging.getLogger("fwdproxy.guard")
@@ -34,8 +34,10 @@ class Guard:
     def load(self, loader):  # type: ignore[no-untyped-def]
         _mitm.install()  # request and response heads over guard.MAX_HEAD_BYTES: 431 / 502 (addons/_mitm/http1.py)
 
-    def __init__(self, admin: HasPort | None = None) -> None:
+    def __init__(self, admin: HasPort | None = None, server: Server | None = None) -> None:
         self.admin_addon = admin
+        self.proxyserver = server or Server()
+        """mitmproxy's Proxyserver, shared through chain() (addons/_neighbours.py)."""
         """The admin addon, whose port is ours too (a request to it through the proxy loops); None: none."""
         self.addresses: tuple[tuple[str, int], ...] = ()
         self.admin: tuple[tuple[str, int], ...] = ()
@@ -49,7 +51,7 @@ class Guard:
         now = time.monotonic()
         if now < self.addresses_until:
             return
-        proxyserver = _neighbours.proxyserver(ctx.master)
+        proxyserver = self.proxyserver.get()
         self.addresses = tuple((a[0], a[1]) for a in proxyserver.listen_addrs()) if proxyserver else ()
         admin_port = self.admin_addon.port if self.admin_addon is not None else 0
         host = ctx.options.listen_host

@@ -17,8 +17,7 @@ from typing import Any
 from mitmproxy import ctx, exceptions, http
 
 from fwdproxy import __version__, runtime, trust
-from fwdproxy_addons import _neighbours
-from fwdproxy_addons._neighbours import HasPort, StoreCheck
+from fwdproxy_addons._neighbours import HasPort, Server, StoreCheck
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy")
@@ -41,8 +40,11 @@ class Lifecycle:
         source: SettingsSource | None = None,
         cache: StoreCheck | None = None,
         admin: HasPort | None = None,
+        server: Server | None = None,
     ) -> None:
         self.source = source or SettingsSource()
+        self.proxyserver = server or Server()
+        """mitmproxy's Proxyserver, shared through chain() (addons/_neighbours.py)."""
         self.cache = cache
         """The cache addon: its store gets a periodic check; None when Lifecycle runs without it."""
         self.admin = admin
@@ -96,7 +98,7 @@ class Lifecycle:
                 ctx.options.ssl_verify_upstream_trusted_ca = bundle
 
     def running(self) -> None:
-        proxyserver = _neighbours.proxyserver(ctx.master)
+        proxyserver = self.proxyserver.get()
         addrs = proxyserver.listen_addrs() if proxyserver else []
         if not addrs:
             message = runtime.listen_failure(ctx.options.listen_host, ctx.options.listen_port)
@@ -231,7 +233,7 @@ class Lifecycle:
         self.stopping = asyncio.get_running_loop().create_task(self._stop_gracefully())
 
     async def _stop_gracefully(self) -> None:
-        proxyserver = _neighbours.proxyserver(self.master)
+        proxyserver = self.proxyserver.get()
         for instance in list(proxyserver.servers) if proxyserver else []:
             if instance.is_running:
                 try:

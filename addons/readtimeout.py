@@ -7,33 +7,40 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import ctx, http
+from mitmproxy import http
 
 from fwdproxy import errors
-from fwdproxy_addons import _mitm, _neighbours, _respond
+from fwdproxy_addons import _mitm, _respond
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._mitm.readstamp import LAST_READ
+from fwdproxy_addons._neighbours import Server
 from fwdproxy_addons._notes import notes, peek
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.errors")
 
 
-@dataclass(slots=True)
 class _Watch:
-    flow: http.HTTPFlow
-    since: float
-    """monotonic() when the request was handed to the origin, or when a slow client last held it up."""
+    """One watched request. A plain class, not a dataclass: ``mitmdump -s addons/readtimeout.py`` runs this
+    file as a module missing from sys.modules, where @dataclass cannot resolve string annotations."""
+
+    __slots__ = ("flow", "since")
+
+    def __init__(self, flow: http.HTTPFlow, since: float) -> None:
+        self.flow = flow
+        self.since = since
+        """monotonic() when the request was handed to the origin, or when a slow client last held it up."""
 
 
 class ReadTimeout:
     """Watches every request that goes to an origin, from its ``request`` hook to its ``response`` or ``error``."""
 
-    def __init__(self, source: SettingsSource | None = None) -> None:
+    def __init__(self, source: SettingsSource | None = None, server: Server | None = None) -> None:
         self.source = source or SettingsSource()
+        self.proxyserver = server or Server()
+        """mitmproxy's Proxyserver, shared through chain() (addons/_neighbours.py)."""
         self.timeout = self.source.given.read_timeout
         self.watched: dict[str, _Watch] = {}
         self.sweeper: asyncio.Task[None] | None = None
@@ -80,7 +87,7 @@ class ReadTimeout:
 
     def sweep(self, now: float) -> None:
         """Answer or cut every watched request whose origin has been silent for the timeout."""
-        proxyserver = _neighbours.proxyserver(ctx.master)
+        proxyserver = self.proxyserver.get()
         connections: dict[Any, Any] = getattr(proxyserver, "connections", {})
         for flow_id, watch in list(self.watched.items()):
             flow = watch.flow

@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from mitmproxy import connection, ctx, http
+from mitmproxy import connection, http
 
 from fwdproxy import strictness
-from fwdproxy_addons import _mitm, _neighbours, _respond
+from fwdproxy_addons import _mitm, _respond
 from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._neighbours import Server
 from fwdproxy_addons._settings import SettingsSource
 
 log = logging.getLogger("fwdproxy.guard")
@@ -19,8 +20,10 @@ log = logging.getLogger("fwdproxy.guard")
 class Strict:
     """Declares ``fwd_header_timeout`` and refuses HTTP/2 requests that HTTP/1 origins could misread."""
 
-    def __init__(self, source: SettingsSource | None = None) -> None:
+    def __init__(self, source: SettingsSource | None = None, server: Server | None = None) -> None:
         self.source = source or SettingsSource()
+        self.proxyserver = server or Server()
+        """mitmproxy's Proxyserver, shared through chain() (addons/_neighbours.py)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         self.source.declare(loader, "fwd_header_timeout")
@@ -38,7 +41,7 @@ class Strict:
     def _close_if_silent(self, client: connection.Client) -> None:
         if client in _http1.HTTP_STARTED or client.state is connection.ConnectionState.CLOSED:
             return
-        connections = getattr(_neighbours.proxyserver(ctx.master), "connections", {})
+        connections = getattr(self.proxyserver.get(), "connections", {})
         handler = connections.get(client.id)
         io = handler.transports.get(client) if handler is not None else None
         if io is not None and io.handler is not None:

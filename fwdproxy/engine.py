@@ -58,14 +58,18 @@ def build(s: Settings, *, shared_port: bool = False) -> tuple[Master, Any]:
     # Imported here: addons/ may import mitmproxy, fwdproxy/ stays pure.
     from fwdproxy_addons._mitm.dispatch import HookTable
     from fwdproxy_addons._mitm.sharedport import SharedPort
+    from fwdproxy_addons._neighbours import Server
     from fwdproxy_addons.fwdproxy import chain
 
     master = Master(options.Options())
     master.addons = HookTable(master)
-    ours = chain(dataclasses.replace(s, role="worker" if shared_port else "run"))
-    master.addons.add(*(cls() for cls in BUILTIN_ADDONS), *ours)
+    builtins = [cls() for cls in BUILTIN_ADDONS]
+    # mitmproxy's Proxyserver is made here: handed to the addons that need it, never looked up by name.
+    servers = next(a for a in builtins if isinstance(a, proxyserver.Proxyserver))
+    ours = chain(dataclasses.replace(s, role="worker" if shared_port else "run"), Server(servers))
+    master.addons.add(*builtins, *ours)
     if shared_port:
-        master.fwd_shared_port = SharedPort(master.addons.get("proxyserver").servers)  # type: ignore[attr-defined]
+        master.fwd_shared_port = SharedPort(servers.servers)  # type: ignore[attr-defined]
     master.options.update(**mitm_options(s))
     if s.set:
         master.options.set(*s.set)

@@ -278,17 +278,17 @@ OPTIONS: tuple[Option, ...] = (
         "origin_idle_timeout",
         Kind.DURATION,
         60.0,
-        "how long an idle plain-HTTP origin connection waits in the shared pool; 0: no sharing",
-        "how long an idle plain-HTTP origin connection waits in the pool shared by all clients; `0`: no "
-        "sharing (see [Origin connections](#origin-connections))",
+        "how long an idle origin connection waits in the shared pool; 0: no sharing",
+        "how long an idle origin connection (HTTP, HTTPS, via an upstream) waits in the pool shared by all "
+        "clients; `0`: no sharing (see [Origin connections](#origin-connections))",
     ),
     # Browsers use 6 per host; a cache serving many clients needs more, but one proxy should not open hundreds.
     Option(
         "origin_max_connections",
         Kind.INT,
         16,
-        "shared plain-HTTP connections per origin at most; more wait",
-        "pooled plain-HTTP connections per origin at most (busy and idle); further requests wait for one",
+        "shared connections per origin at most; more wait",
+        "pooled connections per origin at most (busy and idle); further requests wait for one",
         metavar="N",
     ),
     # Apache's RequestReadTimeout allows 20-40 s for a head, nginx's client_header_timeout 60 s: half a

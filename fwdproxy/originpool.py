@@ -23,6 +23,8 @@ class PoolKey:
     port: int
     via: str = ""
     """The upstream proxy the connection goes through, empty when direct."""
+    tls: str = ""
+    """The TLS name and settings of an https connection (empty for plain HTTP): other settings, other pool."""
 
 
 class OriginPool[T]:

@@ -52,6 +52,20 @@ def parse_duration(value: str | int | float) -> float:
     return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
 
 
+def table_duration(value: object, key: str, *, positive: bool = False) -> float:
+    """A duration read from a TOML table: ``key`` names it in the error (``cache.rule[0].max_ttl: 'x' is not a
+    duration; try …``); ``positive`` refuses 0."""
+    if not isinstance(value, str | int | float):
+        raise ValueError(f"{key}: {value!r} is not a duration; try e.g. 90, 10m, 12h or 7d")
+    try:
+        seconds = parse_duration(value)
+    except ValueError as e:
+        raise ValueError(f"{key}: {e}") from None
+    if positive and seconds <= 0:
+        raise ValueError(f"{key}: {value!r} is zero; use a positive duration such as 10s")
+    return seconds
+
+
 def format_size(n: float) -> str:
     """``1.5 MiB``-style text for a byte count (powers of 1024, as the size flags' defaults are written)."""
     value = float(n)

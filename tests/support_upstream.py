@@ -70,6 +70,10 @@ class UpstreamProxy:
             else "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
         )
         self.seen: list[Seen] = []
+        self.accepted = 0
+        """Connections accepted (probes included)."""
+        self.carrying: set[int] = set()
+        """Numbers of the accepted connections that carried at least one request."""
         self.lock = threading.Lock()
         proxy = self
 
@@ -79,9 +83,16 @@ class UpstreamProxy:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
+            def setup(self) -> None:
+                with proxy.lock:
+                    proxy.accepted += 1
+                    self.number = proxy.accepted
+                super().setup()
+
             def _record(self, host: str) -> bool:
                 auth = self.headers.get("Proxy-Authorization")
                 with proxy.lock:
+                    proxy.carrying.add(self.number)
                     proxy.seen.append(
                         Seen(self.requestline, self.command, host, auth, self.client_address[0])
                     )

@@ -20,9 +20,10 @@ from typing import Any, Literal
 import h11._receivebuffer
 from mitmproxy import addonmanager, exceptions, version
 from mitmproxy.addons import clientplayback, proxyserver
-from mitmproxy.proxy import mode_servers, server
+from mitmproxy.proxy import mode_servers, server, tunnel
 from mitmproxy.proxy.layers import http as http_layer
-from mitmproxy.proxy.layers.http import _http1, _http2, _upstream_proxy
+from mitmproxy.proxy.layers import tls
+from mitmproxy.proxy.layers.http import _hooks, _http1, _http2, _upstream_proxy
 
 from fwdproxy.store import backend
 from fwdproxy_addons._mitm import failures, http1, pool, readstamp, via, wideread
@@ -180,6 +181,39 @@ PATCHES: tuple[Patch, ...] = (
                 "class",
                 ("self", "handler", "reader", "writer"),
                 replaced=False,
+            ),
+            # HTTPS and upstream-proxy connections opened on the socket (addons/_mitm/origintls.py).
+            Target(
+                http_layer.HttpLayer,
+                "get_connection",
+                "generator",
+                ("self", "event", "reuse"),
+                ("connections",),
+            ),
+            Target(tls, "ServerTLSLayer", "class", ("self", "context", "conn"), replaced=False),
+            *(
+                Target(tunnel.TunnelLayer, name, "generator", params, replaced=False)
+                for name, params in (
+                    ("start_handshake", ("self",)),
+                    ("receive_handshake_data", ("self", "data")),
+                    ("receive_data", ("self", "data")),
+                    ("receive_close", ("self",)),
+                    ("send_data", ("self", "data")),
+                    ("send_close", ("self", "command")),
+                    ("event_to_child", _GEN_EVENT),
+                )
+            ),
+            Target(
+                _upstream_proxy.HttpUpstreamProxy,
+                "__init__",
+                "function",
+                ("self", "ctx", "tunnel_conn", "send_connect"),
+                ("send_connect",),
+                replaced=False,
+            ),
+            Target(_hooks, "HttpConnectUpstreamHook", "class", ("self", "flow"), replaced=False),
+            Target(
+                _http1.Http1Connection, "mark_done", "generator", _MARK_DONE, ("is_http2",), replaced=False
             ),
         ),
         pool.apply,

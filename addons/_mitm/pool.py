@@ -8,9 +8,11 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 
 - the host name is resolved through :class:`fwdproxy.dnscache.DnsCache` (the connection keeps the name as its
   address, so SNI, certificate checks, Host and logs are unchanged; only the socket gets the IP);
-- a plain-HTTP connection straight to an origin (no TLS, no upstream proxy, no source address) comes from the
-  process-wide :class:`fwdproxy.originpool.OriginPool`: an idle one is reused, else a new one is opened
-  within ``max_per_origin``;
+- an origin connection comes from the process-wide :class:`fwdproxy.originpool.OriginPool` (keyed by scheme,
+  host, port, upstream proxy and TLS name and settings): an idle one is reused, else a new one is opened
+  within ``max_per_origin``. Plain HTTP straight to the origin is a bare socket; HTTPS origins and
+  connections through an http:// upstream proxy are opened through the route addons/_mitm/origintls.py gave
+  them (CONNECT and TLS done on the socket), so they too are sockets that any client can use;
 - ``Http1Client.mark_done`` is wrapped: when an exchange on a pooled connection ends and the connection is
   clean (response complete, no request started, no byte buffered, neither side closing), the connection is
   taken out of its client's HTTP layer and handed to the pool, so the next request of *any* client gets it;
@@ -18,9 +20,12 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
   once on a fresh connection when its method is idempotent (RFC 9110 §9.2.2, RFC 9112 §9.3.1): the client
   has been sent nothing, and the HTTP layer never sees the first connection end.
 
-TLS connections and connections through an upstream proxy are not pooled: their state (the OpenSSL object,
-the CONNECT tunnel) lives in layers of the client's stack, which cannot be moved to another client. They
-still get cached DNS and close with their client as before. :func:`apply` makes the changes;
+- an HTTP/2 client's request on a pooled HTTP/1.1 connection no longer closes it (mitmproxy's rule for
+  HTTP/2 -> HTTP/1, which relies on its per-client limit; the pool has its own).
+
+Not pooled: connections whose TLS or tunnel mitmproxy's layers still do (pass-through tunnels, an https://
+upstream proxy, a source address), and everything with ``--origin-idle-timeout 0``. They get cached DNS
+and close with their client as before. :func:`apply` makes the changes;
 addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §17).
 """
 
@@ -36,17 +41,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mitmproxy import connection
+from mitmproxy import tls as mtls
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
 from mitmproxy.proxy import commands, events, server, server_hooks
+from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import HttpLayer, _http1
 from mitmproxy.proxy.layers.http._base import ReceiveHttp
 from mitmproxy.proxy.layers.http._events import ResponseHeaders
+from mitmproxy.proxy.layers.http._hooks import HttpConnectUpstreamHook
 from mitmproxy.utils import human
 
 from fwdproxy.dnscache import Addresses, DnsCache
 from fwdproxy.originpool import DEFAULT_IDLE_TIMEOUT, OriginPool, PoolKey
-from fwdproxy_addons._mitm import wideread
+from fwdproxy_addons._mitm import origintls, wideread
 from fwdproxy_addons._mitm.mark import marked
 
 log = logging.getLogger("fwdproxy.origins")
@@ -120,14 +128,24 @@ def apply() -> None:
         await _open(self, command)
 
     handler.open_connection = open_connection  # type: ignore[method-assign]
+    origintls.enabled = lambda: SHARED.idle_timeout > 0
+    origintls.apply()
     client = _http1.Http1Client
     client.read_headers = marked(_noting_close(client.read_headers))  # type: ignore[method-assign]
     client.mark_done = marked(_releasing(client.mark_done))  # type: ignore[method-assign]
 
 
 def _key(conn: connection.Server) -> PoolKey | None:
-    if SHARED.idle_timeout <= 0 or conn.tls or conn.via is not None or conn.sockname is not None:
+    if SHARED.idle_timeout <= 0 or conn.sockname is not None:
         return None
+    if (route := origintls.route(conn)) is not None:
+        host, port = route.origin
+        via = f"http://{human.format_address(route.proxy)}" if route.proxy else ""
+        # The TLS name and every option that shapes the handshake: other settings, other connections.
+        tls_key = repr((route.sni, origintls.settings(route.sni))) if route.tls else ""
+        return PoolKey("https" if route.tls else "http", host.lower(), port, via, tls_key)
+    if conn.tls or conn.via is not None:
+        return None  # mitmproxy's own TLS or tunnel (e.g. an https:// upstream proxy): not movable
     if conn.address in wideread._WIDE:
         # The cache's own sidecar (big hits from disk): a loopback connection costs nothing, and the
         # per-origin limit must not queue big downloads behind each other.
@@ -135,6 +153,21 @@ def _key(conn: connection.Server) -> PoolKey | None:
     assert conn.address is not None
     host, port = conn.address
     return PoolKey("http", host.lower(), port)
+
+
+async def _open_socket(
+    self: server.ConnectionHandler, conn: connection.Server, local: tuple[str, int] | None
+) -> tuple[Any, Any]:
+    """A new socket for ``conn`` (from ``local``, a source address): through its route (TLS, upstream proxy)
+    when it has one, else plain TCP."""
+    if origintls.route(conn) is None:
+        assert conn.address is not None
+        return await _connect(conn.address, local)
+
+    async def hook(flow: Any) -> None:
+        await self.handle_hook(HttpConnectUpstreamHook(flow))
+
+    return await origintls.open_route(conn, lambda address: _connect(address, local), hook)
 
 
 async def _connect(address: tuple[str, int], local: tuple[str, int] | None) -> tuple[Any, Any]:
@@ -186,9 +219,21 @@ async def _run(
             sock = await _take(key)
             holding = True  # a slot: the idle connection's, or one for a new connection
         if sock is None:
-            reader, writer = await _connect(address, conn.sockname)
+            reader, writer = await _open_socket(self, conn, conn.sockname)
         else:
             reader, writer = sock.reader, sock.writer
+    except origintls.RouteFailure as e:
+        # Connected, then the CONNECT or the TLS handshake failed: reported as mitmproxy's layers would.
+        if key is not None and holding:
+            SHARED.pool.discard(key)
+        err = str(e)
+        inner = origintls.inner(conn)
+        conn.error = inner.error = err
+        self.log(f"server connection to {human.format_address(address)} failed: {err}")
+        if isinstance(e, origintls.TlsFailure):
+            await self.handle_hook(tls.TlsFailedServerHook(mtls.TlsData(inner, self.layer.context)))
+        await self.server_event(events.OpenConnectionCompleted(command, err))
+        return
     except (OSError, asyncio.CancelledError) as e:
         if key is not None and holding:
             SHARED.pool.discard(key)
@@ -204,8 +249,9 @@ async def _run(
     conn.state = ConnectionState.OPEN
     conn.peername = writer.get_extra_info("peername")
     conn.sockname = writer.get_extra_info("sockname")
+    origintls.describe(conn, writer)
     # A reused connection's writer keeps the request for a replay (a StreamWriter by delegation).
-    replay = _Replay(writer, address) if sock is not None else None
+    replay = _Replay(writer, address, conn) if sock is not None else None
     self.transports[conn] = server.ConnectionIO(
         handler=asyncio.current_task(),
         reader=reader,
@@ -257,9 +303,12 @@ class _Replay:
     """The writer of a reused connection: keeps what is written until the origin's first byte, so that the
     request can be sent again on a fresh connection if the origin had closed this one."""
 
-    def __init__(self, writer: asyncio.StreamWriter, address: tuple[str, int]) -> None:
+    def __init__(
+        self, writer: asyncio.StreamWriter, address: tuple[str, int], conn: connection.Server
+    ) -> None:
         self.writer = writer
         self.address = address
+        self.conn = conn
         self.sent: bytearray | None = bytearray()
         """The bytes written so far; None once replaying is no longer possible (or done)."""
 
@@ -318,6 +367,8 @@ async def _pump(self: server.ConnectionHandler, conn: connection.Connection, rep
         # The layer forgot the connection in _detach: no ConnectionClosed for it, whatever happens now.
         io = self.transports.pop(conn)
         conn.state = ConnectionState.CLOSED
+        if isinstance(conn, connection.Server):
+            origintls.inner(conn).state = ConnectionState.CLOSED
         writer = io.writer.writer if isinstance(io.writer, _Replay) else io.writer
         if idle_read:
             # Stopped while waiting for bytes, so none was lost: the socket is clean for the next request.
@@ -365,8 +416,8 @@ async def _replay_on_fresh(
     replay.writer.close()
     where = human.format_address(replay.address)
     try:
-        reader, writer = await _connect(replay.address, None)
-    except OSError as connect_error:
+        reader, writer = await _open_socket(self, replay.conn, None)
+    except (OSError, origintls.RouteFailure) as connect_error:
         log.info("reused connection to %s was closed (%s); a new one failed: %s", where, e, connect_error)
         return False
     SHARED.replays += 1
@@ -375,6 +426,7 @@ async def _replay_on_fresh(
     conn.sockname = writer.get_extra_info("sockname")
     replay.writer = writer
     io.reader = reader
+    origintls.describe(replay.conn, writer)
     writer.write(sent)
     return True
 
@@ -404,8 +456,26 @@ Commands = Generator[commands.Command, Any, None]
 
 def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
     def wrapper(self: _http1.Http1Client, *, request: bool = False, response: bool = False) -> Commands:
-        yield from mark_done(self, request=request, response=response)
-        if _clean(self) and (pooled := _IN_USE.get(self.conn)) is not None:
+        req = self.request
+        if (
+            req is None
+            or not (req.is_http2 or req.is_http3)
+            or not (request or self.request_done)
+            or not (response or self.response_done)
+            or _IN_USE.get(origintls.opened_as(self.conn)) is None
+        ):
+            yield from mark_done(self, request=request, response=response)
+        else:
+            # mitmproxy closes an HTTP/1 origin connection after one request of an HTTP/2 client, leaving the
+            # limit per origin to its per-client semaphore; the pool has its own limit, so the connection is
+            # judged as for an HTTP/1.1 request (Connection headers, framing) and may go back to the pool.
+            version, req.http_version = req.http_version, "HTTP/1.1"
+            try:
+                done = list(mark_done(self, request=request, response=response))
+            finally:
+                req.http_version = version
+            yield from done
+        if _clean(self) and (pooled := _IN_USE.get(origintls.opened_as(self.conn))) is not None:
             # After this event is handled: the HTTP layer is iterating over our commands right now.
             asyncio.get_running_loop().call_soon(_detach, self, pooled)
 
@@ -438,13 +508,16 @@ def _clean(client: _http1.Http1Client) -> bool:
 
 def _detach(client: _http1.Http1Client, pooled: _Pooled) -> None:
     """Take a clean connection from its client's HTTP layer and have its read loop hand it to the pool."""
-    conn = client.conn
-    io = pooled.handler.transports.get(conn)
-    if not _clean(client) or io is None or io.handler is None or _IN_USE.get(conn) is not pooled:
+    conn = client.conn  # the layers' connection; through an upstream proxy, the socket is another one's
+    opened = origintls.opened_as(conn)
+    io = pooled.handler.transports.get(opened)
+    if not _clean(client) or io is None or io.handler is None or _IN_USE.get(opened) is not pooled:
         return
     layer = next((x for x in reversed(client.context.layers) if isinstance(x, HttpLayer)), None)
     if layer is None or conn not in layer.connections or conn in layer.waiting_for_establishment:
         return
     del layer.connections[conn]
+    if opened is not conn:
+        layer.connections.pop(opened, None)  # the upstream proxy's connection, filed there for its events
     pooled.detach = True
     io.handler.cancel("fwdproxy: back to the origin pool")

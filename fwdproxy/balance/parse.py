@@ -16,7 +16,7 @@ from fwdproxy.balance.config import (
     Member,
     Route,
 )
-from fwdproxy.units import parse_duration
+from fwdproxy.units import table_duration
 
 _GROUP_KEYS = ("algorithm", "members", "max_fails", "cooldown", "health_check")
 _MEMBER_KEYS = ("url", "weight")
@@ -128,7 +128,7 @@ def _group(name: str, value: object, key: str) -> Group:
         algorithm=algorithm,
         members=tuple(members),
         max_fails=max_fails,
-        cooldown=_duration(table.get("cooldown", 10), f"{key}.cooldown"),
+        cooldown=table_duration(table.get("cooldown", 10), f"{key}.cooldown", positive=True),
         health_check=None if "health_check" not in table else _check(table["health_check"], key),
     )
 
@@ -159,7 +159,7 @@ def _check(value: object, group_key: str) -> HealthCheck:
         raise ValueError(f"{key}.url: {url!r} is not an http(s) URL; try e.g. 'http://example.com/'")
     if "interval" not in table:
         raise ValueError(f'{key}.interval: missing; add e.g. interval = "5s"')
-    return HealthCheck(interval=_duration(table["interval"], f"{key}.interval"), url=url)
+    return HealthCheck(interval=table_duration(table["interval"], f"{key}.interval", positive=True), url=url)
 
 
 def _route(value: object, key: str, groups: Sequence[str]) -> Route:
@@ -206,18 +206,6 @@ def _weight(value: object, prefix: str) -> int:
     if value == 0:
         raise ValueError(f"{prefix}0 is not positive; use a positive integer (remove the member to drain it)")
     return value
-
-
-def _duration(value: object, key: str) -> float:
-    if not isinstance(value, str | int | float):
-        raise ValueError(f"{key}: {value!r} is not a duration; try e.g. 10s or 5m")
-    try:
-        seconds = parse_duration(value)
-    except ValueError as e:
-        raise ValueError(f"{key}: {e}") from None
-    if seconds <= 0:
-        raise ValueError(f"{key}: {value!r} is zero; use a positive duration such as 10s")
-    return seconds
 
 
 def _check_unique(members: Sequence[Member], key_of: Callable[[int], str]) -> None:

@@ -1,7 +1,7 @@
 """The response a stored entry gives one request: 304, 206/416, HEAD, or all of it (RFC 9111 §4.3.2, RFC 9110 §14).
 
 Pure and flow-free, so every path that answers from the store sends the same thing: the cache addon
-(addons/_cacheserve.py) and ``exchange.hit`` for a layer below mitmproxy's HTTP layer. Whether the entry
+(through fwdproxy/cache/service.py) and ``exchange.hit`` for a layer below mitmproxy's HTTP layer. Whether the entry
 may answer at all is the exchange's decision (fwdproxy/cache/exchange.py, policy.lookup).
 """
 

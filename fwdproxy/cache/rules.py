@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fwdproxy.cache.key import normalize_url
-from fwdproxy.units import parse_duration
+from fwdproxy.units import table_duration
 
 IMMUTABLE_DEFAULT_TTL = 365 * 86400.0
 """An immutable rule without max_ttl keeps entries fresh for a year: long enough for any CI cache, short
@@ -96,22 +96,12 @@ def _parse_rule(index: int, table: object) -> Rule:
     immutable = table.get("immutable", False)
     if not isinstance(immutable, bool):
         raise ValueError(f"{where}.immutable: {immutable!r} is not true or false")
-    min_ttl = _duration(where, "min_ttl", table.get("min_ttl"))
-    max_ttl = _duration(where, "max_ttl", table.get("max_ttl"))
+    min_ttl, max_ttl = table.get("min_ttl"), table.get("max_ttl")
+    min_ttl = None if min_ttl is None else table_duration(min_ttl, f"{where}.min_ttl")
+    max_ttl = None if max_ttl is None else table_duration(max_ttl, f"{where}.max_ttl")
     if min_ttl is not None and max_ttl is not None and min_ttl > max_ttl:
         raise ValueError(f"{where}.min_ttl: {min_ttl:g}s is more than max_ttl {max_ttl:g}s; swap or lower it")
     return Rule(pattern, key == "regex", min_ttl, max_ttl, immutable, name)
-
-
-def _duration(where: str, key: str, value: object) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | int | float):
-        raise ValueError(f"{where}.{key}: {value!r} is not a duration; try e.g. 90, 10m, 12h or 7d")
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        raise ValueError(f"{where}.{key}: {e}") from e
 
 
 def _ci(name: str, pattern: str, *, regex: bool = False) -> Rule:

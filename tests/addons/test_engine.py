@@ -196,3 +196,28 @@ def test_typed_settings_reach_the_addons(tmp_path, explicit: frozenset[str], on_
             await master.addons.get("cache").done()
 
     asyncio.run(build())
+
+
+def test_the_engine_hands_its_proxyserver_to_every_addon_that_needs_it(tmp_path, monkeypatch) -> None:
+    """`fwdproxy run` makes mitmproxy's Proxyserver itself: the addons that need the listeners or the live
+    connections get that very instance through chain(), one Server shared by all, with no lookup by name."""
+    from fwdproxy_addons._neighbours import Server
+
+    async def build() -> None:
+        master, _ = engine.build(Settings(listen_port=0, cache_dir=str(tmp_path), confdir=str(tmp_path)))
+        try:
+            made = master.addons.get("proxyserver")
+            monkeypatch.setattr(master.addons, "get", lambda name: pytest.fail(f"looked up {name}"))
+            handles = {
+                type(a).__name__: a.proxyserver
+                for a in master.addons.chain
+                if isinstance(getattr(a, "proxyserver", None), Server)
+            }
+            assert set(handles) == {"Lifecycle", "Admin", "Guard", "Strict", "ReadTimeout"}
+            assert len({id(h) for h in handles.values()}) == 1
+            assert all(h.get() is made for h in handles.values())
+        finally:
+            monkeypatch.undo()
+            await master.addons.get("cache").done()
+
+    asyncio.run(build())

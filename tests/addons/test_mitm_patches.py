@@ -6,12 +6,14 @@ from __future__ import annotations
 import ast
 import asyncio
 import contextlib
+import gc
 import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +21,14 @@ import diskcache
 import h11._receivebuffer
 import pytest
 from mitmproxy import connection, options
-from mitmproxy.proxy import events, mode_specs, server
+from mitmproxy.proxy import commands, context, events, mode_specs, server
+from mitmproxy.proxy.layers import http as http_layer
+from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1, _upstream_proxy
 
 from fwdproxy.store import backend
 from fwdproxy_addons import _mitm
-from fwdproxy_addons._mitm import readstamp, via, wideread
+from fwdproxy_addons._mitm import origintls, pool, readstamp, via, wideread
 from fwdproxy_addons._mitm.mark import is_ours
 from tests.support import REPO, Proxy, RawOrigin, fwdproxy_argv, pattern
 
@@ -60,6 +64,10 @@ EFFECTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_origins.py::test_burst_to_a_cold_host_name_makes_one_dns_lookup",
         "tests/e2e/test_origins.py::test_idempotent_request_on_a_connection_the_origin_closed_is_replayed",
         "tests/addons/test_origins_addon.py::test_loading_installs_the_patch_once",
+        "tests/addons/test_mitm_patches.py::test_new_tls_connections_get_their_tls_on_the_socket",
+        "tests/e2e/test_origins_tls.py::test_https_revalidations_from_short_lived_clients_share_few_connections",
+        "tests/e2e/test_origins_tls.py::test_https_through_an_upstream_shares_tunnels",
+        "tests/e2e/test_origins_tls.py::test_http2_client_in_a_tunnel_uses_the_pool",
     ),
     "§16": (
         "tests/addons/test_mitm_patches.py::test_a_handler_reads_a_marked_connection_widely",
@@ -360,3 +368,63 @@ def test_a_slow_but_steady_body_outlives_the_read_timeout(proxy: Proxy, raw_orig
     reply = exchange(proxy, get(origin.url("/steady")), timeout=20)
     assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:200]
     assert reply.endswith(b"\r\n\r\n" + body)
+
+
+def _new_connection(via: tuple[str, tuple[str, int]] | None) -> tuple[http_layer.HttpLayer, list[object]]:
+    """An intercepted tunnel's HTTP layer asked for a TLS connection to secure.test:443 (as a request in it asks)."""
+    client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0)
+    ctx = context.Context(client, options.Options())
+    ctx.server = connection.Server(address=("secure.test", 443))
+    layer = http_layer.HttpLayer(ctx, http_layer.HTTPMode.transparent)
+    event = http_layer.GetHttpConnection(("secure.test", 443), True, via)  # type: ignore[arg-type]
+    layer.command_sources[event] = layer  # type: ignore[index]
+    return layer, list(layer.get_connection(event))
+
+
+@pytest.mark.parametrize("via", [None, ("http", ("proxy.test", 3128))], ids=["direct", "upstream"])
+def test_new_tls_connections_get_their_tls_on_the_socket(via: tuple[str, tuple[str, int]] | None) -> None:
+    _mitm.install()
+    layer, commands_ = _new_connection(via)
+    # The HTTP layer also files the connection to an upstream proxy under its layer (to route its events).
+    (server_conn,) = (c for c in layer.connections if isinstance(c, connection.Server) and c.tls)
+    assert isinstance(server_conn, connection.Server)
+    opens = [c for c in commands_ if isinstance(c, commands.OpenConnection)]
+    assert len(opens) == 1  # what the connection handler opens: the origin, or the upstream proxy
+    opened = opens[0].connection
+    assert isinstance(opened, connection.Server)
+    route = origintls.route(opened)
+    assert route is not None
+    assert (route.origin, route.sni, route.tls) == (("secure.test", 443), "secure.test", True)
+    top = layer.connections[server_conn]
+    if via is None:
+        assert opened is server_conn
+        assert type(top) is origintls.SocketTLS
+        assert route.proxy is None and not route.connect
+    else:
+        assert opened.address == ("proxy.test", 3128)
+        assert isinstance(top, _upstream_proxy.HttpUpstreamProxy) and not top.send_connect
+        assert type(top.child_layer) is origintls.SocketTLS  # type: ignore[attr-defined]
+        assert route.proxy == ("proxy.test", 3128) and route.connect
+        assert origintls.opened_as(server_conn) is opened and origintls.inner(opened) is server_conn
+    assert server_conn.tls  # mitmproxy's checks (connection_spec_matches) still see a TLS connection
+
+
+def test_with_pooling_off_mitmproxy_does_the_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    _mitm.install()
+    monkeypatch.setattr(pool.SHARED, "idle_timeout", 0.0)
+    layer, commands_ = _new_connection(None)
+    (server_conn,) = layer.connections
+    assert type(layer.connections[server_conn]) is tls.ServerTLSLayer
+    assert origintls.route(server_conn) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("via", [None, ("http", ("proxy.test", 3128))], ids=["direct", "upstream"])
+def test_marks_do_not_keep_connections_alive(via: tuple[str, tuple[str, int]] | None) -> None:
+    _mitm.install()
+    layer, commands_ = _new_connection(via)
+    refs = [weakref.ref(c) for c in layer.connections]
+    assert refs
+    assert any(origintls.route(r()) is not None for r in refs)  # type: ignore[arg-type]
+    del layer, commands_
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(refs)

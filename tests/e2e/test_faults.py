@@ -257,21 +257,38 @@ def _fetch_in_background(proxy_url: str, url: str) -> tuple[threading.Thread, di
     return thread, result
 
 
+def _until_in_flight(origin: Origin, path: str, result: dict[str, object]) -> None:
+    """Wait until the proxy has the request in flight (the origin saw it): a fixed sleep is too short on a
+    busy machine, and a SIGTERM before it would find nothing in flight."""
+    deadline = time.monotonic() + 15
+    while origin.hits[path] < 1:
+        assert "error" not in result, result
+        assert time.monotonic() < deadline, "the request never reached the origin"
+        time.sleep(0.02)
+
+
 def test_sigterm_lets_transfers_in_flight_finish_and_leaves_the_cache_consistent(
     start_proxy, origin: Origin, tmp_path: Path
 ) -> None:
     body = pattern(4 * 1024**2, seed=9)
     url = origin.route(
         "/in-flight",
-        Reply(200, {"Cache-Control": "max-age=300"}, chunks=slow_chunks(body, delay=0.15), length=len(body)),
+        # 16 chunks 0.3 s apart: about 5 s of transfer, well within the default 10 s grace.
+        Reply(200, {"Cache-Control": "max-age=300"}, chunks=slow_chunks(body, delay=0.3), length=len(body)),
     )
     proxy = start_proxy(cache_dir=tmp_path / "c")
     thread, result = _fetch_in_background(proxy.url, url)
-    time.sleep(0.5)
+    _until_in_flight(origin, "/in-flight", result)
     proxy.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    with pytest.raises(ConnectionRefusedError):  # no new connections once stopping
-        socket.create_connection(("127.0.0.1", proxy.port), timeout=2)
+    deadline = time.monotonic() + 10
+    while True:  # no new connections once stopping, while the transfer still runs
+        try:
+            socket.create_connection(("127.0.0.1", proxy.port), timeout=2).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "the listener stayed open after SIGTERM"
+        time.sleep(0.05)
+    assert thread.is_alive() and "status" not in result  # refused while the transfer was in flight
     thread.join(30)
     assert result.get("status") == 200 and result.get("body") == body, result.get("error")
     assert proxy.proc.wait(15) == 0
@@ -289,15 +306,16 @@ def test_sigterm_cuts_what_outlasts_the_grace_and_stores_nothing(
     body = pattern(8 * 1024**2, seed=10)
     url = origin.route(
         "/too-long",
-        Reply(200, {"Cache-Control": "max-age=300"}, chunks=slow_chunks(body, delay=0.3), length=len(body)),
+        # 32 chunks 0.5 s apart: about 16 s of transfer, so an exit within a few seconds of SIGTERM was a cut.
+        Reply(200, {"Cache-Control": "max-age=300"}, chunks=slow_chunks(body, delay=0.5), length=len(body)),
     )
     proxy = start_proxy("--shutdown-grace", "1", cache_dir=tmp_path / "c")
     thread, result = _fetch_in_background(proxy.url, url)
-    time.sleep(0.5)
+    _until_in_flight(origin, "/too-long", result)
     stopped_at = time.monotonic()
     proxy.proc.send_signal(signal.SIGTERM)
     assert proxy.proc.wait(15) == 0
-    assert time.monotonic() - stopped_at < 4
+    assert time.monotonic() - stopped_at < 6  # the 1 s grace, plus the exit of a process on a busy machine
     thread.join(30)
     assert "error" in result or result.get("body") != body  # cut, never a complete-looking short body
     assert "still in flight after 1 s are cut" in proxy.log()
