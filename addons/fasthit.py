@@ -223,7 +223,7 @@ class FastHits:
     def _revalidating(self, primary: str) -> bool:
         """Whether the cache addon has a background revalidation of ``primary`` in flight (started by the full
         path for an earlier stale-while-revalidate hit): then the full path would start none, only answer."""
-        return primary in getattr(self.cache, "revalidating", ())
+        return primary in self.cache.service.revalidating
 
     def _wire(
         self, head: Head, prepared: _Prepared, store: Any, cfg: object, now: float
