@@ -221,8 +221,9 @@ class FastHits:
         return data
 
     def _revalidating(self, primary: str) -> bool:
-        """Whether the cache (its CacheService) has a background revalidation of ``primary`` in flight (started by the full
-        path for an earlier stale-while-revalidate hit): then the full path would start none, only answer."""
+        """Whether the cache's CacheService has a background revalidation of ``primary`` in flight (started by
+        the full path for an earlier stale-while-revalidate hit): then the full path would start none, only
+        answer."""
         return primary in self.cache.service.revalidating
 
     def _wire(
