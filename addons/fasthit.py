@@ -1,13 +1,25 @@
-"""Fast hits (issue 21): memory hits of HTTP/1.1 clients answered in a layer below mitmproxy's HTTP machinery.
+"""Fast hits (issue 21): cache hits of HTTP/1.1 clients answered in a layer below mitmproxy's HTTP machinery.
 
 mitmproxy's cost per request is its flow path (HttpLayer, HttpStream, HTTPFlow, a round of hooks through
 every addon), not its connection or TLS handling (mitmproxy-notes §12). The ``next_layer`` hook puts a
 FastLayer where mitmproxy chose its HTTP layer for an HTTP/1 client connection (plain HTTP to the proxy, or
 HTTP/1.1 inside an intercepted tunnel). It reads each complete request head strictly (fwdproxy.fasthead) and,
-when the cache answers it from the memory tier (addons/_fasthit.decide: the full path's own policy and
-rendering), writes the whole response with one SendData, logs and counts it as the full path would. Any other
-request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes already read:
-from then on the connection behaves exactly as without this layer.
+when the cache exchange serves it from a body in memory or one the disk tier reads whole
+(addons/_fasthit.decide: the full path's own decision and rendering), writes the whole response with one
+SendData, logs and counts it as the full path would. A stale-while-revalidate hit is answered only while the
+cache addon's background revalidation of that key is in flight; the first one goes the full way and starts
+it. The response worked out for a head is kept (``_Wire``) and sent again as is while the store says its
+memory copy is unchanged and Age and Cache-Status would read the same.
+
+Any other request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes
+already read: from then on the connection behaves exactly as without this layer. It does not come back to
+the fast layer after that exchange, because nothing public says when the HttpLayer is done with it: the
+layer keeps per-connection state mitmproxy exposes no API for (the Http1Server's receive buffer and
+request/response stream states, a response body still streaming to the client, server connections it keeps
+for the next request, a WebSocket or a nested tunnel it may have switched to, its own timers). Taking the
+client's bytes back would mean reading those private attributes (a patch under addons/_mitm/) to know that
+no response is still being written and no byte is buffered; answering a pipelined request while the
+HttpLayer's response before it is still streaming would reorder responses on the wire.
 """
 
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules.
@@ -25,6 +37,7 @@ from fwdproxy.accesslog import LogRecord, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
 from fwdproxy.metrics import FROM_CACHE, Served, classify
+from fwdproxy.store.tiered import DiskMark, MemoryMark, TieredStore
 from fwdproxy_addons._fasthit import FastAnswer, decide
 from fwdproxy_addons._mitm import http1 as _http1
 from fwdproxy_addons._settings import SettingsSource
@@ -51,6 +64,35 @@ class _Prepared:
     request: Request
 
 
+@dataclass(frozen=True, slots=True)
+class _Wire:
+    """The response to one head from one memory copy, with what counting and logging it needs. Reused for
+    the same head while ``since <= now < until`` (Age and Cache-Status ttl show whole seconds), the store
+    says the copy is unchanged (``mark``), and cache and anonymizer settings are the same objects."""
+
+    head: Head
+    data: bytes
+    """Status line, fields and body: the bytes the client gets (without the body with ``disk``)."""
+    status: int
+    cache_status: str
+    content_type: str
+    served: Served
+    primary: str
+    """The entry's primary key when the answer came from the cache (hit counts), else ""."""
+    credentials: str | None
+    revalidate: bool
+    since: float
+    until: float
+    store: TieredStore
+    config: object
+    cfg: object
+    mark: MemoryMark | None
+    """The memory copy ``data`` (head and body) was made from."""
+    disk: DiskMark | None
+    """Else the disk entry whose body file is read again after ``data`` (the head) for each hit; neither:
+    never reused."""
+
+
 class FastHits:
     """Declares ``fwd_no_fast_hits`` and installs the FastLayer on HTTP/1 client connections."""
 
@@ -72,11 +114,8 @@ class FastHits:
         self.cache, self.access, self.guard = cache, access, guard
         self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
         self.prepared: dict[int, _Prepared] = {}
-        self.recent: dict[int, Any] = {}
-        """addons/_fasthit.decide's memo of plain fresh hits."""
-        self.rendered: dict[
-            tuple[int, int, int, bool], tuple[Any, bytes, object, tuple[bytes, str, str] | None]
-        ] = {}
+        self.wires: dict[int, _Wire] = {}
+        """The responses worked out for recent heads (by id, as fasthead returns one Head per bytes)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         self.source.declare(loader, "fwd_no_fast_hits")
@@ -135,86 +174,126 @@ class FastHits:
         """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
         is; None hands the request to the full path. Logs and counts what it answers."""
         cache = self.cache
-        if cache.store is None or (self.admin is not None and self.admin.owns(head.host)):
+        store = cache.store
+        if store is None:
             return None
-        prepared = self._prepare(head)
-        if self.access is not None and not self.access.admits(client, prepared.credentials):
+        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        known = self.wires.get(id(head))
+        wire: _Wire | None = None
+        data: bytes | None = None
+        if (
+            known is not None
+            and known.head is head
+            and known.since <= started < known.until
+            and known.store is store
+            and known.config is cache.config
+            and known.cfg is cfg
+        ):
+            # The very response the steps below gave this head from this entry, this second: from a memory
+            # copy the store says is unchanged, or the same head and the body read again from its file.
+            if known.mark is not None:
+                if store.unchanged(known.mark):
+                    data = known.data
+            elif known.disk is not None:
+                body = store.disk_body(known.disk)
+                if body is not None and len(body) == known.served.body_bytes:
+                    data = known.data + body
+        if data is not None and known is not None:
+            wire = known
+            credentials = known.credentials
+        else:
+            if self.admin is not None and self.admin.owns(head.host):
+                return None
+            prepared = self._prepare(head)
+            credentials = prepared.credentials
+        if self.access is not None and not self.access.admits(client, credentials):
             return None  # 403/407: the full path answers it
         if self.guard is not None and self.guard.may_target_self(head.port, client.sockname):
             return None  # the loop check may have to resolve a name
-        request = prepared.request
-        now = time.time()
-        fast = decide(request, cache.store, cache.config, now, self.recent)
+        if wire is None or data is None:
+            worked = self._wire(head, prepared, store, cfg, started)
+            if worked is None:
+                return None
+            wire, data = worked
+        if wire.revalidate and not self._revalidating(wire.primary):
+            return None  # RFC 5861 §3: the full path starts the background revalidation (once per key)
+        self._account(client, head, wire, len(data), started)
+        return data
+
+    def _revalidating(self, primary: str) -> bool:
+        """Whether the cache's CacheService has a background revalidation of ``primary`` in flight (started by
+        the full path for an earlier stale-while-revalidate hit): then the full path would start none, only
+        answer."""
+        return primary in self.cache.service.revalidating
+
+    def _wire(
+        self, head: Head, prepared: _Prepared, store: Any, cfg: object, now: float
+    ) -> "tuple[_Wire, bytes] | None":
+        """The response to ``head`` worked out in full (the cache exchange's hit decision, the anonymizer's
+        response rewrite) and its bytes, remembered for as long as it stays the same: with the body when it
+        is a memory copy, without it when it was read from a body file (read again for each hit)."""
+        cache = self.cache
+        fast = decide(prepared.request, store, cache.config, now, disk_max=store.disk.read_whole_max)
         if fast is None:
             return None
         rendered = self._render(fast, head.method)
         if rendered is None:
             return None
-        wire, cache_status, content_type = rendered
-        self._account(
-            client,
-            head,
-            fast.status,
-            cache_status,
-            content_type,
-            len(wire),
-            len(fast.body),
-            fast.primary,
-            started,
+        wire_head, cache_status, content_type = rendered
+        outcome = classify(cache_status or None)
+        mark = disk = None
+        if fast.until > now:
+            mark = store.memory_mark(fast.key)
+            if mark is None and fast.from_disk and fast.whole:
+                disk = store.disk_mark(fast.key)
+        data = wire_head + fast.body
+        wire = _Wire(
+            head=head,
+            data=wire_head if disk is not None else data,
+            status=fast.status,
+            cache_status=cache_status,
+            content_type=content_type,
+            served=Served(outcome, head.host.lower(), len(fast.body)),
+            primary=fast.primary,
+            credentials=prepared.credentials,
+            revalidate=fast.revalidate,
+            since=now,
+            until=fast.until,
+            store=store,
+            config=cache.config,
+            cfg=cfg,
+            mark=mark,
+            disk=disk,
         )
-        return wire + fast.body
+        if mark is not None or disk is not None:
+            if len(self.wires) >= PREPARED_MAX:
+                self.wires.clear()
+            self.wires[id(head)] = wire
+        return wire, data
 
     def _render(self, fast: FastAnswer, method: str) -> tuple[bytes, str, str] | None:
         """(status line and header bytes, Cache-Status, Content-Type) as the full path sends them after the
-        anonymizer's response hooks; None when mitmproxy would read the body to the connection's end. The
-        same for every hit of a stable entry within a second: remembered."""
-        cfg = self.anonymize.cfg if self.anonymize is not None else None
-        key = (fast.status, id(fast.fields), id(fast.cache_status), method == "HEAD")
-        known = self.rendered.get(key)
-        if (
-            known is not None
-            and known[0] is fast.fields
-            and known[1] is fast.cache_status
-            and known[2] is cfg
-        ):
-            return known[3]
+        anonymizer's response hooks; None when mitmproxy would read the body to the connection's end."""
         out = (*fast.fields, (b"Cache-Status", fast.cache_status))
         if self.anonymize is not None:
             out = self.anonymize.rewrite_response(out)
-        result: tuple[bytes, str, str] | None = None
-        if (
+        if not (
             fast.status in (204, 304)
             or method == "HEAD"
             or any(k.lower() == b"content-length" for k, _ in out)
         ):
-            lines = b"".join(k + b": " + v + b"\r\n" for k, v in out)
-            wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (fast.status, fast.reason, lines)
-            result = (wire, _field(out, b"cache-status"), _field(out, b"content-type"))
-        if fast.stable:
-            if len(self.rendered) >= PREPARED_MAX:
-                self.rendered.clear()
-            self.rendered[key] = (fast.fields, fast.cache_status, cfg, result)
-        return result
+            return None
+        lines = b"".join(k + b": " + v + b"\r\n" for k, v in out)
+        wire = b"HTTP/1.1 %d %s\r\n%s\r\n" % (fast.status, fast.reason, lines)
+        return wire, _field(out, b"cache-status"), _field(out, b"content-type")
 
     def _account(
-        self,
-        client: connection.Client,
-        head: Head,
-        status: int,
-        cache_status: str,
-        content_type: str,
-        head_bytes: int,
-        body_bytes: int,
-        primary: str,
-        started: float,
+        self, client: connection.Client, head: Head, wire: "_Wire", sent: int, started: float
     ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
-        outcome = classify(cache_status or None)
         if self.admin is not None:
             self.admin.record(
-                Served(outcome, head.host.lower(), body_bytes),
-                primary if outcome in FROM_CACHE else "",
-                fast=True,
+                wire.served, wire.primary if wire.served.outcome in FROM_CACHE else "", fast=True
             )
         log = self.accesslog
         if log is not None and log.wanted():
@@ -226,11 +305,11 @@ class FastHits:
                     client=str(client.peername[0]) if client.peername else "",
                     method=head.method,
                     url=head.url,
-                    status=status,
-                    bytes=head_bytes + body_bytes,
-                    outcome=outcome,
-                    cache_status=cache_status,
-                    content_type=content_type,
+                    status=wire.status,
+                    bytes=sent,
+                    outcome=wire.served.outcome,
+                    cache_status=wire.cache_status,
+                    content_type=wire.content_type,
                     tunnel=TunnelMode.INTERCEPTED
                     if head.scheme == "https" and client.tls_established
                     else TunnelMode.NONE,

@@ -148,6 +148,35 @@ class DiskStore:
                 self._touch(cache)
         return entry
 
+    def body_again(self, key: str, path: str) -> bytes | None:
+        """The body of ``key`` read again, whole, from its file at ``path`` when that is still the very file
+        whose checksum this process confirmed (same stamp, inode, size, mtime and ctime: entry()'s rule for
+        skipping the hash), the key marked as used as entry() marks it; None when it is not (or on an error):
+        the caller reads the entry anew. For a caller that already holds the entry's record (the fast hit
+        layer, which remembers the response head it rendered from it)."""
+        seen = self._verified.get(key)
+        if seen is None or (cache := self.db.live(recheck=False)) is None:
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            stat = os.fstat(fd)
+            if (seen[0], stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size) != seen:
+                return None
+            body = _read_whole(fd, stat.st_size)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(body) != seen[4]:
+            return None
+        self._used[key] = now = time.time()
+        if now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH:
+            self._touch(cache)
+        return body
+
     def _decode(self, record: bytes) -> codec.Decoded | codec.Undecodable:
         """codec.decode, remembered for small records: the same record decodes to the very same objects, so
         the cache policy's per-object memos (freshness, Cache-Control, served headers) hold for disk hits."""

@@ -52,6 +52,26 @@ class _Known:
     """Database rows read under these marks: a disk hit then reads the body file alone, no SQLite."""
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryMark:
+    """Which memory copy of a key was current, under which marks (TieredStore.memory_mark)."""
+
+    key: str
+    slot: int
+    marks: tuple[int, int]
+    cached: Cached
+
+
+@dataclass(frozen=True, slots=True)
+class DiskMark:
+    """Which disk entry of a key was read, from which body file, under which marks (TieredStore.disk_mark)."""
+
+    key: str
+    slot: int
+    marks: tuple[int, int]
+    path: str
+
+
 class TieredWriter:
     """A DiskWriter that also keeps the chunks of a body small enough for memory, to copy up at commit."""
 
@@ -212,6 +232,67 @@ class TieredStore:
             return Entry(meta=cached.meta, body=cached.body, stamp=cached.stamp)  # get()'s first answer
         entry = self.get(key)
         return entry if entry is not None and isinstance(entry.body, bytes) else None
+
+    def memory_mark(self, key: str) -> MemoryMark | None:
+        """A mark of the memory copy ``memory_get(key)`` answers with now without reading anything (None when
+        it would have to look at the disk tier first): ``unchanged(mark)`` is true while that very copy would
+        still be its answer. The fast hit layer keeps a rendered response per mark."""
+        if (cached := self.memory.get(key)) is None:
+            return None
+        primary = primary_of(key)
+        known = self._known.get(primary)
+        slot = slot_of(primary)
+        marks = (self.disk.generations.read(slot), self.disk.generations.read(GLOBAL))
+        if (
+            known is None
+            or known.checked.get(key) is not cached
+            or known.marks != marks
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return MemoryMark(key, slot, marks, cached)
+
+    def unchanged(self, mark: MemoryMark) -> bool:
+        """Whether ``memory_get(mark.key)`` would still answer with the copy ``mark`` was taken of: no write
+        to its slot or the database by any process, the copy still in memory, the database followed."""
+        gens = self.disk.generations
+        return (
+            self.memory.get(mark.key) is mark.cached
+            and gens.read(mark.slot) == mark.marks[0]
+            and gens.read(GLOBAL) == mark.marks[1]
+            and time.monotonic() - self._followed < FOLLOW_INTERVAL
+        )
+
+    def disk_mark(self, key: str) -> DiskMark | None:
+        """A mark of the disk entry ``get(key)`` has just read whole from its body file (None when its row is
+        not remembered, its body is inline, or the database was not followed lately): ``disk_body(mark)``
+        reads that body again while the entry is unchanged."""
+        primary = primary_of(key)
+        known = self._known.get(primary)
+        slot = slot_of(primary)
+        marks = (self.disk.generations.read(slot), self.disk.generations.read(GLOBAL))
+        if (
+            known is None
+            or known.marks != marks
+            or (row := known.rows.get(key)) is None
+            or row.filename is None
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return DiskMark(key, slot, marks, os.path.join(self.disk.db.store_dir, row.filename))
+
+    def disk_body(self, mark: DiskMark) -> bytes | None:
+        """The body of the entry ``mark`` was taken of, read again from its file (DiskStore.body_again), while
+        no process wrote to its slot or the database and the database was followed lately; None: read the
+        entry anew (``get``)."""
+        gens = self.disk.generations
+        if (
+            gens.read(mark.slot) != mark.marks[0]
+            or gens.read(GLOBAL) != mark.marks[1]
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            return None
+        return self.disk.body_again(mark.key, mark.path)
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""

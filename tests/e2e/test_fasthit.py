@@ -287,3 +287,39 @@ def test_identical_requests_follow_expiry_purge_and_age(start_proxy, origin: Ori
         after = w.exchange(get(kept))
     assert after.get("cache-status") == "fwdproxy; fwd=uri-miss; fwd-status=200; stored"
     assert origin.hits["/kept"] == 2
+
+
+def test_disk_tier_hits_small_enough_to_read_whole_are_fast(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    """Without a memory tier (--memory-cache-size 0) a body the store reads whole (at most
+    --memory-object-max) is answered by the fast layer from the disk tier, read and checked on every hit as
+    the full path reads it (an inline body from its row, a body file again from the file); a bigger one
+    streams from its file through the full path. Both answer alike."""
+    small = origin.route("/small", Reply(200, CACHED, BODY))
+    mid_body = bytes(range(256)) * 160  # 40 KiB: a body file (not inline), read whole
+    mid = origin.route("/mid", Reply(200, CACHED, mid_body))
+    big_body = bytes(range(256)) * 400  # 100 KiB: over the 64 KiB --memory-object-max below
+    big = origin.route("/big", Reply(200, CACHED, big_body))
+    args = ("--memory-cache-size", "0", "--memory-object-max", "65536")
+    fast = start_proxy(*args, cache_dir=tmp_path / "c1")
+    full = start_proxy(*args, "--no-fast-hits", cache_dir=tmp_path / "c2")
+    answers: dict[str, list[object]] = {}
+    for proxy, name in ((fast, "fast"), (full, "full")):
+        for url in (small, mid, big):
+            with plain(proxy) as w:
+                w.exchange(get(url))  # stored on disk only
+        with plain(proxy) as w:
+            got = [w.exchange(get(small)), w.exchange(get(small, method="HEAD"))]
+            got += [w.exchange(get(small, "Range: bytes=2-5"))]
+            got += [w.exchange(get(mid)) for _ in range(3)]
+            got += [w.exchange(get(big))]
+        answers[name] = [a.comparable() for a in got]
+        assert [a.body for a in got] == [BODY, b"", BODY[2:6], mid_body, mid_body, mid_body, big_body]
+        assert all((a.get("cache-status") or "").startswith("fwdproxy; hit") for a in got)
+    for a, b in zip(answers["fast"], answers["full"], strict=True):
+        assert a[:4] == b[:4]  # type: ignore[index]
+    assert _fast(fast) == 6  # all but the big one, which went the full path's way
+    assert _fast(full) == 0
+    for path in ("/small", "/mid", "/big"):
+        assert origin.hits[path] == 2

@@ -5,6 +5,8 @@ and metrics, over plain HTTP and inside an intercepted tunnel."""
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,3 +188,48 @@ def test_intercepted_tunnel_corpus_answers_alike(
     assert _counters(fast) == _counters(full)
     fast.stop(), full.stop()
     assert _log_lines(tmp_path / "tf.log") == _log_lines(tmp_path / "tn.log")
+
+
+def test_stale_while_revalidate_answered_alike(start_proxy, origin: Origin, tmp_path: Path) -> None:
+    """RFC 5861 §3 on both paths: the first stale hit starts the key's one background revalidation (the fast
+    layer leaves that request to the full path, which starts it), and the hits while it is in flight are the
+    fast layer's own, with the full path's status, headers and body; each proxy revalidates once."""
+    slow, release = threading.Event(), threading.Event()
+    swr = {
+        "Cache-Control": "max-age=1, stale-while-revalidate=60",
+        "Content-Type": "text/plain",
+        "ETag": '"s"',
+    }
+
+    def handler(_: object) -> Reply:
+        if slow.is_set():
+            release.wait(20)  # the revalidation stays in flight while the hits below arrive
+        return Reply(200, swr, b"stale while revalidating\n")
+
+    origin.route("/swr", handler)
+    url = origin.url("/swr")
+    fast = start_proxy(cache_dir=tmp_path / "c1")
+    full = start_proxy("--no-fast-hits", cache_dir=tmp_path / "c2")
+    try:
+        for proxy in (fast, full):
+            with plain(proxy) as w:
+                assert w.exchange(get(url)).status == 200
+        time.sleep(2.2)  # max-age=1 is over: stale, well within the stale-while-revalidate window
+        slow.set()
+        before = stats(fast)["fast_hits"]
+        statuses = []
+        for i in range(4):
+            answers = []
+            for proxy in (fast, full):
+                with plain(proxy) as w:
+                    answers.append(w.exchange(get(url)))
+            _same(answers[0], answers[1], f"stale hit {i}")
+            assert answers[0].body == b"stale while revalidating\n"
+            statuses.append(answers[0].get("cache-status") or "")
+        assert all("stale-while-revalidate" in s for s in statuses), statuses
+        # The first stale hit went the full path's way (it started the revalidation), the rest were fast.
+        assert stats(fast)["fast_hits"] == before + 3
+        assert stats(full)["fast_hits"] == 0
+        assert origin.hits["/swr"] == 4  # each proxy: one store, one revalidation (still in flight)
+    finally:
+        release.set()
