@@ -14,6 +14,7 @@ from mitmproxy import http
 if TYPE_CHECKING:
     from fwdproxy.cache.exchange import Exchange
     from fwdproxy.cache.filling import Held
+    from fwdproxy.cache.piecing import Capture
     from fwdproxy.inflight import Flight
 
 KEY = "fwd"
@@ -57,9 +58,8 @@ class FlowNotes:
     whole: tuple[Flight, int | None] | None = None
     """cache: our own whole fetch for range requests on a miss: the flight it leads and its lock descriptor,
     taken over when the cache sees it (--range-fetch-whole-below)."""
-    pieces: Any = None
-    """cache: the bytes of an origin 206 being kept as a piece of a partial entry as they stream
-    (_cachepartial.Capture; typed loosely so that this module imports no addon helper at run time)."""
+    pieces: Capture | None = None
+    """cache: the bytes of an origin 206 being kept as a piece of a partial entry as they stream."""
     egress: Any = None
     """egress: the upstream proxy chosen for the flow (its Chosen record; typed loosely so that this module
     imports no addon that imports it)."""

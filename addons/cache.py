@@ -10,14 +10,14 @@ from mitmproxy import connection, ctx, exceptions, http
 from mitmproxy.addons.clientplayback import ReplayHandler
 
 from fwdproxy import cache, unkeyed
-from fwdproxy.cache import CacheConfig, CacheStatus
+from fwdproxy.cache import CacheConfig, CacheStatus, piecing
 from fwdproxy.cache.answer import answer
 from fwdproxy.cache.exchange import Exchange
 from fwdproxy.cache.service import CacheService, held, whole_content
 from fwdproxy.cache.states import Action, State
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store import BodyFile, TieredStore
-from fwdproxy_addons import _cachepartial, _flowinfo, _mitm, _respond
+from fwdproxy_addons import _flowinfo, _mitm, _respond
 from fwdproxy_addons._cachehttp import content_length, make_response, to_request, to_response
 from fwdproxy_addons._mitm import wideread as _wideread
 from fwdproxy_addons._notes import FlowNotes, notes, peek
@@ -90,10 +90,8 @@ class Cache:
         if noted.resume is not None:
             return None
         ex = self._lookup(flow, noted, collapse=True, may_check=True)
-        if ex.state is State.FORWARD and self.service.store is not None:
-            _cachepartial.before_forward(
-                flow, ex, self.service.store, self.service.config
-            )  # RFC 9111 §3.3 pieces
+        if ex.state is State.FORWARD:
+            self._pieces_forward(flow, ex)  # RFC 9111 §3.3 pieces
         if ex.state in _WAITING:
             return None  # answered, or on its way to the origin: no coroutine for the common case (a hit)
         return self._wait_for(flow, noted, ex)
@@ -121,8 +119,21 @@ class Cache:
                         return self._serve(flow, ex, entry.meta, entry.body, status, now)
                 collapse = False  # the leader's response was not for us: ask the origin ourselves
             ex = self._lookup(flow, noted, collapse=collapse, may_check=may_check)
-        if ex.state is State.FORWARD and self.store is not None:
-            _cachepartial.before_forward(flow, ex, self.store, self.config)  # RFC 9111 §3.3 pieces
+        if ex.state is State.FORWARD:
+            self._pieces_forward(flow, ex)  # RFC 9111 §3.3 pieces
+
+    def _pieces_forward(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        """A miss on its way to the origin: answered from the URL's pieces, or narrowed to the missing span."""
+        if (store := self.service.store) is None:
+            return
+        now = time.time()
+        got = piecing.before_forward(ex, store, self.service.config, now=now)
+        if (made := got.made) is not None:
+            flow.response = make_response(
+                made.status, made.reason, made.headers, made.content, made.cache_status, now
+            )
+        for name, value in got.fields:
+            flow.request.headers[name] = value
 
     def _lookup(self, flow: http.HTTPFlow, noted: FlowNotes, *, collapse: bool, may_check: bool) -> Exchange:
         """§4: a new exchange for the flow, driven as far as it goes without waiting; the state it stopped
@@ -233,7 +244,19 @@ class Cache:
             resp.stream = copy
         elif ex.big:
             resp.stream = True  # pass through without holding the body
-        _cachepartial.headers(flow, ex, noted)  # a 206 held for a fill, or copied as a piece
+        if piecing.heeds(ex, resp.status_code):  # a 206 held for a fill, or copied as a piece
+            got = piecing.head(ex, to_response(resp), streamed=bool(resp.stream))
+            if got is piecing.Head.HOLD:
+                resp.stream = False
+            elif isinstance(got, piecing.Capture):
+                capture, inner = got, resp.stream
+                noted.pieces = capture
+
+                def copy(chunk: bytes) -> bytes:
+                    capture.feed(chunk)
+                    return inner(chunk) if callable(inner) else chunk  # type: ignore[return-value]
+
+                resp.stream = copy
         if resp.stream:
             # A streamed body's headers leave now, before the response hook: say what the cache does here.
             writing = mine.writer is not None
@@ -253,10 +276,8 @@ class Cache:
         try:
             if ex is not None and ex.state in (State.FORWARD, State.TEE, State.BUFFER, State.PASS):
                 self._response(flow, noted, ex)
-            if self.service.store is not None:
-                _cachepartial.response(
-                    flow, noted, self.service.store, self.service.config
-                )  # pieces kept, a fill answered
+            if ex is not None and flow.response is not None and piecing.heeds(ex, flow.response.status_code):
+                self._pieces_response(flow, noted, ex, flow.response)  # pieces kept, a fill answered
         finally:
             if ex is not None and noted.held is not None:
                 self.service.land(ex, noted.held)
@@ -295,6 +316,32 @@ class Cache:
             flow.response.headers["Cache-Status"] = cache.render(ex.forward_status(stored=ex.stored))
             if ex.stored and resp.status == 200:
                 flow.response.headers["Accept-Ranges"] = "bytes"  # as its hits will say (RFC 9110 §14.3)
+
+    def _pieces_response(
+        self, flow: http.HTTPFlow, noted: FlowNotes, ex: Exchange, resp: http.Response
+    ) -> None:
+        if (store := self.service.store) is None:
+            return
+        now = time.time()
+        done = piecing.finish(
+            ex,
+            to_response(resp),
+            store,
+            self.service.config,
+            raw=resp.raw_content,
+            capture=noted.pieces,
+            streamed=bool(resp.stream),
+            now=now,
+            response_time=resp.timestamp_start or now,
+        )
+        if (made := done.made) is not None:
+            flow.response = make_response(
+                made.status, made.reason, made.headers, made.content, made.cache_status, now
+            )
+        elif done.error is not None:
+            flow.response = _respond.text(502, done.error)
+        elif done.cache_status is not None:
+            resp.headers["Cache-Status"] = cache.render(done.cache_status)
 
     def _resumed(self, flow: http.HTTPFlow, leader: FlowNotes) -> None:
         assert leader.cache is not None and leader.held is not None
