@@ -31,7 +31,10 @@ Why each variable (checked against each tool's documentation):
   and ``npm_config_ca=null`` becomes the one-element list ``["null"]``. So then, and when npm's
   configuration cannot be read (npm not on PATH yet), npm gets the whole bundle, correct for every host,
   and pays its parse per connection; removing the npmrc ``cafile`` line (or putting the fwdproxy CA into
-  the file it names) avoids that.
+  the file it names) avoids that. The question goes to npm as the environment has it, so a shell that
+  evaluated an older ``fwdproxy env`` should ``unset npm_config_cafile`` first. Measured with
+  scripts/bench_clients (internet simulator, 10 packages, medians of 3): npm's warm run through the proxy
+  took 1.47 s with the bundle and 1.12 s without it.
 - ``CARGO_HTTP_PROXY``: cargo's http.proxy, explicit rather than relying on its fallback to https_proxy.
 - ``APT_CONFIG``: apt reads no CA variable and a plain ``sudo`` drops the environment, so a small apt.conf
   (``Acquire::http::Proxy``, ``Acquire::https::Proxy``, ``Acquire::https::CaInfo``) is written beside the
