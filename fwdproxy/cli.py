@@ -15,7 +15,7 @@ How to trust the CA (replace PATH with what `fwdproxy ca` prints):
   curl      curl --cacert PATH -x http://127.0.0.1:8080 https://example.org/
   pip       pip --cert PATH --proxy http://127.0.0.1:8080 install …   (or PIP_CERT=PATH)
   requests  REQUESTS_CA_BUNDLE=PATH   (a bundle: see `fwdproxy env` for one that keeps the system CAs)
-  node/npm  NODE_EXTRA_CA_CERTS=PATH; npm config set cafile PATH
+  node/npm  NODE_EXTRA_CA_CERTS=PATH   (npm: unless its npmrc sets cafile; then see `fwdproxy env`)
   Debian/Ubuntu system store:
             sudo cp PATH /usr/local/share/ca-certificates/fwdproxy.crt && sudo update-ca-certificates
   Fedora/RHEL: sudo cp PATH /etc/pki/ca-trust/source/anchors/ && sudo update-ca-trust

@@ -7,7 +7,9 @@ import importlib.machinery
 import importlib.util
 import io
 import re
+import shutil
 import ssl
+import subprocess
 import sys
 import time
 import zipfile
@@ -83,3 +85,47 @@ def test_index_page_and_wheel_carry_the_registry_headers(sim: str, tmp_path: Pat
         assert first >= bench.DELAY * (3 if reg.sim.setup_rtt else 1)
     finally:
         bench.stop_registry(reg)
+
+
+@pytest.mark.skipif(not shutil.which("npm"), reason="npm is not installed")
+@pytest.mark.parametrize("npmrc_cafile", [False, True], ids=["npmrc without cafile", "npmrc with cafile"])
+def test_npm_installs_through_the_proxy_with_the_env_exports(
+    npmrc_cafile: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real npm, HTTPS registry (trustme), `fwdproxy run`, and exactly what `fwdproxy env` prints: the
+    package installs, both its requests go through the proxy intercepted, and npm gets a cafile only when
+    its npmrc has one (which would otherwise hide the fwdproxy CA from it)."""
+    bench = load_bench()
+    npmrc, global_npmrc = tmp_path / "npmrc", tmp_path / "global-npmrc"
+    global_npmrc.write_text("")
+    # update-notifier=false: no check for a newer npm (a GET of the registry's "npm" packument).
+    npmrc.write_text(
+        "update-notifier=false\n" + ("cafile=/etc/ssl/certs/ca-certificates.crt\n" if npmrc_cafile else "")
+    )
+    npm_conf = {"npm_config_globalconfig": str(global_npmrc), "npm_config_userconfig": str(npmrc)}
+    for name, value in npm_conf.items():
+        monkeypatch.setenv(name, value)  # for `fwdproxy env`, which asks npm for its ca/cafile
+    reg = bench.Registry([], ["env-npm"], bench.SIMS["internet"])
+    bench.start_registry(reg, tmp_path)
+    fwd = bench.Fwd(tmp_path, tmp_path / "cache", reg, [])
+    try:
+        assert ("npm_config_cafile" in fwd.env) is npmrc_cafile
+        assert fwd.env["NODE_EXTRA_CA_CERTS"] == str(fwd.confdir / "mitmproxy-ca-cert.pem")
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "package.json").write_text(
+            '{"name": "p", "version": "1.0.0", "dependencies": {"env-npm": "1.0.0"}}'
+        )
+        env = bench.client_env(reg, fwd, **npm_conf)
+        argv = ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--fetch-retries=0",
+                f"--registry={reg.base('npm')}/npm/", f"--cache={tmp_path / 'npm-cache'}"]  # fmt: skip
+        out = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        installed = project / "node_modules" / "env-npm"
+        assert (installed / "index.js").read_bytes() == b"module.exports = 1;\n"
+        assert '"name": "env-npm"' in (installed / "package.json").read_text()
+    finally:
+        records = fwd.stop()
+        bench.stop_registry(reg)
+    gets = sorted(str(r.get("url")) for r in records if r.get("method") == "GET")
+    assert gets == [f"{reg.base('npm')}/npm/env-npm", f"{reg.base('npm')}/npm/env-npm/-/env-npm-1.0.0.tgz"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -168,3 +169,54 @@ def test_env_finds_the_running_proxy_by_its_runtime_file(
     # Naming another proxy than the running one is not quietly answered with the running one's CA.
     assert main(["env", "--proxy", "http://127.0.0.1:4000"]) == 1
     assert "no running fwdproxy matches --proxy http://127.0.0.1:4000" in capsys.readouterr().err
+
+
+def test_npm_cafile_only_when_npm_has_a_ca_of_its_own() -> None:
+    args = (PROXY, "localhost", "/b/bundle.pem", "/b/ca.pem", "/b/apt.conf")
+    without = dict(envcmd.variables(*args, npm_cafile=False))
+    assert "npm_config_cafile" not in without  # Node's roots + NODE_EXTRA_CA_CERTS, nothing per connection
+    assert without["NODE_EXTRA_CA_CERTS"] == "/b/ca.pem"
+    assert without["npm_config_https_proxy"] == PROXY
+    assert dict(envcmd.variables(*args, npm_cafile=True))["npm_config_cafile"] == "/b/bundle.pem"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        pytest.param("ca=null\ncafile=null\n", False, id="npm defaults"),
+        pytest.param("ca=null\ncafile=/etc/ssl/certs/ca-certificates.crt\n", True, id="npmrc cafile"),
+        pytest.param('ca="-----BEGIN CERTIFICATE-----\\nMII"\ncafile=null\n', True, id="npmrc ca"),
+        pytest.param("npm warn something\n", None, id="not the answer"),
+        pytest.param("", None, id="nothing"),
+    ],
+)
+def test_parse_npm_ca(text: str, expected: bool | None) -> None:
+    assert envcmd.parse_npm_ca(text) is expected
+
+
+@pytest.mark.skipif(not shutil.which("npm"), reason="npm is not installed")
+def test_npm_has_ca_reads_npms_own_config(tmp_path: Path) -> None:
+    empty, noglobal = tmp_path / "empty-npmrc", tmp_path / "global-npmrc"
+    empty.write_text("")
+    noglobal.write_text("")  # npm refuses one file as both the global and the user config
+    withca = tmp_path / "ca-npmrc"
+    withca.write_text(f"cafile={tmp_path / 'corp.pem'}\n")
+    base = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "npm_config_globalconfig": str(noglobal)}
+    assert envcmd.npm_has_ca({**base, "npm_config_userconfig": str(empty)}) is False
+    assert envcmd.npm_has_ca({**base, "npm_config_userconfig": str(withca)}) is True
+
+
+def test_env_omits_npm_cafile_when_npm_has_none(
+    confdir: Path, proxy_ca_file: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["env", "--proxy", PROXY, "--confdir", str(confdir)]
+    monkeypatch.setattr(envcmd, "npm_has_ca", lambda env=None: False)
+    assert main(argv) == 0
+    names = [line.removeprefix("export ").split("=", 1)[0] for line in capsys.readouterr().out.splitlines()]
+    assert "npm_config_cafile" not in names
+    assert "NODE_EXTRA_CA_CERTS" in names
+    # npm not found (installed later, e.g. by a CI step): the bundle, correct whatever npmrc it meets.
+    monkeypatch.setattr(envcmd, "npm_has_ca", lambda env=None: None)
+    assert main(argv) == 0
+    values = dict(line.removeprefix("export ").split("=", 1) for line in capsys.readouterr().out.splitlines())
+    assert Path(values["npm_config_cafile"]) == confdir / envcmd.BUNDLE_NAME
