@@ -1,0 +1,235 @@
+"""Attacks from outside on the request-path code of the origin pool (HTTPS and plain), partial entries and the
+fast hit layer: each test checks what a victim client is served and what the origin received."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import StartProxy
+from tests.e2e.test_origins import CountingOrigin
+from tests.e2e.test_origins import counting as counting  # noqa: F401  (the fixture)
+from tests.e2e.test_origins_tls import CountingTlsOrigin
+from tests.e2e.test_origins_tls import tls_counting as tls_counting  # noqa: F401  (the fixture)
+from tests.e2e.test_ranges_partial import Ranged, blob
+from tests.support import Origin, Recorded, Reply, client
+
+SMUGGLED = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 8\r\n\r\nSMUGGLED"
+
+
+def _own_path(head: bytes, extra: bytes = b"") -> bytes:
+    path = head.split(b" ", 2)[1]
+    return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n%s%s" % (
+        len(path),
+        path,
+        extra,
+    )
+
+
+def _smuggling(conn_no: int, req_no: int, head: bytes) -> bytes | None:
+    """Two responses to one request in one write when the path asks for it; else the path as the body."""
+    if b"/smuggle" in head.split(b"\r\n", 1)[0]:
+        return _own_path(head, SMUGGLED)
+    if head.startswith(b"HEAD"):
+        # A body after a HEAD answer (RFC 9110 §9.3.2 forbids it): the bytes look like a response.
+        return b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: 83\r\n\r\n" + SMUGGLED
+    return _own_path(head)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_second_response_to_one_request_never_reaches_another_client(
+    start_proxy: StartProxy,
+    counting: Callable[..., CountingOrigin],
+    tls_counting: Callable[..., CountingTlsOrigin],
+    proxy_ca_file: Path,
+    scheme: str,
+) -> None:
+    origin = counting(_smuggling) if scheme == "http" else tls_counting(_smuggling)
+    url = origin.url if scheme == "http" else lambda p: origin.url(p, host="localhost")
+    proxy = start_proxy("--connect-port", str(origin.port))
+    got: list[bytes] = []
+    for i in range(6):
+        with client(proxy, verify=proxy_ca_file) as c:
+            if i % 3 == 0:
+                r = c.get(url(f"/smuggle{i}"))
+            elif i % 3 == 1:
+                r = c.head(url(f"/head{i}"))
+                assert r.status_code == 200 and r.content == b""
+                continue
+            else:
+                r = c.get(url(f"/victim{i}"))
+                assert (r.status_code, r.content) == (200, f"/victim{i}".encode())
+            got.append(r.content)
+    # Every victim got its own path; nothing anyone got is the stray response, and it was not stored.
+    assert all(b"SMUGGLED" not in b for b in got), got
+    with client(proxy, verify=proxy_ca_file) as c:
+        again = c.get(url("/victim2"))
+    assert again.content == b"/victim2"
+    assert [h.split(b" ", 2)[1] for h in origin.heads].count(b"/victim2") == 2
+
+
+class _LateStray:
+    """A keep-alive origin that answers ``/late`` correctly, then 0.2 s later writes a stray response on the
+    same connection; every other path gets its own path as the body. Records (connection, path)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bytes]] = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.socks.append(conn)
+            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
+            n += 1
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        buf = b""
+        with contextlib.suppress(OSError), conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1]
+                self.seen.append((n, path))
+                conn.sendall(_own_path(head))
+                if path == b"/late":
+                    time.sleep(0.2)
+                    conn.sendall(SMUGGLED)
+
+    def stop(self) -> None:
+        self.srv.close()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+@pytest.fixture
+def late_stray() -> Iterator[_LateStray]:
+    o = _LateStray()
+    yield o
+    o.stop()
+
+
+def test_a_stray_response_written_while_the_connection_idles_is_never_served(
+    start_proxy: StartProxy, late_stray: _LateStray
+) -> None:
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(late_stray.url("/late")).content == b"/late"
+    time.sleep(0.6)  # the stray bytes arrive while the connection idles in the pool
+    for i in range(3):
+        with client(proxy) as c:
+            r = c.get(late_stray.url(f"/after{i}"))
+        assert (r.status_code, r.content) == (200, f"/after{i}".encode())
+    # The connection that carried the stray bytes carried nothing after them.
+    late_conn = next(n for n, p in late_stray.seen if p == b"/late")
+    assert [p for n, p in late_stray.seen if n == late_conn] == [b"/late"]
+
+
+def test_tls_connection_verified_for_one_name_never_carries_another(
+    start_proxy: StartProxy, tls_counting: Callable[..., CountingTlsOrigin], proxy_ca_file: Path
+) -> None:
+    """The origin's certificate covers ``localhost`` only: a pooled connection verified for it must not carry
+    a request for ``https://127.0.0.1:PORT`` (same socket address), which must fail verification."""
+    origin = tls_counting(lambda c, r, h: _own_path(h), names=("localhost",))
+    proxy = start_proxy("--connect-port", str(origin.port))
+    with client(proxy, verify=proxy_ca_file) as c:
+        assert c.get(origin.url("/a", host="localhost")).content == b"/a"
+    for _ in range(2):
+        with client(proxy, verify=proxy_ca_file) as c:
+            r = c.get(origin.url("/b", host="127.0.0.1"))
+        assert r.status_code == 502
+        assert b"/b" not in r.content
+    with client(proxy, verify=proxy_ca_file) as c:
+        assert c.get(origin.url("/c", host="localhost")).content == b"/c"
+    assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/a", b"/c"]
+
+
+# -- partial entries -------------------------------------------------------------------------------------------
+
+
+def test_a_206_fetched_with_credentials_is_never_served_to_another_client(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    secret = blob(4096, 7)
+
+    def guarded(req: Recorded) -> Reply:
+        if req.headers.get("Authorization") != "Bearer owner":
+            return Reply(401, {"Content-Length": "6"}, b"denied")
+        return Ranged(secret)(req)
+
+    url = origin.route("/private", guarded)
+    proxy = start_proxy()
+    with client(proxy) as owner:
+        r = owner.get(url, headers={"Range": "bytes=0-999", "Authorization": "Bearer owner"})
+        assert (r.status_code, r.content) == (206, secret[:1000])
+    with client(proxy) as thief:
+        inside = thief.get(url, headers={"Range": "bytes=100-199"})
+        whole = thief.get(url)
+    assert (inside.status_code, inside.content) == (401, b"denied")
+    assert (whole.status_code, whole.content) == (401, b"denied")
+    assert [r.headers.get("Authorization") for r in origin.requests] == ["Bearer owner", None, None]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
+def test_pieces_do_not_survive_an_unsafe_method(start_proxy: StartProxy, origin: Origin, method: str) -> None:
+    v1, v2 = blob(4096, 8), blob(4096, 9)
+    current = {"obj": Ranged(v1, '"v1"')}
+
+    def versioned(req: Recorded) -> Reply:
+        if req.method != "GET":
+            current["obj"] = Ranged(v2, '"v2"')
+            return Reply(200, {"Content-Length": "2"}, b"ok")
+        return current["obj"](req)
+
+    url = origin.route("/doc", versioned)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(url, headers={"Range": "bytes=0-999"}).content == v1[:1000]
+        assert c.request(method, url, content=b"x").status_code == 200
+        inside = c.get(url, headers={"Range": "bytes=100-199"})
+        whole = c.get(url)
+    assert (inside.status_code, inside.content) == (206, v2[100:200])
+    assert (whole.status_code, whole.content) == (200, v2)
+
+
+def test_a_whole_get_never_assembles_two_versions_with_the_same_length(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    """Version 2 has the length of version 1 and a new strong ETag: the rest fetched with If-Range "v1" must be
+    answered whole by the origin, and the client gets version 2 only."""
+    v1, v2 = blob(4096, 10), blob(4096, 11)
+    current = {"obj": Ranged(v1, '"v1"')}
+    url = origin.route("/swap", lambda req: current["obj"](req))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(url, headers={"Range": "bytes=0-1999"}).content == v1[:2000]
+        current["obj"] = Ranged(v2, '"v2"')
+        whole = c.get(url)
+        again = c.get(url)
+        tail = c.get(url, headers={"Range": "bytes=3000-3099"})
+    assert (whole.status_code, whole.content) == (200, v2)
+    assert again.content == v2
+    assert tail.content == v2[3000:3100]
