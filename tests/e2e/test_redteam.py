@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.conftest import StartProxy
 from tests.e2e.test_origins import CountingOrigin
@@ -233,3 +235,115 @@ def test_a_whole_get_never_assembles_two_versions_with_the_same_length(
     assert (whole.status_code, whole.content) == (200, v2)
     assert again.content == v2
     assert tail.content == v2[3000:3100]
+
+
+# -- connection-based authentication (NTLM, Negotiate) ---------------------------------------------------------
+
+
+class _ConnectionAuth:
+    """An origin whose authentication belongs to the TCP connection, as NTLM and Negotiate do (RFC 4559 §6.1:
+    the handshake takes two round trips on one connection, which stays authenticated afterwards): ``/private``
+    is Alice's secret on a connection she authenticated, a 401 challenge on any other."""
+
+    def __init__(self, scheme: str, tls: ssl.SSLContext | None = None) -> None:
+        self.scheme, self.tls = scheme, tls
+        self.seen: list[tuple[int, str | None]] = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.port = self.srv.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, path: str) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}{path}"
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            self.socks.append(conn)
+            threading.Thread(target=self._serve, args=(conn, n), daemon=True).start()
+            n += 1
+
+    def _serve(self, conn: socket.socket, n: int) -> None:
+        state = "new"
+        buf = b""
+        with contextlib.suppress(OSError), contextlib.closing(conn):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self.socks.append(conn)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                auth = None
+                for line in head.decode("latin-1").split("\r\n")[1:]:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "authorization":
+                        auth = value.strip()
+                self.seen.append((n, auth))
+                if auth == f"{self.scheme} alice-1":
+                    state = "challenged"
+                    status, extra, body = "401 Unauthorized", f"{self.scheme} challenge", b"again"
+                elif (auth == f"{self.scheme} alice-3" and state == "challenged") or (
+                    auth is None and state == "alice"
+                ):
+                    state = "alice"
+                    status, extra, body = "200 OK", "", b"alice's secret"
+                else:
+                    status, extra, body = "401 Unauthorized", self.scheme, b"who are you"
+                lines = [f"HTTP/1.1 {status}", "Cache-Control: private", f"Content-Length: {len(body)}"]
+                if extra:
+                    lines.append(f"WWW-Authenticate: {extra}")
+                conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+
+    def stop(self) -> None:
+        self.srv.close()
+        for s in self.socks:
+            with contextlib.suppress(OSError):
+                s.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+@pytest.mark.parametrize("scheme", ["NTLM", "Negotiate"])
+def test_a_connection_another_client_authenticated_is_never_handed_on(
+    start_proxy: StartProxy, origin_ca: trustme.CA, proxy_ca_file: Path, scheme: str, tls: bool
+) -> None:
+    ctx = None
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        origin_ca.issue_cert("localhost").configure_cert(ctx)
+    origin = _ConnectionAuth(scheme, ctx)
+    try:
+        proxy = start_proxy("--connect-port", str(origin.port))
+        url = origin.url("/private")
+        with client(proxy, verify=proxy_ca_file) as alice:
+            first = alice.get(url, headers={"Authorization": f"{scheme} alice-1"})
+            assert (first.status_code, first.headers["WWW-Authenticate"]) == (401, f"{scheme} challenge")
+            second = alice.get(url, headers={"Authorization": f"{scheme} alice-3"})
+            # The handshake's two legs went on one origin connection: Alice is in.
+            assert (second.status_code, second.content) == (200, b"alice's secret")
+            # Bob arrives while Alice is still connected, then after she left.
+            with client(proxy, verify=proxy_ca_file) as bob:
+                during = bob.get(url)
+        with client(proxy, verify=proxy_ca_file) as bob:
+            after = bob.get(url)
+        assert (during.status_code, during.content) == (401, b"who are you")
+        assert (after.status_code, after.content) == (401, b"who are you")
+        alice_conn = origin.seen[1][0]
+        assert origin.seen[0][0] == alice_conn
+        assert [auth for n, auth in origin.seen if n == alice_conn] == [
+            f"{scheme} alice-1",
+            f"{scheme} alice-3",
+        ]
+    finally:
+        origin.stop()
