@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -347,3 +348,50 @@ def test_a_connection_another_client_authenticated_is_never_handed_on(
         ]
     finally:
         origin.stop()
+
+
+def test_a_client_leaving_before_the_answer_never_hands_it_to_the_next_client(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin]
+) -> None:
+    """The origin answers ``/slow`` after its client left: that late answer must not be read as the next
+    client's response on a shared connection."""
+
+    def answer(conn_no: int, req_no: int, head: bytes) -> bytes | None:
+        if b"/slow" in head.split(b"\r\n", 1)[0]:
+            time.sleep(0.5)
+        return _own_path(head)
+
+    origin = counting(answer)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(origin.url("/warm")).content == b"/warm"  # one idle pooled connection
+    with socket.create_connection(("127.0.0.1", proxy.port)) as s:
+        s.sendall(f"GET {origin.url('/slow')} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.1)
+    for i in range(4):
+        with client(proxy) as c:
+            r = c.get(origin.url(f"/next{i}"))
+        assert (r.status_code, r.content) == (200, f"/next{i}".encode())
+        time.sleep(0.15)
+
+
+def test_http2_streams_on_pooled_connections_each_get_their_own_answer(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    proxy_ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    """Twelve concurrent HTTP/2 streams of one client (some answered with a stray second response), then a
+    second client: every stream's file is its own path."""
+    origin = tls_counting(_smuggling, delay=0.02)
+    proxy = start_proxy("--connect-port", str(origin.port))
+    for run in range(2):
+        paths = [f"/{'smuggle' if i % 4 == 0 else 'p'}{run}-{i}" for i in range(12)]
+        argv = ["curl", "-sS", "--max-time", "30", "--http2", "--parallel", "--parallel-max", "12"]
+        argv += ["--proxy", proxy.url, "--cacert", str(proxy_ca_file), "-w", "%{http_version}\n"]
+        for p in paths:
+            argv += ["-o", str(tmp_path / p.strip("/")), origin.url(p, host="localhost")]
+        out = subprocess.run(argv, capture_output=True, timeout=60, check=True, text=True).stdout
+        assert out.split() == ["2"] * 12
+        for p in paths:
+            assert (tmp_path / p.strip("/")).read_bytes() == p.encode()
