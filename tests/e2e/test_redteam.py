@@ -395,3 +395,32 @@ def test_http2_streams_on_pooled_connections_each_get_their_own_answer(
         assert out.split() == ["2"] * 12
         for p in paths:
             assert (tmp_path / p.strip("/")).read_bytes() == p.encode()
+
+
+def test_only_if_cached_never_reaches_the_origin_to_complete_pieces(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    body = blob(4096, 12)
+    obj = Ranged(body)
+    url = origin.route("/oic", obj)
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(url, headers={"Range": "bytes=0-999"}).content == body[:1000]
+        whole = c.get(url, headers={"Cache-Control": "only-if-cached"})
+        outside = c.get(url, headers={"Cache-Control": "only-if-cached", "Range": "bytes=500-1999"})
+    assert whole.status_code == 504 and whole.content != body
+    assert outside.status_code == 504 and body[1000:2000] not in outside.content
+    assert obj.asked == [("bytes=0-999", None)]  # §5.2.1.7: the origin was never asked for the rest
+
+
+def test_purge_drops_the_pieces(start_proxy: StartProxy, origin: Origin) -> None:
+    v1, v2 = blob(4096, 13), blob(4096, 14)
+    current = {"obj": Ranged(v1, '"v1"')}
+    url = origin.route("/purged", lambda req: current["obj"](req))
+    proxy = start_proxy()
+    with client(proxy) as c:
+        assert c.get(url, headers={"Range": "bytes=0-999"}).content == v1[:1000]
+        assert c.request("PURGE", url).status_code == 200
+        current["obj"] = Ranged(v2, '"v1"')  # same validator: only the purge keeps v1's bytes out
+        inside = c.get(url, headers={"Range": "bytes=100-199"})
+    assert (inside.status_code, inside.content) == (206, v2[100:200])
