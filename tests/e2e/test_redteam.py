@@ -424,3 +424,49 @@ def test_purge_drops_the_pieces(start_proxy: StartProxy, origin: Origin) -> None
         current["obj"] = Ranged(v2, '"v1"')  # same validator: only the purge keeps v1's bytes out
         inside = c.get(url, headers={"Range": "bytes=100-199"})
     assert (inside.status_code, inside.content) == (206, v2[100:200])
+
+
+# -- fast hit layer --------------------------------------------------------------------------------------------
+
+
+def _exchange_from(source: str, port: int, raw: bytes) -> bytes:
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(raw)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < _length(data):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+
+def _length(data: bytes) -> int:
+    for line in data.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_a_memoised_hit_is_never_served_to_a_client_outside_allow(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    """The allowed client primes the fast layer's memo with a head; the very same bytes from a client outside
+    --allow must still be refused."""
+    url = origin.route(
+        "/memo", Reply(200, {"Cache-Control": "max-age=600", "Content-Length": "7"}, b"members")
+    )
+    proxy = start_proxy("--allow", "127.0.0.2/32", "--listen-host", "127.0.0.1")
+    raw = f"GET {url} HTTP/1.1\r\nHost: {url.split('/')[2]}\r\n\r\n".encode()
+    for _ in range(3):
+        got = _exchange_from("127.0.0.2", proxy.port, raw)
+        assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"members")
+    for _ in range(2):
+        refused = _exchange_from("127.0.0.3", proxy.port, raw)
+        assert refused.startswith(b"HTTP/1.1 403")
+        assert b"members" not in refused
+    assert origin.hits["/memo"] == 1
