@@ -470,3 +470,34 @@ def test_a_memoised_hit_is_never_served_to_a_client_outside_allow(
         assert refused.startswith(b"HTTP/1.1 403")
         assert b"members" not in refused
     assert origin.hits["/memo"] == 1
+
+
+def test_a_stale_while_revalidate_hit_is_never_served_after_a_purge(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    """While the background refresh is in flight (slow origin), the stale copy answers; once the URL is
+    purged it must answer nobody, on the fast layer or the full path."""
+    served: list[bytes] = []
+
+    def versioned(req: Recorded) -> Reply:
+        n = len(served)
+        body = b"version %d" % n
+        served.append(body)
+        if n:
+            time.sleep(1.5)  # the refresh stays in flight
+        headers = {"Cache-Control": "max-age=1, stale-while-revalidate=60", "Content-Length": str(len(body))}
+        return Reply(200, headers, body)
+
+    url = origin.route("/swr", versioned)
+    proxy = start_proxy()
+    host = url.split("/")[2]
+    raw = f"GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    assert _exchange_from("127.0.0.1", proxy.port, raw).endswith(b"version 0")
+    time.sleep(1.6)
+    stale = [_exchange_from("127.0.0.1", proxy.port, raw) for _ in range(3)]
+    assert all(s.endswith(b"version 0") for s in stale), stale
+    purge = f"PURGE {url} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    assert _exchange_from("127.0.0.1", proxy.port, purge).startswith(b"HTTP/1.1 200")
+    after = _exchange_from("127.0.0.1", proxy.port, raw)
+    assert after.startswith(b"HTTP/1.1 200")
+    assert not after.endswith(b"version 0"), after
