@@ -246,8 +246,13 @@ class _ConnectionAuth:
     the handshake takes two round trips on one connection, which stays authenticated afterwards): ``/private``
     is Alice's secret on a connection she authenticated, a 401 challenge on any other."""
 
-    def __init__(self, scheme: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(self, scheme: str, tls: ssl.SSLContext | None = None, proxy: bool = False) -> None:
         self.scheme, self.tls = scheme, tls
+        self.asks, self.challenges, self.refusal = (
+            ("proxy-authorization", "Proxy-Authenticate", "407 Proxy Authentication Required")
+            if proxy
+            else ("authorization", "WWW-Authenticate", "401 Unauthorized")
+        )
         self.seen: list[tuple[int, str | None]] = []
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
@@ -289,22 +294,22 @@ class _ConnectionAuth:
                 auth = None
                 for line in head.decode("latin-1").split("\r\n")[1:]:
                     name, _, value = line.partition(":")
-                    if name.strip().lower() == "authorization":
+                    if name.strip().lower() == self.asks:
                         auth = value.strip()
                 self.seen.append((n, auth))
                 if auth == f"{self.scheme} alice-1":
                     state = "challenged"
-                    status, extra, body = "401 Unauthorized", f"{self.scheme} challenge", b"again"
+                    status, extra, body = self.refusal, f"{self.scheme} challenge", b"again"
                 elif (auth == f"{self.scheme} alice-3" and state == "challenged") or (
                     auth is None and state == "alice"
                 ):
                     state = "alice"
                     status, extra, body = "200 OK", "", b"alice's secret"
                 else:
-                    status, extra, body = "401 Unauthorized", self.scheme, b"who are you"
+                    status, extra, body = self.refusal, self.scheme, b"who are you"
                 lines = [f"HTTP/1.1 {status}", "Cache-Control: private", f"Content-Length: {len(body)}"]
                 if extra:
-                    lines.append(f"WWW-Authenticate: {extra}")
+                    lines.append(f"{self.challenges}: {extra}")
                 conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
 
     def stop(self) -> None:
@@ -501,3 +506,23 @@ def test_a_stale_while_revalidate_hit_is_never_served_after_a_purge(
     after = _exchange_from("127.0.0.1", proxy.port, raw)
     assert after.startswith(b"HTTP/1.1 200")
     assert not after.endswith(b"version 0"), after
+
+
+def test_a_client_cannot_log_a_shared_upstream_connection_in(start_proxy: StartProxy) -> None:
+    """An upstream proxy that authenticates the connection (NTLM): a client's own Proxy-Authorization is
+    for fwdproxy (hop by hop) and never reaches the upstream, so no shared connection to it is ever logged in
+    for the next client."""
+    upstream = _ConnectionAuth("NTLM", proxy=True)
+    try:
+        proxy = start_proxy("--upstream", f"http://127.0.0.1:{upstream.port}")
+        url = "http://intranet.test/private"
+        with client(proxy) as alice:
+            for leg in ("alice-1", "alice-3"):
+                r = alice.get(url, headers={"Proxy-Authorization": f"NTLM {leg}"})
+                assert (r.status_code, r.content) == (407, b"who are you")
+        with client(proxy) as bob:
+            after = bob.get(url)
+        assert (after.status_code, after.content) == (407, b"who are you")
+        assert [auth for _, auth in upstream.seen] == [None, None, None]
+    finally:
+        upstream.stop()
