@@ -469,6 +469,8 @@ def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
             or not (request or self.request_done)
             or not (response or self.response_done)
             or _IN_USE.get(origintls.opened_as(self.conn)) is None
+            or self.conn
+            in _PINNED  # mitmproxy never reuses it for an HTTP/2 client: closed as mitmproxy does
         ):
             yield from mark_done(self, request=request, response=response)
         else:

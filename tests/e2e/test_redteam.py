@@ -526,3 +526,48 @@ def test_a_client_cannot_log_a_shared_upstream_connection_in(start_proxy: StartP
         assert [auth for _, auth in upstream.seen] == [None, None, None]
     finally:
         upstream.stop()
+
+
+def test_a_connection_an_http2_client_authenticated_is_never_handed_on(
+    start_proxy: StartProxy, origin_ca: trustme.CA, proxy_ca_file: Path
+) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost").configure_cert(ctx)
+    origin = _ConnectionAuth("NTLM", ctx)
+    try:
+        proxy = start_proxy("--connect-port", str(origin.port))
+        url = origin.url("/private")
+        argv = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "--http2",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy_ca_file),
+        ]
+        legs: list[str] = []
+        for leg in ("alice-1", "alice-3"):
+            legs += [
+                *(["--next"] if legs else []),
+                *argv[1:],
+                "-H",
+                f"Authorization: NTLM {leg}",
+                "-w",
+                " %{http_code}\n",
+                url,
+            ]
+        out = subprocess.run(["curl", *legs], capture_output=True, timeout=60, text=True).stdout
+        with client(proxy, verify=proxy_ca_file) as bob:
+            after = bob.get(url)
+        assert (after.status_code, after.content) == (401, b"who are you"), out
+        assert b"alice's secret" not in after.content
+        # mitmproxy never reuses an HTTP/1 origin connection for a second HTTP/2 stream, so the handshake's
+        # legs go on two connections and fail, as without the pool; Bob's went on a third.
+        conns = [n for n, _ in origin.seen]
+        assert len(set(conns)) == 3, origin.seen
+        print(f"HTTP/2 client's NTLM legs: {out!r} {origin.seen}")
+    finally:
+        origin.stop()
