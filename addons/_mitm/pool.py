@@ -99,6 +99,12 @@ class Shared:
 _CLOSING: weakref.WeakSet[connection.Connection] = weakref.WeakSet()
 """Origin connections whose origin announced it closes them after the response (RFC 9112 §9.6)."""
 _IN_USE: weakref.WeakKeyDictionary[connection.Connection, _Pooled] = weakref.WeakKeyDictionary()
+_PINNED: weakref.WeakSet[connection.Connection] = weakref.WeakSet()
+"""Origin connections that carried connection-based authentication (NTLM, Negotiate: RFC 4559 §6.1, the
+handshake and what it grants belong to the TCP connection): they stay with the client that used them, as
+mitmproxy keeps every origin connection, and never go to the pool where another client would inherit the login."""
+CONNECTION_AUTH = frozenset({"ntlm", "negotiate"})
+"""Authentication schemes whose credentials hold for the connection rather than for a request."""
 
 
 async def _getaddrinfo(host: str) -> Addresses:
@@ -463,6 +469,8 @@ def _releasing(mark_done: Callable[..., Commands]) -> Callable[..., Commands]:
             or not (request or self.request_done)
             or not (response or self.response_done)
             or _IN_USE.get(origintls.opened_as(self.conn)) is None
+            or self.conn
+            in _PINNED  # mitmproxy never reuses it for an HTTP/2 client: closed as mitmproxy does
         ):
             yield from mark_done(self, request=request, response=response)
         else:
@@ -491,9 +499,23 @@ def _noting_close(read_headers: Callable[..., Commands]) -> Callable[..., Comman
                 response = command.event.response
                 if http1.connection_close(response.http_version, response.headers):
                     _CLOSING.add(self.conn)
+                request = self.request
+                if _connection_auth(
+                    request.headers.get_all("authorization") if request is not None else []
+                ) or (_connection_auth(response.headers.get_all("www-authenticate"))):
+                    _PINNED.add(self.conn)
             yield command
 
     return wrapper
+
+
+def _connection_auth(values: list[str]) -> bool:
+    """Whether Authorization or WWW-Authenticate values name a connection-based scheme (NTLM, Negotiate)."""
+    return any(
+        part.strip().split(" ", 1)[0].lower() in CONNECTION_AUTH
+        for value in values
+        for part in value.split(",")
+    )
 
 
 def _clean(client: _http1.Http1Client) -> bool:
@@ -503,6 +525,7 @@ def _clean(client: _http1.Http1Client) -> bool:
         and not client.buf
         and client.conn.state is ConnectionState.OPEN
         and client.conn not in _CLOSING
+        and client.conn not in _PINNED
     )
 
 
