@@ -298,11 +298,20 @@ async def _take(key: PoolKey) -> _Socket | None:
                 if (task := asyncio.current_task()) is not None and task.cancelling():
                     _idle(key, sock)  # our own client left meanwhile: back to the pool it goes
                     raise
-        if alive and not sock.reader.at_eof() and not sock.writer.is_closing():
+        if alive and not sock.reader.at_eof() and not sock.writer.is_closing() and not _buffered(sock.reader):
             return sock
         sock.writer.close()  # it closed while idle: its slot is ours, for a new connection
         return None
     return None
+
+
+def _buffered(reader: asyncio.StreamReader) -> bool:
+    """Bytes the origin sent after the last response's framing, already read from the socket. A connection
+    handed straight to a waiting request is taken before its watcher ever reads (the watcher task has not
+    run yet), so such bytes would be parsed as the next request's response: another client's answer
+    (RFC 9112 §9.3: unframed bytes make a connection unusable). asyncio's StreamReader has no public way to
+    ask; ``_buffer`` is its receive buffer (CPython 3.12-3.13)."""
+    return bool(getattr(reader, "_buffer", b""))
 
 
 class _Replay:

@@ -428,3 +428,43 @@ def test_marks_do_not_keep_connections_alive(via: tuple[str, tuple[str, int]] | 
     del layer, commands_
     gc.collect()
     assert [r() for r in refs] == [None] * len(refs)
+
+
+class _Writer:
+    """Enough of a StreamWriter for the pool: closed or not."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+@pytest.mark.parametrize("stray", [b"", b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nSMUGGLED"])
+def test_a_connection_handed_straight_on_with_bytes_past_its_framing_is_not_reused(
+    monkeypatch: pytest.MonkeyPatch, stray: bytes
+) -> None:
+    """§17: an idle connection taken at once (its watcher has not read yet) with bytes already received after
+    the last response is closed, and its slot goes to a new connection; without them it is reused."""
+    monkeypatch.setattr(pool, "SHARED", pool.Shared())
+    key = pool.PoolKey("http", "a.test", 80)
+
+    async def run() -> tuple[object, bool]:
+        reader = asyncio.StreamReader()
+        if stray:
+            reader.feed_data(stray)
+        writer = _Writer()
+        sock = pool._Socket(reader, writer)  # type: ignore[arg-type]
+        assert await pool.SHARED.pool.acquire(key) is None  # a slot for the connection that becomes idle
+        pool._idle(key, sock)
+        got = await pool._take(key)  # the same loop turn: the watcher task never ran
+        return got, writer.closed
+
+    got, closed = asyncio.run(run())
+    if stray:
+        assert got is None and closed
+    else:
+        assert got is not None and not closed
