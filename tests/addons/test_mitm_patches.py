@@ -430,7 +430,7 @@ def test_marks_do_not_keep_connections_alive(via: tuple[str, tuple[str, int]] | 
     assert [r() for r in refs] == [None] * len(refs)
 
 
-class _Writer:
+class _PoolWriter:
     """Enough of a StreamWriter for the pool: closed or not."""
 
     def __init__(self) -> None:
@@ -456,7 +456,7 @@ def test_a_connection_handed_straight_on_with_bytes_past_its_framing_is_not_reus
         reader = asyncio.StreamReader()
         if stray:
             reader.feed_data(stray)
-        writer = _Writer()
+        writer = _PoolWriter()
         sock = pool._Socket(reader, writer)  # type: ignore[arg-type]
         assert await pool.SHARED.pool.acquire(key) is None  # a slot for the connection that becomes idle
         pool._idle(key, sock)
