@@ -78,7 +78,9 @@ class _Wire:
     content_type: str
     served: Served
     primary: str
-    """The entry's primary key when the answer came from the cache (hit counts), else ""."""
+    """The entry's primary key (the background revalidation's key)."""
+    hit_key: str
+    """``primary`` when the answer counts as served from the cache (the status page's hit counts), else ""."""
     credentials: str | None
     revalidate: bool
     since: float
@@ -173,11 +175,14 @@ class FastHits:
     def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
         """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
         is; None hands the request to the full path. Logs and counts what it answers."""
-        cache = self.cache
-        store = cache.store
+        service = (
+            self.cache.service
+        )  # Cache.store and Cache.config read through it: no property calls per hit
+        store = service.store
         if store is None:
             return None
-        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        anonymize = self.anonymize
+        cfg = anonymize.cfg if anonymize is not None else None
         known = self.wires.get(id(head))
         wire: _Wire | None = None
         data: bytes | None = None
@@ -186,7 +191,7 @@ class FastHits:
             and known.head is head
             and known.since <= started < known.until
             and known.store is store
-            and known.config is cache.config
+            and known.config is service.config
             and known.cfg is cfg
         ):
             # The very response the steps below gave this head from this entry, this second: from a memory
@@ -255,6 +260,7 @@ class FastHits:
             content_type=content_type,
             served=Served(outcome, head.host.lower(), len(fast.body)),
             primary=fast.primary,
+            hit_key=fast.primary if outcome in FROM_CACHE else "",
             credentials=prepared.credentials,
             revalidate=fast.revalidate,
             since=now,
@@ -292,9 +298,7 @@ class FastHits:
     ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
         if self.admin is not None:
-            self.admin.record(
-                wire.served, wire.primary if wire.served.outcome in FROM_CACHE else "", fast=True
-            )
+            self.admin.record(wire.served, wire.hit_key, fast=True)
         log = self.accesslog
         if log is not None and log.wanted():
             ended = time.time()
@@ -334,6 +338,9 @@ class FastLayer(layer.Layer):
         self.hits = hits
         self.tunnel = tunnel
         self.buf = b""
+        self.raw = b""
+        """The last head read that was the whole buffer, and ``head`` what read_head made of it."""
+        self.head: Head | None = None
         self.handed = False
         self.closed = False
         self.start: events.Start | None = None
@@ -345,19 +352,29 @@ class FastLayer(layer.Layer):
         return f"FastLayer({'handed over' if self.handed else 'answering'}: {self.inner!r})"
 
     def handle_event(self, event: events.Event) -> Commands:
-        if type(event) is events.Wakeup and event.command is self.wakeup:
+        if type(event) is events.DataReceived and not self.handed and not self.closed:
+            if event.connection is self.context.client:
+                # Requests: the one event on a fast hit's path (_receive is a plain call, not a generator).
+                answered = self._receive(event.data)
+                if answered:
+                    yield commands.SendData(self.context.client, answered)
+                    self.since = time.monotonic()
+                if self.buf:
+                    # A request for the full path, or part of a head: mitmproxy's layer reads it (with its
+                    # header timeout and its strict-head checks) and everything after it.
+                    yield from self._hand_over(None)
+            else:
+                yield from self._hand_over(event)
+        elif type(event) is events.Wakeup and event.command is self.wakeup:
             self.wakeup = None  # our timer: never the HttpLayer's business (it would not know the command)
             if not self.handed:
                 yield from self._on_wakeup()
+        elif self.closed:
             return
-        if self.closed:
-            return
-        if self.handed:
+        elif self.handed:
             yield from self.inner.handle_event(event)
         elif type(event) is events.Start:
             yield from self._start(event)
-        elif type(event) is events.DataReceived and event.connection is self.context.client:
-            yield from self._receive(event.data)
         else:
             yield from self._hand_over(event)
 
@@ -394,26 +411,29 @@ class FastLayer(layer.Layer):
             self.closed = True
             yield commands.CloseConnection(self.context.client)
 
-    def _receive(self, data: bytes) -> Commands:
-        self.buf += data
+    def _receive(self, data: bytes) -> bytes:
+        """The responses to the requests at the start of the buffer (with ``data``) that the fast layer
+        answers, in order; what is left in ``self.buf`` is for the full path, or part of a head."""
+        buf = self.buf + data if self.buf else data
         started = time.time()
         out: list[bytes] = []
-        while self.buf:
-            head = read_head(self.buf, self.tunnel)
-            if isinstance(head, Leave):
-                break
+        while buf:
+            head = self.head
+            if head is None or buf != self.raw:
+                read = read_head(buf, self.tunnel)
+                if isinstance(read, Leave):
+                    break
+                head = read
+                if head.size == len(buf):
+                    # A client repeating itself sends this head alone again: the same bytes, read the same way.
+                    self.raw, self.head = buf, head
             wire = self.hits.answer(self.context.client, head, started)
             if wire is None:
                 break
             out.append(wire)
-            self.buf = self.buf[head.size :]
-        if out:
-            yield commands.SendData(self.context.client, b"".join(out))
-            self.since = time.monotonic()
-        if self.buf:
-            # A request for the full path, or part of a head: mitmproxy's layer reads it (with its header
-            # timeout and its strict-head checks) and everything after it.
-            yield from self._hand_over(None)
+            buf = buf[head.size :]
+        self.buf = buf
+        return b"".join(out)
 
     def _hand_over(self, event: events.Event | None) -> Commands:
         self.handed = True
