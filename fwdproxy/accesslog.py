@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -110,36 +111,76 @@ def _field(value: str) -> str:
 def squid_line(rec: LogRecord) -> str:
     """``time.ms elapsed client code/status bytes method URL user hierarchy/peer type`` (Squid's "squid")."""
     ms = int(rec.time * 1000)
-    mime = rec.content_type.split(";", 1)[0].strip()
-    return (
-        f"{ms // 1000}.{ms % 1000:03d} {int(rec.elapsed * 1000):6d} {_field(rec.client)} "
-        f"{squid_tag(rec)}/{rec.status:03d} {rec.bytes} {_field(rec.method)} {_field(rec.url)} - "
-        f"{hierarchy(rec)} {_field(mime)}"
-    )
+    return f"{ms // 1000}.{ms % 1000:03d} {int(rec.elapsed * 1000):6d} {_field(rec.client)} " + _squid_rest(
+        rec.method, rec.url, rec.status, rec.bytes, rec.outcome, rec.cache_status,
+        rec.upstream, rec.server, rec.content_type, rec.tunnel, rec.local, rec.aborted,
+    )  # fmt: skip
+
+
+LINE_MEMO = 4096
+"""Ends of lines remembered (each a few hundred bytes): a hit's line differs from the last one for the same
+answer only in its time, duration and client, and building the rest costs more than writing it."""
+
+
+@functools.lru_cache(maxsize=LINE_MEMO)
+def _squid_rest(
+    method: str, url: str, status: int, size: int, outcome: Outcome, cache_status: str,
+    upstream: str, server: str, content_type: str, tunnel: TunnelMode, local: bool, aborted: bool,
+) -> str:  # fmt: skip
+    """A squid line after its client field: everything of the record but its time, duration and client."""
+    rec = LogRecord(
+        0.0, 0.0, "", method, url, status, size, outcome, cache_status, upstream, server, content_type, tunnel,
+        local, aborted,
+    )  # fmt: skip
+    mime = content_type.split(";", 1)[0].strip()
+    return f"{squid_tag(rec)}/{status:03d} {size} {_field(method)} {_field(url)} - {hierarchy(rec)} {_field(mime)}"
 
 
 def json_line(rec: LogRecord) -> str:
     """One JSON object; keys are stable, absent values are null."""
-    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time)) + f".{int(rec.time * 1000) % 1000:03d}Z"
+    # json.dumps of the whole object (separators "," and ":") is its members' texts joined in order: the
+    # members that change per request are made here, the others come remembered.
+    return (
+        f'{{"time":"{_stamp(int(rec.time))}.{int(rec.time * 1000) % 1000:03d}Z","client":{json.dumps(rec.client)},'
+        + _json_middle(rec.method, rec.url, rec.status, rec.bytes)
+        + f'"duration":{json.dumps(round(rec.elapsed, 6))},'
+        + _json_rest(
+            rec.cache_status, rec.outcome, rec.upstream, rec.server, rec.tunnel, rec.content_type, rec.aborted
+        )
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _stamp(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+@functools.lru_cache(maxsize=LINE_MEMO)
+def _json_middle(method: str, url: str, status: int, size: int) -> str:
+    return (
+        json.dumps({"method": method, "url": url, "status": status, "bytes": size}, separators=(",", ":"))[
+            1:-1
+        ]
+        + ","
+    )
+
+
+@functools.lru_cache(maxsize=LINE_MEMO)
+def _json_rest(
+    cache_status: str, outcome: Outcome, upstream: str, server: str, tunnel: TunnelMode, content_type: str, aborted: bool
+) -> str:  # fmt: skip
     return json.dumps(
         {
-            "time": stamp,
-            "client": rec.client,
-            "method": rec.method,
-            "url": rec.url,
-            "status": rec.status,
-            "bytes": rec.bytes,
-            "duration": round(rec.elapsed, 6),
-            "cache_status": rec.cache_status or None,
-            "outcome": rec.outcome.value,
-            "upstream": rec.upstream or None,
-            "server": rec.server or None,
-            "tunnel": rec.tunnel.value,
-            "content_type": rec.content_type or None,
-            "aborted": rec.aborted,
+            "cache_status": cache_status or None,
+            "outcome": outcome.value,
+            "upstream": upstream or None,
+            "server": server or None,
+            "tunnel": tunnel.value,
+            "content_type": content_type or None,
+            "aborted": aborted,
         },
         separators=(",", ":"),
-    )
+    )[1:]
 
 
 def line(rec: LogRecord, fmt: LogFormat) -> str:
