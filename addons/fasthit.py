@@ -33,7 +33,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
 
-from fwdproxy.accesslog import LogRecord, TunnelMode
+from fwdproxy.accesslog import LogRecord, Repeat, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
 from fwdproxy.metrics import FROM_CACHE, Served, classify
@@ -117,6 +117,8 @@ class FastHits:
         self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
         self.prepared: dict[int, _Prepared] = {}
         self.wires: dict[int, _Wire] = {}
+        self.logged: dict[int, tuple[_Wire, Repeat]] = {}
+        """The access log's record of the response kept in ``wires`` for a head (by the head's id, as there)."""
         """The responses worked out for recent heads (by id, as fasthead returns one Head per bytes)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -302,11 +304,22 @@ class FastHits:
         log = self.accesslog
         if log is not None and log.wanted():
             ended = time.time()
-            log.record(
-                LogRecord(
+            tunnel = (
+                TunnelMode.INTERCEPTED
+                if head.scheme == "https" and client.tls_established
+                else TunnelMode.NONE
+            )
+            known = self.logged.get(id(head))
+            if (
+                known is None
+                or known[0] is not wire
+                or known[1].record.tunnel is not tunnel
+                or known[1].record.bytes != sent
+            ):
+                rec = LogRecord(
                     time=started,
-                    elapsed=max(0.0, ended - started),
-                    client=str(client.peername[0]) if client.peername else "",
+                    elapsed=0.0,
+                    client="",
                     method=head.method,
                     url=head.url,
                     status=wire.status,
@@ -314,10 +327,19 @@ class FastHits:
                     outcome=wire.served.outcome,
                     cache_status=wire.cache_status,
                     content_type=wire.content_type,
-                    tunnel=TunnelMode.INTERCEPTED
-                    if head.scheme == "https" and client.tls_established
-                    else TunnelMode.NONE,
+                    tunnel=tunnel,
                 )
+                known = (wire, log.repeat(rec))
+                if self.wires.get(id(head)) is wire:  # a response sent again: so will its line be
+                    if len(self.logged) >= PREPARED_MAX:
+                        self.logged.clear()
+                    self.logged[id(head)] = known
+            # The line the record above gives with this request's time, duration and client.
+            log.record_repeat(
+                known[1],
+                started,
+                max(0.0, ended - started),
+                str(client.peername[0]) if client.peername else "",
             )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import assert_never
@@ -110,11 +111,15 @@ def _field(value: str) -> str:
 
 def squid_line(rec: LogRecord) -> str:
     """``time.ms elapsed client code/status bytes method URL user hierarchy/peer type`` (Squid's "squid")."""
-    ms = int(rec.time * 1000)
-    return f"{ms // 1000}.{ms % 1000:03d} {int(rec.elapsed * 1000):6d} {_field(rec.client)} " + _squid_rest(
+    return _squid_head(rec.time, rec.elapsed, rec.client) + _squid_rest(
         rec.method, rec.url, rec.status, rec.bytes, rec.outcome, rec.cache_status,
         rec.upstream, rec.server, rec.content_type, rec.tunnel, rec.local, rec.aborted,
     )  # fmt: skip
+
+
+def _squid_head(when: float, elapsed: float, client: str) -> str:
+    ms = int(when * 1000)
+    return f"{ms // 1000}.{ms % 1000:03d} {int(elapsed * 1000):6d} {_field(client)} "
 
 
 LINE_MEMO = 4096
@@ -141,13 +146,29 @@ def json_line(rec: LogRecord) -> str:
     # json.dumps of the whole object (separators "," and ":") is its members' texts joined in order: the
     # members that change per request are made here, the others come remembered.
     return (
-        f'{{"time":"{_stamp(int(rec.time))}.{int(rec.time * 1000) % 1000:03d}Z","client":{json.dumps(rec.client)},'
+        _json_head(rec.time, rec.client)
         + _json_middle(rec.method, rec.url, rec.status, rec.bytes)
-        + f'"duration":{json.dumps(round(rec.elapsed, 6))},'
+        + _json_duration(rec.elapsed)
         + _json_rest(
             rec.cache_status, rec.outcome, rec.upstream, rec.server, rec.tunnel, rec.content_type, rec.aborted
         )
     )
+
+
+def _json_head(when: float, client: str) -> str:
+    return f'{{"time":"{_stamp(int(when))}.{int(when * 1000) % 1000:03d}Z","client":{_json_string(client)},'
+
+
+@functools.lru_cache(maxsize=1024)
+def _json_string(text: str) -> str:
+    return json.dumps(text)  # clients repeat: their address is encoded once
+
+
+def _json_duration(elapsed: float) -> str:
+    rounded = round(elapsed, 6)
+    # json writes a finite float as its repr (and an int as its repr), only much slower.
+    text = repr(rounded) if type(rounded) in (float, int) and math.isfinite(rounded) else json.dumps(rounded)
+    return f'"duration":{text},'
 
 
 @functools.lru_cache(maxsize=64)
@@ -192,3 +213,46 @@ def line(rec: LogRecord, fmt: LogFormat) -> str:
             return json_line(rec)
         case _:
             assert_never(fmt)
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """A record whose line is written again for other requests answered the same way, which differ only in
+    their time, duration and client (the fast hit layer's kept responses): the rest of the line is made once."""
+
+    record: LogRecord
+    fmt: LogFormat
+    middle: str
+    """JSON: the members between the client and the duration; squid: ""."""
+    rest: str
+    """The line after the last per-request field."""
+
+
+def repeat(rec: LogRecord, fmt: LogFormat) -> Repeat:
+    """What ``repeat_line`` needs to write ``rec``'s line for another time, duration and client."""
+    match fmt:
+        case LogFormat.SQUID:
+            return Repeat(
+                rec, fmt, "", squid_line(rec)[len(_squid_head(rec.time, rec.elapsed, rec.client)) :]
+            )
+        case LogFormat.JSON:
+            middle = _json_middle(rec.method, rec.url, rec.status, rec.bytes)
+            rest = _json_rest(
+                rec.cache_status,
+                rec.outcome,
+                rec.upstream,
+                rec.server,
+                rec.tunnel,
+                rec.content_type,
+                rec.aborted,
+            )
+            return Repeat(rec, fmt, middle, rest)
+        case _:
+            assert_never(fmt)
+
+
+def repeat_line(rep: Repeat, when: float, elapsed: float, client: str) -> str:
+    """``line(rec, fmt)`` of the repeated record with this time, duration and client."""
+    if rep.fmt is LogFormat.SQUID:
+        return _squid_head(when, elapsed, client) + rep.rest
+    return _json_head(when, client) + rep.middle + _json_duration(elapsed) + rep.rest

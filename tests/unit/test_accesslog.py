@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode, hierarchy, line, squid_tag
+from fwdproxy.accesslog import (
+    LogFormat,
+    LogRecord,
+    TunnelMode,
+    hierarchy,
+    line,
+    repeat,
+    repeat_line,
+    squid_tag,
+)
 from fwdproxy.metrics import Outcome
 
 T = 1_700_000_000.123
@@ -178,6 +187,11 @@ def test_lines_with_remembered_ends_are_the_whole_record(
         assert line(r, LogFormat.SQUID) == _squid_reference(r)
         assert line(r, LogFormat.JSON) == _json_reference(r)
         assert json.loads(line(r, LogFormat.JSON))["client"] == r.client
+    # The fast hit layer's way: the record made once, its line written for each request.
+    for fmt, reference in ((LogFormat.SQUID, _squid_reference), (LogFormat.JSON, _json_reference)):
+        rep = repeat(rec, fmt)
+        assert repeat_line(rep, rec.time, rec.elapsed, rec.client) == reference(rec)
+        assert repeat_line(rep, when, elapsed, client) == reference(again)
 
 
 @pytest.mark.parametrize(
