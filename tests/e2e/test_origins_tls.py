@@ -8,6 +8,7 @@ tests/support_upstream.py counts the connections that carried a request (the egr
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
@@ -404,3 +405,39 @@ def test_https_through_an_upstream_replays_once_on_a_fresh_tunnel(
     assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/v0", b"/v1", b"/v1", b"/v2", b"/v2"]
     assert proxy.log().count("request replayed") == 2
     assert upstream.count("secure.test", "CONNECT") == 3  # the first tunnel, then one fresh one per replay
+
+
+# -- one client, many requests, one tunnel (issue 17: uv's tunnel per request is uv's concurrency) -------------
+
+
+@pytest.mark.parametrize("version", ["1.1", "2"])
+def test_sequential_requests_of_one_client_share_one_tunnel(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    proxy_ca_file: Path,
+    tmp_path: Path,
+    version: str,
+) -> None:
+    """Ten requests of one curl process (misses, then hits and revalidations of the same URLs) go through one
+    CONNECT tunnel and one TLS handshake with the proxy, over HTTP/1.1 and over HTTP/2: the proxy never ends
+    the tunnel, the h2 connection or the keep-alive after a request (no GOAWAY, no ``Connection: close``)."""
+    origin = tls_counting()
+    access = tmp_path / "access.log"
+    proxy = start_proxy("--connect-port", str(origin.port), "--access-log", str(access), "--log-format", "json")
+    paths = [f"/seq/{i % 5}" for i in range(10)]
+    argv = ["curl", "-sS", "--max-time", "30", f"--http{version}", "--proxy", proxy.url]
+    argv += ["--cacert", str(proxy_ca_file), "-w", "%{num_connects} %{http_version} %{http_code}\n"]
+    for i, path in enumerate(paths):
+        argv += ["-o", str(tmp_path / f"body{i}"), origin.url(path)]
+    out = subprocess.run(argv, capture_output=True, timeout=60, check=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    assert [(v, code) for _, v, code in rows] == [(version, "200")] * 10
+    assert [(tmp_path / f"body{i}").read_bytes() for i in range(10)] == [f"page {p}".encode() for p in paths]
+    # curl counts a new connection (to the proxy, with its CONNECT and TLS) on the transfer that made it.
+    assert sum(int(n) for n, _, _ in rows) == 1, rows
+    proxy.stop()  # flushes the access log: a tunnel's line is written when it closes
+    lines = [json.loads(line) for line in access.read_text().splitlines()]
+    assert [x["method"] for x in lines].count("CONNECT") == 1, lines
+    assert [x["method"] for x in lines].count("GET") == 10
+    assert len(origin.heads) == 10  # 5 misses, 5 revalidations (max-age=0): all reached the origin
+    assert origin.accepted == 1, origin.requests_per_conn
