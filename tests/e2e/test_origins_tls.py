@@ -585,3 +585,83 @@ def test_origin_with_a_bad_certificate_behind_an_https_upstream_is_a_502_naming_
     assert tls_upstream.count("secure.test", "CONNECT") == 2  # nothing stored: both went out
     assert tls_upstream.handshakes <= 2
     assert origin.heads == []
+
+
+def test_https_upstream_with_credentials_gets_them_on_every_request_and_connect(
+    start_proxy: StartProxy,
+    counting: Callable[..., CountingOrigin],
+    tls_counting: Callable[..., CountingTlsOrigin],
+    origin_ca: trustme.CA,
+    proxy_ca_file: Path,
+) -> None:
+    plain, secure = counting(), tls_counting()
+    up = UpstreamProxy("A", credentials=("user", "pw"), tls=_server_ctx(origin_ca, "localhost"))
+    try:
+        proxy = start_proxy(
+            "--upstream", f"https://user:pw@localhost:{up.port}", "--connect-port", str(secure.port)
+        )
+        for i in range(3):
+            with client(proxy) as c:
+                assert c.get(plain.url(f"/a{i}", host="plain.test")).content == f"page /a{i}".encode()
+            with client(proxy, verify=proxy_ca_file) as c:
+                assert c.get(secure.url(f"/s{i}", host="secure.test")).content == f"page /s{i}".encode()
+        basic = "Basic dXNlcjpwdw=="
+        assert [(s.method, s.proxy_authorization) for s in up.requests("plain.test")] == [("GET", basic)] * 3
+        assert [(s.method, s.proxy_authorization) for s in up.requests("secure.test")] == [("CONNECT", basic)]
+        assert len(secure.heads) == 3
+        assert up.handshakes == 2  # one pooled TLS connection per origin (absolute form; the tunnel)
+    finally:
+        up.close()
+
+
+def test_https_through_an_https_upstream_replays_once_on_a_fresh_tunnel(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting(closes_reused)
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port), "-v")
+    for i in range(3):
+        with client(proxy, verify=proxy_ca_file) as c:
+            r = c.get(origin.url(f"/v{i}", host="secure.test"))
+            assert (r.status_code, r.content) == (200, b"GET answered")
+    assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/v0", b"/v1", b"/v1", b"/v2", b"/v2"]
+    assert proxy.log().count("request replayed") == 2
+    assert (
+        tls_upstream.count("secure.test", "CONNECT") == 3
+    )  # the first tunnel, then one fresh one per replay
+    assert tls_upstream.handshakes == 3
+
+
+def test_http2_client_through_an_https_upstream_uses_the_pool(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting()
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port))
+    versions: list[str] = []
+    for run in range(3):  # three curl processes, four cold misses each on one HTTP/2 connection
+        argv = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "--http2",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy_ca_file),
+        ]
+        argv += ["-w", "%{http_version} %{http_code}\n"]
+        for i in range(4):
+            argv += ["-o", "/dev/null", origin.url(f"/h2/{run}/{i}", host="secure.test")]
+        out = subprocess.run(argv, capture_output=True, timeout=60, check=True, text=True).stdout
+        versions += out.split("\n")[:-1]
+    assert versions == ["2 200"] * 12
+    assert len(origin.heads) == 12
+    assert tls_upstream.count("secure.test", "CONNECT") <= 2
+    assert tls_upstream.handshakes <= 2
+    assert origin.handshakes <= 2, origin.requests_per_conn
