@@ -665,3 +665,26 @@ def test_http2_client_through_an_https_upstream_uses_the_pool(
     assert tls_upstream.count("secure.test", "CONNECT") <= 2
     assert tls_upstream.handshakes <= 2
     assert origin.handshakes <= 2, origin.requests_per_conn
+
+
+def test_https_upstream_named_by_ip_address_is_checked_against_it(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin], origin_ca: trustme.CA, tmp_path: Path
+) -> None:
+    origin = counting(_cacheable)
+    good = UpstreamProxy("G", tls=_server_ctx(origin_ca, "127.0.0.1"))
+    bad = UpstreamProxy("B", tls=_server_ctx(origin_ca, "localhost"))  # no IP address in it
+    try:
+        proxy = start_proxy("--upstream", f"https://127.0.0.1:{good.port}")
+        for i in range(3):
+            with client(proxy) as c:
+                assert c.get(origin.url(f"/ip{i}", host="plain.test")).content == b"secret"
+        assert good.handshakes == 1
+        other = start_proxy("--upstream", f"https://127.0.0.1:{bad.port}", cache_dir=tmp_path / "other")
+        with client(other) as c:
+            r = c.get(origin.url("/ip-bad", host="plain.test"))
+        assert r.status_code == 502
+        assert "Certificate verify failed: IP address mismatch" in r.text
+        assert bad.seen == []
+    finally:
+        good.close()
+        bad.close()
