@@ -21,10 +21,12 @@ import diskcache
 import h11._receivebuffer
 import pytest
 from mitmproxy import connection, options
+from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy import commands, context, events, mode_specs, server
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1, _upstream_proxy
+from mitmproxy.test import taddons
 
 from fwdproxy.store import backend
 from fwdproxy_addons import _mitm
@@ -424,6 +426,31 @@ def test_new_tls_connections_get_their_tls_on_the_socket(via: tuple[str, tuple[s
         assert route.proxy == via[1] and route.connect
         assert origintls.opened_as(server_conn) is opened and origintls.inner(opened) is server_conn
     assert server_conn.tls  # mitmproxy's checks (connection_spec_matches) still see a TLS connection
+
+
+def test_pool_keys_tell_upstream_schemes_and_tls_settings_apart() -> None:
+    """Connections through an http:// and an https:// proxy on the same address, or through one https://
+    proxy under other TLS settings, are never handed out for each other."""
+    _mitm.install()
+
+    def key(via: tuple[str, tuple[str, int]], tls_: bool) -> pool.PoolKey:
+        layer, commands_ = _new_connection(via, tls_)
+        (opened,) = (c.connection for c in commands_ if isinstance(c, commands.OpenConnection))
+        found = pool._key(opened)  # type: ignore[arg-type]
+        assert found is not None
+        return found
+
+    with taddons.context(tlsconfig.TlsConfig()) as tctx:
+        for tls_ in (False, True):
+            plain = key(("http", ("proxy.test", 3128)), tls_)
+            secure = key(("https", ("proxy.test", 3128)), tls_)
+            assert plain != secure
+            assert plain.via == "http://proxy.test:3128"
+            assert secure.via.startswith("https://proxy.test:3128 ")
+            assert secure == key(("https", ("proxy.test", 3128)), tls_)  # the same route: the same pool
+            tctx.options.ssl_insecure = True
+            assert key(("https", ("proxy.test", 3128)), tls_) != secure
+            tctx.options.ssl_insecure = False
 
 
 def test_plain_http_via_an_https_upstream_gets_the_proxy_tls_on_the_socket() -> None:
