@@ -488,14 +488,19 @@ def test_plain_http_through_an_https_upstream_concurrent_misses_open_at_most_the
     assert tls_upstream.handshakes <= 16
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_https_through_an_https_upstream_shares_tunnels(
     start_proxy: StartProxy,
     tls_counting: Callable[..., CountingTlsOrigin],
     tls_upstream: UpstreamProxy,
     proxy_ca_file: Path,
+    loop: str,
 ) -> None:
+    """TLS in TLS (the origin's inside the proxy's) on both event loops."""
     origin = tls_counting()
-    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port))
+    proxy = start_proxy(
+        "--upstream", tls_upstream.url, "--connect-port", str(origin.port), "--event-loop", loop, "-v"
+    )
     bodies = _twenty_short_clients(proxy, origin.url("/page", host="secure.test"), proxy_ca_file)
     assert bodies == [b"page /page"] * 200
     assert len(origin.heads) == 200
@@ -507,6 +512,7 @@ def test_https_through_an_https_upstream_shares_tunnels(
     assert connects <= 4
     assert tls_upstream.handshakes <= 4
     assert origin.handshakes <= 4, origin.requests_per_conn
+    assert f"event loop: {loop} (--event-loop {loop})" in proxy.log()
 
 
 def test_https_through_an_https_upstream_concurrent_misses_open_at_most_the_limit(
