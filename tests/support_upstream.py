@@ -9,6 +9,7 @@ import http.server
 import ipaddress
 import select
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -56,13 +57,23 @@ class UpstreamProxy:
     """A forward proxy on 127.0.0.1 for absolute-form requests and CONNECT, tagging responses ``X-Upstream``.
 
     ``delay`` seconds pass before each answer (a slow member); ``credentials`` (user, password) make it
-    demand Basic ``Proxy-Authorization`` and answer 407 without it; ``port`` revives a :func:`dead_port`.
+    demand Basic ``Proxy-Authorization`` and answer 407 without it; ``port`` revives a :func:`dead_port`;
+    ``tls`` (a server context) makes it an ``https://`` proxy: TLS from the client to it, then the same
+    absolute-form requests and CONNECTs inside (a CONNECT's tunnel carries the origin's TLS inside ours).
     """
 
     def __init__(
-        self, name: str, delay: float = 0.0, credentials: tuple[str, str] | None = None, port: int = 0
+        self,
+        name: str,
+        delay: float = 0.0,
+        credentials: tuple[str, str] | None = None,
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.name = name
+        self.tls = tls
+        self.handshakes = 0
+        """TLS handshakes completed with clients (``tls`` only)."""
         self.delay = delay
         self.expected = (
             None
@@ -87,6 +98,11 @@ class UpstreamProxy:
                 with proxy.lock:
                     proxy.accepted += 1
                     self.number = proxy.accepted
+                if proxy.tls is not None:
+                    # In the handler's thread: a failed handshake ends this connection only.
+                    self.request = proxy.tls.wrap_socket(self.request, server_side=True)
+                    with proxy.lock:
+                        proxy.handshakes += 1
                 super().setup()
 
             def _record(self, host: str) -> bool:
@@ -174,10 +190,10 @@ class UpstreamProxy:
                 self.close_connection = True
                 _relay(self.connection, upstream)
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{'localhost' if tls else '127.0.0.1'}:{self.port}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -199,6 +215,11 @@ class UpstreamProxy:
         self.server.server_close()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a refused TLS handshake or a client leaving: the tests look at what was counted
+
+
 def dead_port() -> int:
     """A loopback port nothing listens on: connections are refused."""
     with socket.socket() as s:
@@ -212,7 +233,9 @@ def _relay(a: socket.socket, b: socket.socket) -> None:
         a.settimeout(None)
         b.settimeout(None)
         while True:
-            ready, _, _ = select.select([a, b], [], [], 30)
+            # Bytes already decrypted by an SSL socket are not visible to select().
+            pending = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+            ready = pending or select.select([a, b], [], [], 30)[0]
             if not ready:
                 return
             for src in ready:

@@ -1,4 +1,4 @@
-"""Origin TLS and upstream-proxy CONNECTs done on the socket, so that such connections can be pooled.
+"""Origin TLS, upstream-proxy TLS and CONNECTs done on the socket, so that such connections can be pooled.
 
 mitmproxy does an origin's TLS in a ``ServerTLSLayer`` (an OpenSSL object fed by the client's layer stack) and
 the CONNECT to an upstream proxy in an ``HttpUpstreamProxy`` layer of that same stack: neither can move to
@@ -10,19 +10,25 @@ a CONNECT written by hand, and the layers see a connection that is already throu
   proxy), turns the ``ServerTLSLayer`` above it into :class:`SocketTLS` (the layer stays, so every
   ``isinstance`` and ``conn.tls`` check in mitmproxy still holds, but it passes bytes through) and tells the
   ``HttpUpstreamProxy`` not to send its own CONNECT.
-- :func:`open_route` opens the socket: TCP to the origin or the upstream proxy, ``CONNECT host:port`` (after
+- For an ``https://`` upstream proxy, mitmproxy stacks a ``ServerTLSLayer`` for the proxy's own connection
+  above the ``HttpUpstreamProxy``: it becomes a :class:`SocketTLS` too, and the route names the proxy's TLS
+  name (its host, as mitmproxy sets it).
+- :func:`open_route` opens the socket: TCP to the origin or the upstream proxy, TLS with an ``https://``
+  proxy (the same context as for an origin: mitmproxy's tlsconfig applies the same options to every server
+  connection, the proxy's included, and offers it HTTP/1 only), ``CONNECT host:port`` (after
   mitmproxy's ``http_connect_upstream`` hook, which adds the proxy credentials) and ``start_tls`` with a
   context built from the same options mitmproxy's tlsconfig reads (``ssl_insecure``,
   ``ssl_verify_upstream_trusted_ca`` / ``_confdir``, ``client_certs``, ``tls_version_server_*``,
   ``ciphers_server``), SNI and certificate check for the TLS name mitmproxy chose (the CONNECT host: issue
   16 pins it), and ALPN ``http/1.1`` only: the cache talks HTTP/1.1 to origins, HTTP/2 clients are
-  translated by mitmproxy.
+  translated by mitmproxy. Through an ``https://`` proxy the origin's TLS runs inside the proxy's (a second
+  ``start_tls`` on the TLS transport: asyncio since Python 3.11, and uvloop, support it).
 - Failures keep mitmproxy's wording (``Certificate verify failed: ...``, ``Upstream proxy ... refused HTTP
   CONNECT request: 502 ...``) and its ``tls_failed_server`` hook, so addons/errors.py and addons/egress.py
   describe and score them as before.
 
-Only connections made by ``get_connection`` are marked: a pass-through tunnel (``TCPLayer``), the tunnel's
-own context connection and connections to an ``https://`` upstream proxy keep mitmproxy's own TLS. With
+Only connections made by ``get_connection`` are marked: a pass-through tunnel (``TCPLayer``) and the
+tunnel's own context connection keep mitmproxy's own TLS. With
 ``connection_strategy=lazy`` (always ours, fwdproxy/engine.py) the client's TLS handshake never waits for the
 origin's, so mitmproxy's ``upstream_cert`` has no origin certificate to copy: the certificate it forges
 names the client's SNI and the CONNECT host, as before.
@@ -60,13 +66,20 @@ class Route:
     sni: str | None
     """The TLS server name (None: plain HTTP)."""
     proxy: tuple[str, int] | None = None
-    """The http:// upstream proxy the socket goes to (None: straight to the origin)."""
+    """The upstream proxy the socket goes to (None: straight to the origin)."""
     connect: bool = False
     """Send ``CONNECT origin`` to the proxy first (HTTPS through it); plain HTTP goes in absolute form."""
+    proxy_sni: str | None = None
+    """The TLS name of an https:// upstream proxy (None: an http:// one, or no proxy). Its TLS comes first,
+    then the CONNECT inside it, then the origin's TLS inside that (TLS in TLS)."""
 
     @property
     def tls(self) -> bool:
         return self.sni is not None
+
+    @property
+    def proxy_tls(self) -> bool:
+        return self.proxy_sni is not None
 
 
 Ref = weakref.ref[connection.Server]
@@ -161,9 +174,16 @@ enabled: Callable[[], bool] = lambda: True  # noqa: E731
 def _mark_new(http_layer: HttpLayer, before: set[connection.Connection]) -> None:
     if not enabled():
         return
-    for conn in http_layer.connections.keys() - before:
-        if isinstance(conn, connection.Server):
-            _mark(conn, http_layer.connections[conn])
+    new = [c for c in http_layer.connections.keys() - before if isinstance(c, connection.Server)]
+    # By the time the first command comes out, the HTTP layer has also filed the upstream proxy's own
+    # connection (its OpenConnection passed through), under the same stack as the connection it carries.
+    # That one is the proxy's, not an origin: with an https:// proxy it would pass for a direct TLS origin.
+    carriers = {id(http_layer.connections[c]) for c in new if c.via is not None}
+    for conn in new:
+        top = http_layer.connections[conn]
+        if conn.via is None and id(top) in carriers:
+            continue
+        _mark(conn, top)
 
 
 def _mark(conn: connection.Server, top: Any) -> None:
@@ -176,19 +196,35 @@ def _mark(conn: connection.Server, top: Any) -> None:
             _ROUTES[conn] = Route(address, conn.sni or address[0])
         return
     scheme, proxy = conn.via
-    if scheme != "http" or not isinstance(top, _upstream_proxy.HttpUpstreamProxy) or top.conn is not conn:
-        return  # an https:// upstream proxy: its own TLS stays mitmproxy's (not pooled)
+    proxy_tls: tls.ServerTLSLayer | None = None
+    if scheme == "https":
+        # HttpUpstreamProxy.make puts a ServerTLSLayer for the proxy's own connection above the proxy layer.
+        if type(top) is not tls.ServerTLSLayer or not isinstance(top.conn, connection.Server):
+            return
+        proxy_tls, top = top, top.child_layer
+    elif scheme != "http":
+        return
+    if not isinstance(top, _upstream_proxy.HttpUpstreamProxy) or top.conn is not conn:
+        return
     opened = top.tunnel_connection
     assert isinstance(opened, connection.Server)
+    proxy_sni: str | None = None
+    if proxy_tls is not None:
+        if proxy_tls.conn is not opened:
+            return
+        proxy_sni = opened.sni or proxy[0]  # mitmproxy sets the proxy's host name (HttpUpstreamProxy.make)
     if conn.tls:
         tls_layer = top.child_layer
         if type(tls_layer) is not tls.ServerTLSLayer or tls_layer.conn is not conn:
             return
         tls_layer.__class__ = SocketTLS
         top.send_connect = False  # open_route sends the CONNECT
-        _ROUTES[opened] = Route(address, conn.sni or address[0], (proxy[0], proxy[1]), connect=True)
+        planned = Route(address, conn.sni or address[0], (proxy[0], proxy[1]), True, proxy_sni)
     else:
-        _ROUTES[opened] = Route(address, None, (proxy[0], proxy[1]))
+        planned = Route(address, None, (proxy[0], proxy[1]), proxy_sni=proxy_sni)
+    if proxy_tls is not None:
+        proxy_tls.__class__ = SocketTLS  # open_route does the proxy's TLS
+    _ROUTES[opened] = planned
     _INNER[opened] = weakref.ref(conn)
     _OPENED_AS[conn] = weakref.ref(opened)
 
@@ -204,6 +240,12 @@ class RouteFailure(Exception):
 class TlsFailure(RouteFailure):
     """The TLS handshake failed (mitmproxy runs ``tls_failed_server`` for these)."""
 
+    def __init__(self, message: str, *, proxy: bool = False) -> None:
+        super().__init__(message)
+        self.proxy = proxy
+        """The handshake with an https:// upstream proxy failed (not the origin's): the hook gets the proxy's
+        connection, as mitmproxy's TLS layer for the proxy would give it."""
+
 
 Connect = Callable[[tuple[str, int]], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 ConnectHook = Callable[[http.HTTPFlow], Awaitable[None]]
@@ -216,27 +258,34 @@ async def open_route(
     r = _ROUTES[conn]
     reader, writer = await connect(r.proxy or r.origin)
     try:
+        if r.proxy_sni is not None:
+            await _start_tls(writer, r.proxy_sni, handshake_timeout, proxy=True)
         if r.connect:
             await _connect_through(conn, r, reader, writer, hook)
-        if r.tls:
-            try:
-                await writer.start_tls(
-                    context(r.sni), server_hostname=r.sni, ssl_handshake_timeout=handshake_timeout
-                )
-            except ssl.SSLCertVerificationError as e:
-                # OpenSSL's own wording, as mitmproxy reports it (Python words the name checks its own way).
-                why = _VERIFY_WORDS.get(e.verify_code, e.verify_message)
-                raise TlsFailure(f"Certificate verify failed: {why}") from e
-            except ssl.SSLError as e:
-                if e.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
-                    raise TlsFailure("The remote server does not speak TLS.") from e
-                raise TlsFailure(f"OpenSSL {e!r}") from e
-            except (ConnectionError, TimeoutError) as e:
-                raise TlsFailure("connection closed") from e
+        if r.sni is not None:
+            # Through an https:// proxy this runs on the TLS transport above: asyncio (3.11+) and uvloop
+            # both layer a second SSL protocol on it.
+            await _start_tls(writer, r.sni, handshake_timeout)
     except BaseException:
         writer.close()
         raise
     return reader, writer
+
+
+async def _start_tls(writer: asyncio.StreamWriter, sni: str, timeout: float, *, proxy: bool = False) -> None:
+    """The TLS handshake for ``sni`` on ``writer``'s transport; failures worded as mitmproxy's TLS layer."""
+    try:
+        await writer.start_tls(context(sni), server_hostname=sni, ssl_handshake_timeout=timeout)
+    except ssl.SSLCertVerificationError as e:
+        # OpenSSL's own wording, as mitmproxy reports it (Python words the name checks its own way).
+        why = _VERIFY_WORDS.get(e.verify_code, e.verify_message)
+        raise TlsFailure(f"Certificate verify failed: {why}", proxy=proxy) from e
+    except ssl.SSLError as e:
+        if e.reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            raise TlsFailure("The remote server does not speak TLS.", proxy=proxy) from e
+        raise TlsFailure(f"OpenSSL {e!r}", proxy=proxy) from e
+    except (ConnectionError, TimeoutError) as e:
+        raise TlsFailure("connection closed", proxy=proxy) from e
 
 
 async def _connect_through(

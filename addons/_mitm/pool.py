@@ -11,8 +11,9 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 - an origin connection comes from the process-wide :class:`fwdproxy.originpool.OriginPool` (keyed by scheme,
   host, port, upstream proxy and TLS name and settings): an idle one is reused, else a new one is opened
   within ``max_per_origin``. Plain HTTP straight to the origin is a bare socket; HTTPS origins and
-  connections through an http:// upstream proxy are opened through the route addons/_mitm/origintls.py gave
-  them (CONNECT and TLS done on the socket), so they too are sockets that any client can use;
+  connections through an http:// or https:// upstream proxy are opened through the route
+  addons/_mitm/origintls.py gave them (the proxy's TLS, CONNECT and the origin's TLS done on the socket), so
+  they too are sockets that any client can use;
 - ``Http1Client.mark_done`` is wrapped: when an exchange on a pooled connection ends and the connection is
   clean (response complete, no request started, no byte buffered, neither side closing), the connection is
   taken out of its client's HTTP layer and handed to the pool, so the next request of *any* client gets it;
@@ -23,8 +24,8 @@ among all clients instead (issue 17). This module replaces ``open_connection`` f
 - an HTTP/2 client's request on a pooled HTTP/1.1 connection no longer closes it (mitmproxy's rule for
   HTTP/2 -> HTTP/1, which relies on its per-client limit; the pool has its own).
 
-Not pooled: connections whose TLS or tunnel mitmproxy's layers still do (pass-through tunnels, an https://
-upstream proxy, a source address), and everything with ``--origin-idle-timeout 0``. They get cached DNS
+Not pooled: connections whose TLS or tunnel mitmproxy's layers still do (pass-through tunnels, a source
+address), and everything with ``--origin-idle-timeout 0``. They get cached DNS
 and close with their client as before. :func:`apply` makes the changes;
 addons/_mitm/__init__.py calls it once per process, after checking the targets (docs/mitmproxy-notes.md §17).
 """
@@ -146,12 +147,17 @@ def _key(conn: connection.Server) -> PoolKey | None:
         return None
     if (route := origintls.route(conn)) is not None:
         host, port = route.origin
-        via = f"http://{human.format_address(route.proxy)}" if route.proxy else ""
+        via = ""
+        if route.proxy is not None:
+            via = f"{'https' if route.proxy_tls else 'http'}://{human.format_address(route.proxy)}"
+            if route.proxy_tls:
+                # The proxy's TLS name and handshake settings, as for an origin's below.
+                via += " " + repr((route.proxy_sni, origintls.settings(route.proxy_sni)))
         # The TLS name and every option that shapes the handshake: other settings, other connections.
         tls_key = repr((route.sni, origintls.settings(route.sni))) if route.tls else ""
         return PoolKey("https" if route.tls else "http", host.lower(), port, via, tls_key)
     if conn.tls or conn.via is not None:
-        return None  # mitmproxy's own TLS or tunnel (e.g. an https:// upstream proxy): not movable
+        return None  # mitmproxy's own TLS or tunnel (a layout origintls.py does not mark): not movable
     if conn.address in wideread._WIDE:
         # The cache's own sidecar (big hits from disk): a loopback connection costs nothing, and the
         # per-origin limit must not queue big downloads behind each other.
@@ -237,7 +243,8 @@ async def _run(
         conn.error = inner.error = err
         self.log(f"server connection to {human.format_address(address)} failed: {err}")
         if isinstance(e, origintls.TlsFailure):
-            await self.handle_hook(tls.TlsFailedServerHook(mtls.TlsData(inner, self.layer.context)))
+            failed = conn if e.proxy else inner  # the https:// upstream proxy's handshake, or the origin's
+            await self.handle_hook(tls.TlsFailedServerHook(mtls.TlsData(failed, self.layer.context)))
         await self.server_event(events.OpenConnectionCompleted(command, err))
         return
     except (OSError, asyncio.CancelledError) as e:

@@ -21,10 +21,12 @@ import diskcache
 import h11._receivebuffer
 import pytest
 from mitmproxy import connection, options
+from mitmproxy.addons import tlsconfig
 from mitmproxy.proxy import commands, context, events, mode_specs, server
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _http1, _upstream_proxy
+from mitmproxy.test import taddons
 
 from fwdproxy.store import backend
 from fwdproxy_addons import _mitm
@@ -370,23 +372,32 @@ def test_a_slow_but_steady_body_outlives_the_read_timeout(proxy: Proxy, raw_orig
     assert reply.endswith(b"\r\n\r\n" + body)
 
 
-def _new_connection(via: tuple[str, tuple[str, int]] | None) -> tuple[http_layer.HttpLayer, list[object]]:
-    """An intercepted tunnel's HTTP layer asked for a TLS connection to secure.test:443 (as a request in it asks)."""
+def _new_connection(
+    via: tuple[str, tuple[str, int]] | None, tls_: bool = True
+) -> tuple[http_layer.HttpLayer, list[object]]:
+    """An intercepted tunnel's HTTP layer asked for a TLS connection to secure.test:443 (as a request in it asks);
+    ``tls_`` False: a plain HTTP connection to plain.test:80 instead."""
     client = connection.Client(peername=("127.0.0.1", 50000), sockname=("127.0.0.1", 8080), timestamp_start=0)
     ctx = context.Context(client, options.Options())
     ctx.server = connection.Server(address=("secure.test", 443))
     layer = http_layer.HttpLayer(ctx, http_layer.HTTPMode.transparent)
-    event = http_layer.GetHttpConnection(("secure.test", 443), True, via)  # type: ignore[arg-type]
+    address = ("secure.test", 443) if tls_ else ("plain.test", 80)
+    event = http_layer.GetHttpConnection(address, tls_, via)  # type: ignore[arg-type]
     layer.command_sources[event] = layer  # type: ignore[index]
     return layer, list(layer.get_connection(event))
 
 
-@pytest.mark.parametrize("via", [None, ("http", ("proxy.test", 3128))], ids=["direct", "upstream"])
+VIAS = [None, ("http", ("proxy.test", 3128)), ("https", ("proxy.test", 3129))]
+
+
+@pytest.mark.parametrize("via", VIAS, ids=["direct", "upstream", "https-upstream"])
 def test_new_tls_connections_get_their_tls_on_the_socket(via: tuple[str, tuple[str, int]] | None) -> None:
     _mitm.install()
     layer, commands_ = _new_connection(via)
     # The HTTP layer also files the connection to an upstream proxy under its layer (to route its events).
-    (server_conn,) = (c for c in layer.connections if isinstance(c, connection.Server) and c.tls)
+    (server_conn,) = (
+        c for c in layer.connections if isinstance(c, connection.Server) and c.address[1] == 443
+    )
     assert isinstance(server_conn, connection.Server)
     opens = [c for c in commands_ if isinstance(c, commands.OpenConnection)]
     assert len(opens) == 1  # what the connection handler opens: the origin, or the upstream proxy
@@ -401,12 +412,65 @@ def test_new_tls_connections_get_their_tls_on_the_socket(via: tuple[str, tuple[s
         assert type(top) is origintls.SocketTLS
         assert route.proxy is None and not route.connect
     else:
-        assert opened.address == ("proxy.test", 3128)
+        assert opened.address == via[1]
+        if via[0] == "https":
+            # The proxy's own TLS layer (above the proxy layer) runs on the socket too, before the CONNECT;
+            # the proxy's connection is not taken for a direct TLS origin (it is filed in the HTTP layer too).
+            assert type(top) is origintls.SocketTLS and top.conn is opened
+            top = top.child_layer
+            assert route.proxy_sni == "proxy.test"
+        else:
+            assert route.proxy_sni is None
         assert isinstance(top, _upstream_proxy.HttpUpstreamProxy) and not top.send_connect
         assert type(top.child_layer) is origintls.SocketTLS  # type: ignore[attr-defined]
-        assert route.proxy == ("proxy.test", 3128) and route.connect
+        assert route.proxy == via[1] and route.connect
         assert origintls.opened_as(server_conn) is opened and origintls.inner(opened) is server_conn
     assert server_conn.tls  # mitmproxy's checks (connection_spec_matches) still see a TLS connection
+
+
+def test_pool_keys_tell_upstream_schemes_and_tls_settings_apart() -> None:
+    """Connections through an http:// and an https:// proxy on the same address, or through one https://
+    proxy under other TLS settings, are never handed out for each other."""
+    _mitm.install()
+
+    def key(via: tuple[str, tuple[str, int]], tls_: bool) -> pool.PoolKey:
+        layer, commands_ = _new_connection(via, tls_)
+        (opened,) = (c.connection for c in commands_ if isinstance(c, commands.OpenConnection))
+        found = pool._key(opened)  # type: ignore[arg-type]
+        assert found is not None
+        return found
+
+    with taddons.context(tlsconfig.TlsConfig()) as tctx:
+        for tls_ in (False, True):
+            plain = key(("http", ("proxy.test", 3128)), tls_)
+            secure = key(("https", ("proxy.test", 3128)), tls_)
+            assert plain != secure
+            assert plain.via == "http://proxy.test:3128"
+            assert secure.via.startswith("https://proxy.test:3128 ")
+            assert secure == key(("https", ("proxy.test", 3128)), tls_)  # the same route: the same pool
+            tctx.options.ssl_insecure = True
+            assert key(("https", ("proxy.test", 3128)), tls_) != secure
+            tctx.options.ssl_insecure = False
+
+
+def test_plain_http_via_an_https_upstream_gets_the_proxy_tls_on_the_socket() -> None:
+    _mitm.install()
+    layer, commands_ = _new_connection(("https", ("proxy.test", 3129)), tls_=False)
+    (server_conn,) = (c for c in layer.connections if isinstance(c, connection.Server) and c.address[1] == 80)
+    (opened,) = (c.connection for c in commands_ if isinstance(c, commands.OpenConnection))
+    route = origintls.route(opened)  # type: ignore[arg-type]
+    assert route is not None
+    assert (route.origin, route.sni, route.proxy, route.connect) == (
+        ("plain.test", 80),
+        None,
+        ("proxy.test", 3129),
+        False,
+    )
+    assert route.proxy_sni == "proxy.test"
+    top = layer.connections[server_conn]
+    assert type(top) is origintls.SocketTLS and top.conn is opened
+    assert isinstance(top.child_layer, _upstream_proxy.HttpUpstreamProxy)  # type: ignore[attr-defined]
+    assert origintls.route(server_conn) is None  # type: ignore[arg-type]  # only the opened one has a route
 
 
 def test_with_pooling_off_mitmproxy_does_the_tls(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -418,7 +482,7 @@ def test_with_pooling_off_mitmproxy_does_the_tls(monkeypatch: pytest.MonkeyPatch
     assert origintls.route(server_conn) is None  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("via", [None, ("http", ("proxy.test", 3128))], ids=["direct", "upstream"])
+@pytest.mark.parametrize("via", VIAS, ids=["direct", "upstream", "https-upstream"])
 def test_marks_do_not_keep_connections_alive(via: tuple[str, tuple[str, int]] | None) -> None:
     _mitm.install()
     layer, commands_ = _new_connection(via)

@@ -8,6 +8,7 @@ tests/support_upstream.py counts the connections that carried a request (the egr
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import ssl
 import subprocess
@@ -404,3 +405,292 @@ def test_https_through_an_upstream_replays_once_on_a_fresh_tunnel(
     assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/v0", b"/v1", b"/v1", b"/v2", b"/v2"]
     assert proxy.log().count("request replayed") == 2
     assert upstream.count("secure.test", "CONNECT") == 3  # the first tunnel, then one fresh one per replay
+
+
+# -- one client, many requests, one tunnel (issue 17: uv's tunnel per request is uv's concurrency) -------------
+
+
+@pytest.mark.parametrize("version", ["1.1", "2"])
+def test_sequential_requests_of_one_client_share_one_tunnel(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    proxy_ca_file: Path,
+    tmp_path: Path,
+    version: str,
+) -> None:
+    """Ten requests of one curl process (misses, then hits and revalidations of the same URLs) go through one
+    CONNECT tunnel and one TLS handshake with the proxy, over HTTP/1.1 and over HTTP/2: the proxy never ends
+    the tunnel, the h2 connection or the keep-alive after a request (no GOAWAY, no ``Connection: close``)."""
+    origin = tls_counting()
+    access = tmp_path / "access.log"
+    proxy = start_proxy(
+        "--connect-port", str(origin.port), "--access-log", str(access), "--log-format", "json"
+    )
+    paths = [f"/seq/{i % 5}" for i in range(10)]
+    argv = ["curl", "-sS", "--max-time", "30", f"--http{version}", "--proxy", proxy.url]
+    argv += ["--cacert", str(proxy_ca_file), "-w", "%{num_connects} %{http_version} %{http_code}\n"]
+    for i, path in enumerate(paths):
+        argv += ["-o", str(tmp_path / f"body{i}"), origin.url(path)]
+    out = subprocess.run(argv, capture_output=True, timeout=60, check=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines()]
+    assert [(v, code) for _, v, code in rows] == [(version, "200")] * 10
+    assert [(tmp_path / f"body{i}").read_bytes() for i in range(10)] == [f"page {p}".encode() for p in paths]
+    # curl counts a new connection (to the proxy, with its CONNECT and TLS) on the transfer that made it.
+    assert sum(int(n) for n, _, _ in rows) == 1, rows
+    proxy.stop()  # flushes the access log: a tunnel's line is written when it closes
+    lines = [json.loads(line) for line in access.read_text().splitlines()]
+    assert [x["method"] for x in lines].count("CONNECT") == 1, lines
+    assert [x["method"] for x in lines].count("GET") == 10
+    assert len(origin.heads) == 10  # 5 misses, 5 revalidations (max-age=0): all reached the origin
+    assert origin.accepted == 1, origin.requests_per_conn
+
+
+# -- through an https:// upstream proxy (TLS to the proxy, and the origin's TLS inside it for HTTPS) -----------
+
+
+@pytest.fixture
+def tls_upstream(origin_ca: trustme.CA) -> Iterator[UpstreamProxy]:
+    """An https:// upstream proxy whose certificate comes from the CA the proxy trusts (``--upstream-ca``)."""
+    up = UpstreamProxy("T", tls=_server_ctx(origin_ca, "localhost", "127.0.0.1"))
+    yield up
+    up.close()
+
+
+def test_plain_http_through_an_https_upstream_shares_connections_to_it(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin], tls_upstream: UpstreamProxy
+) -> None:
+    origin = counting()
+    proxy = start_proxy("--upstream", tls_upstream.url)
+    bodies = _twenty_short_clients(proxy, origin.url("/page", host="plain.test"))
+    assert bodies == [b"page /page"] * 200
+    assert tls_upstream.count("plain.test", "GET") == 200
+    assert all(s.line.startswith("GET http://plain.test:") for s in tls_upstream.seen)  # absolute form
+    print(
+        f"plain HTTP via https upstream, 200 revalidations from 20 clients: {len(tls_upstream.carrying)}"
+        f" connections, {tls_upstream.handshakes} TLS handshakes"
+    )
+    assert len(tls_upstream.carrying) <= 4
+    assert tls_upstream.handshakes <= 4
+
+
+def test_plain_http_through_an_https_upstream_concurrent_misses_open_at_most_the_limit(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin], tls_upstream: UpstreamProxy
+) -> None:
+    origin = counting(delay=0.05)
+    proxy = start_proxy("--upstream", tls_upstream.url)
+    bodies = _fifty_cold_misses(proxy, lambda i: origin.url(f"/cold/{i}", host="plain.test"))
+    assert bodies == [f"page /cold/{i}".encode() for i in range(50)]
+    assert tls_upstream.count("plain.test", "GET") == 50
+    print(
+        f"plain HTTP via https upstream, 50 concurrent cold misses: {tls_upstream.handshakes} TLS handshakes"
+    )
+    assert len(tls_upstream.carrying) <= 16
+    assert tls_upstream.handshakes <= 16
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_https_through_an_https_upstream_shares_tunnels(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    loop: str,
+) -> None:
+    """TLS in TLS (the origin's inside the proxy's) on both event loops."""
+    origin = tls_counting()
+    proxy = start_proxy(
+        "--upstream", tls_upstream.url, "--connect-port", str(origin.port), "--event-loop", loop, "-v"
+    )
+    bodies = _twenty_short_clients(proxy, origin.url("/page", host="secure.test"), proxy_ca_file)
+    assert bodies == [b"page /page"] * 200
+    assert len(origin.heads) == 200
+    connects = tls_upstream.count("secure.test", "CONNECT")
+    print(
+        f"HTTPS via https upstream, 200 revalidations from 20 clients: {connects} CONNECTs,"
+        f" {tls_upstream.handshakes} TLS handshakes with it, {origin.handshakes} with the origin"
+    )
+    assert connects <= 4
+    assert tls_upstream.handshakes <= 4
+    assert origin.handshakes <= 4, origin.requests_per_conn
+    assert f"event loop: {loop} (--event-loop {loop})" in proxy.log()
+
+
+def test_https_through_an_https_upstream_concurrent_misses_open_at_most_the_limit(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting(delay=0.05)
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port))
+    bodies = _fifty_cold_misses(proxy, lambda i: origin.url(f"/cold/{i}", host="secure.test"), proxy_ca_file)
+    assert bodies == [f"page /cold/{i}".encode() for i in range(50)]
+    connects = tls_upstream.count("secure.test", "CONNECT")
+    print(
+        f"HTTPS via https upstream, 50 concurrent cold misses: {connects} CONNECTs,"
+        f" {tls_upstream.handshakes} TLS handshakes, {origin.most_open} open at once"
+    )
+    assert connects <= 16
+    assert tls_upstream.handshakes <= 16
+    assert origin.most_open <= 16
+
+
+def test_https_upstream_with_a_wrong_certificate_is_a_502_and_nothing_is_stored(
+    start_proxy: StartProxy,
+    counting: Callable[..., CountingOrigin],
+    tls_counting: Callable[..., CountingTlsOrigin],
+    origin_ca: trustme.CA,
+    proxy_ca_file: Path,
+) -> None:
+    plain = counting(_cacheable)
+    secure = tls_counting(_cacheable)
+    up = UpstreamProxy("W", tls=_server_ctx(origin_ca, "other.test"))  # not valid for localhost
+    try:
+        proxy = start_proxy("--upstream", up.url, "--connect-port", str(secure.port))
+        texts = []
+        for _ in range(2):
+            with client(proxy) as c:
+                r = c.get(plain.url("/wrong", host="plain.test"))
+            texts.append((r.status_code, r.text))
+            with client(proxy, verify=proxy_ca_file) as c:
+                r = c.get(secure.url("/wrong", host="secure.test"))
+            texts.append((r.status_code, r.text))
+        # The same 502 as when mitmproxy's layers did the proxy's TLS (and nothing pooled it).
+        failed = "failed: Certificate verify failed: hostname mismatch\n"
+        expected = [
+            (502, f"fwdproxy: plain.test:{plain.port} {failed}"),
+            (502, f"fwdproxy: secure.test:{secure.port} {failed}"),
+        ]
+        assert texts == expected * 2
+        # Every attempt reached the upstream proxy (nothing was stored; the egress addon's probe of the
+        # member may add one), none got a request through it.
+        assert up.accepted >= 4
+        assert up.handshakes == 0
+        assert up.seen == []
+        assert plain.heads == []
+        assert secure.heads == []
+    finally:
+        up.close()
+
+
+def test_origin_with_a_bad_certificate_behind_an_https_upstream_is_a_502_naming_it(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting(_cacheable, names=("other.test",))
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port))
+    for _ in range(2):
+        with client(proxy, verify=proxy_ca_file) as c:
+            r = c.get(origin.url("/bad", host="secure.test"))
+        assert r.status_code == 502
+        assert r.text == (
+            f"fwdproxy: secure.test:{origin.port} presented a certificate that is not trusted (hostname mismatch)\n"
+        )
+    assert tls_upstream.count("secure.test", "CONNECT") == 2  # nothing stored: both went out
+    assert tls_upstream.handshakes <= 2
+    assert origin.heads == []
+
+
+def test_https_upstream_with_credentials_gets_them_on_every_request_and_connect(
+    start_proxy: StartProxy,
+    counting: Callable[..., CountingOrigin],
+    tls_counting: Callable[..., CountingTlsOrigin],
+    origin_ca: trustme.CA,
+    proxy_ca_file: Path,
+) -> None:
+    plain, secure = counting(), tls_counting()
+    up = UpstreamProxy("A", credentials=("user", "pw"), tls=_server_ctx(origin_ca, "localhost"))
+    try:
+        proxy = start_proxy(
+            "--upstream", f"https://user:pw@localhost:{up.port}", "--connect-port", str(secure.port)
+        )
+        for i in range(3):
+            with client(proxy) as c:
+                assert c.get(plain.url(f"/a{i}", host="plain.test")).content == f"page /a{i}".encode()
+            with client(proxy, verify=proxy_ca_file) as c:
+                assert c.get(secure.url(f"/s{i}", host="secure.test")).content == f"page /s{i}".encode()
+        basic = "Basic dXNlcjpwdw=="
+        assert [(s.method, s.proxy_authorization) for s in up.requests("plain.test")] == [("GET", basic)] * 3
+        assert [(s.method, s.proxy_authorization) for s in up.requests("secure.test")] == [("CONNECT", basic)]
+        assert len(secure.heads) == 3
+        assert up.handshakes == 2  # one pooled TLS connection per origin (absolute form; the tunnel)
+    finally:
+        up.close()
+
+
+def test_https_through_an_https_upstream_replays_once_on_a_fresh_tunnel(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting(closes_reused)
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port), "-v")
+    for i in range(3):
+        with client(proxy, verify=proxy_ca_file) as c:
+            r = c.get(origin.url(f"/v{i}", host="secure.test"))
+            assert (r.status_code, r.content) == (200, b"GET answered")
+    assert [h.split(b" ", 2)[1] for h in origin.heads] == [b"/v0", b"/v1", b"/v1", b"/v2", b"/v2"]
+    assert proxy.log().count("request replayed") == 2
+    assert (
+        tls_upstream.count("secure.test", "CONNECT") == 3
+    )  # the first tunnel, then one fresh one per replay
+    assert tls_upstream.handshakes == 3
+
+
+def test_http2_client_through_an_https_upstream_uses_the_pool(
+    start_proxy: StartProxy,
+    tls_counting: Callable[..., CountingTlsOrigin],
+    tls_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    origin = tls_counting()
+    proxy = start_proxy("--upstream", tls_upstream.url, "--connect-port", str(origin.port))
+    versions: list[str] = []
+    for run in range(3):  # three curl processes, four cold misses each on one HTTP/2 connection
+        argv = [
+            "curl",
+            "-sS",
+            "--max-time",
+            "30",
+            "--http2",
+            "--proxy",
+            proxy.url,
+            "--cacert",
+            str(proxy_ca_file),
+        ]
+        argv += ["-w", "%{http_version} %{http_code}\n"]
+        for i in range(4):
+            argv += ["-o", "/dev/null", origin.url(f"/h2/{run}/{i}", host="secure.test")]
+        out = subprocess.run(argv, capture_output=True, timeout=60, check=True, text=True).stdout
+        versions += out.split("\n")[:-1]
+    assert versions == ["2 200"] * 12
+    assert len(origin.heads) == 12
+    assert tls_upstream.count("secure.test", "CONNECT") <= 2
+    assert tls_upstream.handshakes <= 2
+    assert origin.handshakes <= 2, origin.requests_per_conn
+
+
+def test_https_upstream_named_by_ip_address_is_checked_against_it(
+    start_proxy: StartProxy, counting: Callable[..., CountingOrigin], origin_ca: trustme.CA, tmp_path: Path
+) -> None:
+    origin = counting(_cacheable)
+    good = UpstreamProxy("G", tls=_server_ctx(origin_ca, "127.0.0.1"))
+    bad = UpstreamProxy("B", tls=_server_ctx(origin_ca, "localhost"))  # no IP address in it
+    try:
+        proxy = start_proxy("--upstream", f"https://127.0.0.1:{good.port}")
+        for i in range(3):
+            with client(proxy) as c:
+                assert c.get(origin.url(f"/ip{i}", host="plain.test")).content == b"secret"
+        assert good.handshakes == 1
+        other = start_proxy("--upstream", f"https://127.0.0.1:{bad.port}", cache_dir=tmp_path / "other")
+        with client(other) as c:
+            r = c.get(origin.url("/ip-bad", host="plain.test"))
+        assert r.status_code == 502
+        assert "Certificate verify failed: IP address mismatch" in r.text
+        assert bad.seen == []
+    finally:
+        good.close()
+        bad.close()
