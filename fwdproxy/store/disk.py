@@ -156,11 +156,11 @@ class DiskStore:
         recently used; None when the body is damaged or gone (then the row is dropped) or on a fault.
 
         ``recheck``: as Database.live (False only right after a call to it)."""
-        if (cache := self.db.live(recheck=recheck)) is None:
+        if self.db.live(recheck=recheck) is None:
             return None
         entry = self._entry(key, row)
         if entry is not None:
-            self._read(key, cache)
+            self._read(key)
         return entry
 
     def body_again(self, key: str, path: str) -> bytes | None:
@@ -171,11 +171,11 @@ class DiskStore:
         a caller that already holds the entry's record (the fast hit layer, which remembers the response
         head it rendered from it)."""
         seen = self._verified.get(key)
-        if seen is None or (cache := self.db.live(recheck=False)) is None:
+        if seen is None:
             return None
         body = self.open_files.read(key, path, seen)
         if body is not None:
-            self._read(key, cache)
+            self._read(key)
         return body
 
     def inline_seen(self, row: backend.Row) -> InlineSeen | None:
@@ -205,13 +205,15 @@ class DiskStore:
         body = row.record[len(seen.prefix) :]
         if len(body) != seen.length or codec.checksum(body) != seen.checksum:
             return None
-        self._read(key, cache)
+        self._read(key)
         return body
 
-    def _read(self, key: str, cache: diskcache.Cache) -> None:
+    def _read(self, key: str) -> None:
         """Mark ``key`` as just read (its LRU position is written in batches, see backend.read)."""
         self._used[key] = now = time.time()
-        if now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH:
+        if (now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH) and (
+            cache := self.db.live(recheck=False)
+        ) is not None:
             self._touch(cache)
 
     def _decode(self, record: bytes) -> codec.Decoded | codec.Undecodable:
