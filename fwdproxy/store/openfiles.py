@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import threading
 import time
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 
 OPEN_MAX = 256
-"""Descriptors kept open (nginx's open_file_cache max, in the range Squid keeps): enough for the hot set
-of bodies big enough for files, far below the usual 1024 descriptors a process may open."""
+"""Descriptors kept open (in the range nginx's open_file_cache is set to): enough for the hot set of bodies
+big enough for files; at most an eighth of the process's descriptor limit (default_max), so client and
+origin connections keep the rest."""
 RECHECK = 1.0
 """Seconds a kept descriptor's path is trusted to name its file before it is stat()-ed again."""
 
@@ -64,10 +66,17 @@ def _close(fd: int) -> None:
         os.close(fd)
 
 
+def default_max() -> int:
+    """OPEN_MAX, or an eighth of the soft RLIMIT_NOFILE when that is lower (1024: 128)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return OPEN_MAX if soft == resource.RLIM_INFINITY else max(1, min(OPEN_MAX, soft // 8))
+
+
 class OpenFiles:
     """At most ``maxsize`` body files kept open by key (see the module doc). Thread-safe."""
 
-    def __init__(self, maxsize: int = OPEN_MAX, recheck: float = RECHECK) -> None:
+    def __init__(self, maxsize: int | None = None, recheck: float = RECHECK) -> None:
+        maxsize = default_max() if maxsize is None else maxsize
         if maxsize < 1:
             raise ValueError(f"maxsize must be >= 1, got {maxsize}")
         self.recheck = recheck

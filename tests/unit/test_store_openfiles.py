@@ -5,6 +5,7 @@ by another process), and there are never more than the bound."""
 from __future__ import annotations
 
 import os
+import resource
 import sqlite3
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import TieredStore
-from fwdproxy.store.openfiles import OpenFiles
+from fwdproxy.store.openfiles import OPEN_MAX, OpenFiles, default_max
 
 KIB = 1024
 
@@ -166,6 +167,17 @@ def test_the_kept_descriptors_are_bounded(tmp_path: Path) -> None:
     assert not any(holds(p) for p in paths)
     with pytest.raises(ValueError):
         OpenFiles(maxsize=0)
+
+
+def test_the_default_bound_leaves_most_descriptors_to_connections() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+        assert default_max() == 128
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+        assert default_max() == OPEN_MAX
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def test_the_path_is_checked_again_after_recheck_seconds(tmp_path: Path) -> None:
