@@ -13,7 +13,8 @@ tenth of a big hit's speed. A client that takes nothing for `SEND_TIMEOUT` secon
 `loop.sendfile`, which waits for it without holding a thread, and while every sender is busy (slow
 clients hold theirs for a chunk) a transfer goes on with `loop.sendfile` rather than queue for one.
 Growing files, sockets without sendfile and a socket with bytes still buffered use `loop.sendfile` (or
-asyncio's read/write fallback) throughout.
+asyncio's read/write fallback) throughout; uvloop (fwdproxy.loops) has no `loop.sendfile`, so there those
+pieces are read and written through memory, `COPY_PIECE` at a time.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ SENDERS = 32
 """Sender threads at most; a transfer that finds them all busy uses the loop meanwhile, never a queue."""
 LOOP_PIECE = 64 * 1024
 """Bytes a transfer sends with `loop.sendfile` before it looks for a free sender again."""
+COPY_PIECE = 256 * 1024
+"""Bytes one read-and-write moves where the loop has no `loop.sendfile` (uvloop): memory stays flat."""
 
 
 class _Senders:
@@ -308,7 +311,19 @@ async def _sendfile(
     # another would start at the file position: always put the position where the slice starts.
     file.seek(offset)
     loop = asyncio.get_running_loop()
-    return await loop.sendfile(transport, file, offset, count)
+    try:
+        return await loop.sendfile(transport, file, offset, count)
+    except NotImplementedError:  # uvloop has no loop.sendfile (fwdproxy.loops): copy a piece through memory
+        return await _copy(writer, file, offset, min(count, COPY_PIECE))
+
+
+async def _copy(writer: asyncio.StreamWriter, file: BinaryIO, offset: int, count: int) -> int:
+    """`loop.sendfile`'s stand-in on loops without it: one read of the file, written and drained."""
+    data = os.pread(file.fileno(), count, offset)
+    if data:
+        writer.write(data)
+        await writer.drain()
+    return len(data)
 
 
 def _blockable(transport: asyncio.WriteTransport) -> socket.socket | None:

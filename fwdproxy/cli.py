@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from fwdproxy import __version__, cachecmd, config, envcmd, logs
+from fwdproxy import __version__, cachecmd, config, envcmd, logs, loops
 
 CA_HELP = """\
 How to trust the CA (replace PATH with what `fwdproxy ca` prints):
@@ -36,6 +36,7 @@ def ca_path(confdir: str) -> Path:
 def cmd_run(ns: argparse.Namespace) -> int:
     try:
         settings = config.settings_from_args(ns)
+        loops.chosen(settings.event_loop)  # uvloop asked for and missing: say so before starting anything
     except ValueError as e:
         print(f"fwdproxy: {e}", file=sys.stderr)
         return 2
@@ -48,10 +49,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if settings.workers > 1:  # a supervisor of that many proxy processes on one port
         from fwdproxy import workers
 
-        return asyncio.run(workers.supervise(settings, settings.workers))
+        return asyncio.run(workers.supervise(settings, settings.workers))  # the supervisor only waits
     from fwdproxy import engine
 
-    return asyncio.run(engine.serve(settings))
+    return loops.run(engine.serve(settings), settings.event_loop)
 
 
 def cmd_ca(ns: argparse.Namespace) -> int:

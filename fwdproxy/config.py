@@ -54,6 +54,7 @@ class Settings:
     listen_host: str = _d("listen_host")
     listen_port: int = _d("listen_port")
     workers: int = _d("workers")
+    event_loop: str = _d("event_loop")
     cache_dir: str = _d("cache_dir")
     confdir: str = _d("confdir")
     config: str | None = _d("config")

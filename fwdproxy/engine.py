@@ -13,6 +13,7 @@ from mitmproxy import exceptions, options
 from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+from fwdproxy import loops
 from fwdproxy.config import Settings
 from fwdproxy.options import OPTIONS
 
@@ -91,5 +92,6 @@ async def serve(s: Settings, *, shared_port: bool = False) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     tune_gc()
+    log.info("event loop: %s (--event-loop %s)", loops.running(), s.event_loop)
     await master.run()
     return 0 if lifecycle.listening else 1

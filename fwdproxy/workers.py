@@ -299,10 +299,10 @@ def main(argv: list[str]) -> int:
     index, parent = int(argv[0]), int(argv[1])
     _die_with_parent(parent)
     settings: Settings = pickle.loads(sys.stdin.buffer.read())
-    from fwdproxy import engine, logs
+    from fwdproxy import engine, logs, loops
 
     logs.setup(settings.quiet, settings.verbose, prefix=f"[w{index}]")
-    return asyncio.run(engine.serve(settings, shared_port=True))
+    return loops.run(engine.serve(settings, shared_port=True), settings.event_loop)
 
 
 if __name__ == "__main__":

@@ -205,7 +205,8 @@ class Proxy:
                 pass
 
     def log(self) -> str:
-        self._stderr.flush()
+        if not self._stderr.closed:  # stop() closed it: the file has everything already
+            self._stderr.flush()
         return self.stderr_path.read_text(errors="replace")
 
     def stop(self, sig: int | None = None) -> int | None:
