@@ -10,7 +10,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.e2e.fastwire import get, plain, stats
+from tests.e2e.fastwire import get, plain, stats, tunnel
 from tests.support import Origin, Proxy, Reply
 
 CACHED = {"Cache-Control": "max-age=600", "Content-Type": "application/octet-stream"}
@@ -145,3 +145,27 @@ def test_a_replaced_or_purged_entry_closes_its_kept_body_file(
     assert _held(proxy, cache_dir) == []
     assert _hits(proxy, url, 1) == [new_body]
     assert origin.hits["/v"] == 3
+
+
+def test_inside_an_intercepted_tunnel_a_damaged_body_file_is_never_served(
+    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    tls_origin.route("/t", Reply(200, CACHED, BIG))
+    cache_dir = tmp_path / "c"
+    proxy = start_proxy(*DISK_ONLY, "--connect-port", str(tls_origin.port), cache_dir=cache_dir)
+    authority = f"localhost:{tls_origin.port}"
+    url = f"https://{authority}/t"
+    with tunnel(proxy, authority, proxy_ca_file) as w:
+        assert w.exchange(get(url, target="/t")).body == BIG  # stored
+    with tunnel(proxy, authority, proxy_ca_file) as w:
+        assert [w.exchange(get(url, target="/t")).body for _ in range(3)] == [BIG] * 3
+    assert _fast(proxy) == 3
+    (body_file,) = _body_files(cache_dir)
+    time.sleep(0.05)
+    with open(body_file, "r+b") as f:
+        f.seek(len(BIG) - 1)
+        f.write(bytes([BIG[-1] ^ 0x01]))  # the last byte
+    with tunnel(proxy, authority, proxy_ca_file) as w:
+        answers = [w.exchange(get(url, target="/t")) for _ in range(2)]
+    assert [a.body for a in answers] == [BIG] * 2
+    assert tls_origin.hits["/t"] == 2
