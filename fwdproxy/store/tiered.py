@@ -221,7 +221,10 @@ class TieredStore:
             if row.filename and len(row.record) <= ROW_MAX:
                 self._known_for(primary, marks).rows[key] = row
             elif (
-                row.filename is None and (seen := self.disk.inline_seen(row)) and len(seen.prefix) <= ROW_MAX
+                row.filename is None
+                and not self.memory.fits(entry.meta.body_length)  # else memory holds it (memory_mark)
+                and (seen := self.disk.inline_seen(row))
+                and len(seen.prefix) <= ROW_MAX
             ):
                 # Not the body: a later read of the row is checked against this (disk_mark, inline_again).
                 self._known_for(primary, marks).inline[key] = seen
