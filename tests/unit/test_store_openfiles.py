@@ -227,3 +227,17 @@ def test_an_inline_body_is_read_from_its_row_each_time_and_checked(tmp_path: Pat
         assert store.disk_body(mark) is None
     finally:
         db.close()
+
+
+def test_the_stores_own_reads_sweep_removed_files(tmp_path: Path) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    other = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    store.disk.open_files.recheck = 3600.0
+    path = stored(store, "k", os.urandom(50 * KIB))
+    other.delete("k")
+    store.put("j", meta(3, url="http://a/j"), b"abc")
+    assert store.get("j") is not None
+    assert holds(path)  # swept at most every RECHECK seconds
+    store.disk.open_files.recheck = 0.0
+    assert store.get("j") is not None  # a read that follows the database sweeps too
+    assert not holds(path)
