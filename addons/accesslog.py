@@ -3,6 +3,7 @@
 # No `from __future__ import annotations`: mitmdump -s executes this file outside sys.modules.
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -135,6 +136,28 @@ class AccessLog:
             self._write(rec)
         if requests_log.isEnabledFor(logging.INFO):
             _request_line(rec.method, rec.url, str(rec.status), rec.cache_status or "-", rec.elapsed)
+
+    def repeat(self, rec: LogRecord) -> accesslog.Repeat:
+        """``rec`` made ready to be logged again with another time, duration and client (``record_repeat``)."""
+        return accesslog.repeat(rec, self.format)
+
+    def record_repeat(self, rep: accesslog.Repeat, when: float, elapsed: float, client: str) -> None:
+        """``record`` of the repeated record with this time, duration and client, without making a record
+        (the fast hit layer answering the same response again)."""
+        rec = rep.record
+        if self.out is not None:
+            if rep.fmt is self.format:
+                text = accesslog.repeat_line(rep, when, elapsed, client)
+            else:  # the format changed since the repeat was made
+                text = accesslog.line(
+                    dataclasses.replace(rec, time=when, elapsed=elapsed, client=client), self.format
+                )
+            try:
+                self.out.write(text + "\n")
+            except OSError as e:
+                log.warning("cannot write the access log: %s", e.strerror)
+        if requests_log.isEnabledFor(logging.INFO):
+            _request_line(rec.method, rec.url, str(rec.status), rec.cache_status or "-", elapsed)
 
     def _record(self, flow: http.HTTPFlow, aborted: bool = False) -> LogRecord:
         result = _flowinfo.outcome(flow)

@@ -33,7 +33,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode
 from mitmproxy.proxy.mode_specs import RegularMode
 
-from fwdproxy.accesslog import LogRecord, TunnelMode
+from fwdproxy.accesslog import LogRecord, Repeat, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
 from fwdproxy.metrics import FROM_CACHE, Served, classify
@@ -78,7 +78,9 @@ class _Wire:
     content_type: str
     served: Served
     primary: str
-    """The entry's primary key when the answer came from the cache (hit counts), else ""."""
+    """The entry's primary key (the background revalidation's key)."""
+    hit_key: str
+    """``primary`` when the answer counts as served from the cache (the status page's hit counts), else ""."""
     credentials: str | None
     revalidate: bool
     since: float
@@ -115,6 +117,8 @@ class FastHits:
         self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
         self.prepared: dict[int, _Prepared] = {}
         self.wires: dict[int, _Wire] = {}
+        self.logged: dict[int, tuple[_Wire, Repeat]] = {}
+        """The access log's record of the response kept in ``wires`` for a head (by the head's id, as there)."""
         """The responses worked out for recent heads (by id, as fasthead returns one Head per bytes)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
@@ -173,11 +177,14 @@ class FastHits:
     def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
         """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
         is; None hands the request to the full path. Logs and counts what it answers."""
-        cache = self.cache
-        store = cache.store
+        service = (
+            self.cache.service
+        )  # Cache.store and Cache.config read through it: no property calls per hit
+        store = service.store
         if store is None:
             return None
-        cfg = self.anonymize.cfg if self.anonymize is not None else None
+        anonymize = self.anonymize
+        cfg = anonymize.cfg if anonymize is not None else None
         known = self.wires.get(id(head))
         wire: _Wire | None = None
         data: bytes | None = None
@@ -186,7 +193,7 @@ class FastHits:
             and known.head is head
             and known.since <= started < known.until
             and known.store is store
-            and known.config is cache.config
+            and known.config is service.config
             and known.cfg is cfg
         ):
             # The very response the steps below gave this head from this entry, this second: from a memory
@@ -255,6 +262,7 @@ class FastHits:
             content_type=content_type,
             served=Served(outcome, head.host.lower(), len(fast.body)),
             primary=fast.primary,
+            hit_key=fast.primary if outcome in FROM_CACHE else "",
             credentials=prepared.credentials,
             revalidate=fast.revalidate,
             since=now,
@@ -292,17 +300,26 @@ class FastHits:
     ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
         if self.admin is not None:
-            self.admin.record(
-                wire.served, wire.primary if wire.served.outcome in FROM_CACHE else "", fast=True
-            )
+            self.admin.record(wire.served, wire.hit_key, fast=True)
         log = self.accesslog
         if log is not None and log.wanted():
             ended = time.time()
-            log.record(
-                LogRecord(
+            tunnel = (
+                TunnelMode.INTERCEPTED
+                if head.scheme == "https" and client.tls_established
+                else TunnelMode.NONE
+            )
+            known = self.logged.get(id(head))
+            if (
+                known is None
+                or known[0] is not wire
+                or known[1].record.tunnel is not tunnel
+                or known[1].record.bytes != sent
+            ):
+                rec = LogRecord(
                     time=started,
-                    elapsed=max(0.0, ended - started),
-                    client=str(client.peername[0]) if client.peername else "",
+                    elapsed=0.0,
+                    client="",
                     method=head.method,
                     url=head.url,
                     status=wire.status,
@@ -310,10 +327,19 @@ class FastHits:
                     outcome=wire.served.outcome,
                     cache_status=wire.cache_status,
                     content_type=wire.content_type,
-                    tunnel=TunnelMode.INTERCEPTED
-                    if head.scheme == "https" and client.tls_established
-                    else TunnelMode.NONE,
+                    tunnel=tunnel,
                 )
+                known = (wire, log.repeat(rec))
+                if self.wires.get(id(head)) is wire:  # a response sent again: so will its line be
+                    if len(self.logged) >= PREPARED_MAX:
+                        self.logged.clear()
+                    self.logged[id(head)] = known
+            # The line the record above gives with this request's time, duration and client.
+            log.record_repeat(
+                known[1],
+                started,
+                max(0.0, ended - started),
+                str(client.peername[0]) if client.peername else "",
             )
 
 
@@ -334,6 +360,9 @@ class FastLayer(layer.Layer):
         self.hits = hits
         self.tunnel = tunnel
         self.buf = b""
+        self.raw = b""
+        """The last head read that was the whole buffer, and ``head`` what read_head made of it."""
+        self.head: Head | None = None
         self.handed = False
         self.closed = False
         self.start: events.Start | None = None
@@ -345,19 +374,29 @@ class FastLayer(layer.Layer):
         return f"FastLayer({'handed over' if self.handed else 'answering'}: {self.inner!r})"
 
     def handle_event(self, event: events.Event) -> Commands:
-        if type(event) is events.Wakeup and event.command is self.wakeup:
+        if type(event) is events.DataReceived and not self.handed and not self.closed:
+            if event.connection is self.context.client:
+                # Requests: the one event on a fast hit's path (_receive is a plain call, not a generator).
+                answered = self._receive(event.data)
+                if answered:
+                    yield commands.SendData(self.context.client, answered)
+                    self.since = time.monotonic()
+                if self.buf:
+                    # A request for the full path, or part of a head: mitmproxy's layer reads it (with its
+                    # header timeout and its strict-head checks) and everything after it.
+                    yield from self._hand_over(None)
+            else:
+                yield from self._hand_over(event)
+        elif type(event) is events.Wakeup and event.command is self.wakeup:
             self.wakeup = None  # our timer: never the HttpLayer's business (it would not know the command)
             if not self.handed:
                 yield from self._on_wakeup()
+        elif self.closed:
             return
-        if self.closed:
-            return
-        if self.handed:
+        elif self.handed:
             yield from self.inner.handle_event(event)
         elif type(event) is events.Start:
             yield from self._start(event)
-        elif type(event) is events.DataReceived and event.connection is self.context.client:
-            yield from self._receive(event.data)
         else:
             yield from self._hand_over(event)
 
@@ -394,26 +433,29 @@ class FastLayer(layer.Layer):
             self.closed = True
             yield commands.CloseConnection(self.context.client)
 
-    def _receive(self, data: bytes) -> Commands:
-        self.buf += data
+    def _receive(self, data: bytes) -> bytes:
+        """The responses to the requests at the start of the buffer (with ``data``) that the fast layer
+        answers, in order; what is left in ``self.buf`` is for the full path, or part of a head."""
+        buf = self.buf + data if self.buf else data
         started = time.time()
         out: list[bytes] = []
-        while self.buf:
-            head = read_head(self.buf, self.tunnel)
-            if isinstance(head, Leave):
-                break
+        while buf:
+            head = self.head
+            if head is None or buf != self.raw:
+                read = read_head(buf, self.tunnel)
+                if isinstance(read, Leave):
+                    break
+                head = read
+                if head.size == len(buf):
+                    # A client repeating itself sends this head alone again: the same bytes, read the same way.
+                    self.raw, self.head = buf, head
             wire = self.hits.answer(self.context.client, head, started)
             if wire is None:
                 break
             out.append(wire)
-            self.buf = self.buf[head.size :]
-        if out:
-            yield commands.SendData(self.context.client, b"".join(out))
-            self.since = time.monotonic()
-        if self.buf:
-            # A request for the full path, or part of a head: mitmproxy's layer reads it (with its header
-            # timeout and its strict-head checks) and everything after it.
-            yield from self._hand_over(None)
+            buf = buf[head.size :]
+        self.buf = buf
+        return b"".join(out)
 
     def _hand_over(self, event: events.Event | None) -> Commands:
         self.handed = True

@@ -130,32 +130,42 @@ class Stats:
         """Minute (epoch // 60) → [requests, served from cache], the last TIMELINE_MINUTES only."""
         self.hosts: dict[str, list[int]] = {}
         """Host → [bytes saved, requests served from cache]."""
+        self._bucket: list[int] = []
+        self._minute_starts = self._minute_ends = 0.0
+        """The bucket of ``minutes`` the last request was counted in, and the minute it counts."""
 
     def record(self, served: Served, now: float) -> None:
         """Count one answered request."""
-        self.requests[served.outcome] += 1
-        cached = served.outcome in FROM_CACHE
+        outcome, size, ttfb = served.outcome, served.body_bytes, served.ttfb
+        self.requests[outcome] += 1
+        cached = outcome in FROM_CACHE
         if cached:
-            self.bytes_from_cache += served.body_bytes
+            self.bytes_from_cache += size
             host = self.hosts.get(served.host)
             if host is None:
                 if len(self.hosts) >= MAX_HOSTS:
                     self._forget_hosts()
                 host = self.hosts[served.host] = [0, 0]
-            host[0] += served.body_bytes
+            host[0] += size
             host[1] += 1
-        elif served.outcome is not Outcome.NONE or served.ttfb is not None:
-            self.bytes_from_origin += served.body_bytes
-        if served.ttfb is not None:
-            index = next((i for i, b in enumerate(LATENCY_BUCKETS) if served.ttfb <= b), len(LATENCY_BUCKETS))
+        elif outcome is not Outcome.NONE or ttfb is not None:
+            self.bytes_from_origin += size
+        if ttfb is not None:
+            index = next((i for i, b in enumerate(LATENCY_BUCKETS) if ttfb <= b), len(LATENCY_BUCKETS))
             self.latency_counts[index] += 1
-            self.latency_sum += served.ttfb
-        minute = int(now // 60)
-        bucket = self.minutes.get(minute)
-        if bucket is None:
-            bucket = self.minutes[minute] = [0, 0]
-            for old in [m for m in self.minutes if m <= minute - TIMELINE_MINUTES]:
-                del self.minutes[old]
+            self.latency_sum += ttfb
+        if now < self._minute_ends and now >= self._minute_starts:
+            bucket = self._bucket  # the same minute as the last request: no division, no lookup
+        else:
+            minute = int(now // 60)
+            known = self.minutes.get(minute)
+            if known is None:
+                bucket = self.minutes[minute] = [0, 0]
+                for old in [m for m in self.minutes if m <= minute - TIMELINE_MINUTES]:
+                    del self.minutes[old]
+            else:
+                bucket = known
+            self._bucket, self._minute_starts, self._minute_ends = bucket, minute * 60.0, (minute + 1) * 60.0
         bucket[0] += 1
         bucket[1] += cached
 

@@ -82,7 +82,10 @@ class MemoryStore:
     def get(self, key: str) -> Cached | None:
         """The entry, marked as most recently used, or None."""
         with self._lock:
-            cached: Cached | None = self._lru.get(key)
+            try:
+                cached: Cached = self._lru[key]  # one lookup (cachetools' get() looks twice)
+            except KeyError:
+                return None
             return cached
 
     def put(self, key: str, meta: StoredResponse, body: bytes, stamp: bytes) -> bool:

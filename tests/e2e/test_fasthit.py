@@ -4,6 +4,7 @@ gets exactly what the full path gives."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
@@ -323,3 +324,55 @@ def test_disk_tier_hits_small_enough_to_read_whole_are_fast(
     assert _fast(full) == 0
     for path in ("/small", "/mid", "/big"):
         assert origin.hits[path] == 2
+
+
+def test_repeated_bytes_on_one_connection_follow_the_entry_auth_and_log(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    """A client repeating its request byte for byte on one kept-alive connection: the layer keeps what it
+    read for those bytes and the response it worked out, but each repeat is still checked (credentials),
+    answered from the entry as stored now (a PURGE and a new body in between), logged and counted."""
+    url = origin.route("/r", Reply(200, CACHED, BODY))
+    log = tmp_path / "access.log"
+    proxy = start_proxy("--auth", "u:p", "--access-log", str(log), "--log-format", "json")
+    good = "Proxy-Authorization: Basic dTpw"
+    with plain(proxy) as w:
+        w.exchange(get(url, good))  # stored
+    with plain(proxy) as w, plain(proxy) as other:
+        first = w.exchange(get(url, good))
+        again = w.exchange(get(url, good))  # the same bytes: the head read once, the response kept
+        assert other.exchange(get(url, good, method="PURGE")).status == 200
+        origin.route("/r", Reply(200, CACHED, b"second body\n"))
+        assert other.exchange(get(url, good)).get("cache-status").endswith("stored")  # type: ignore[union-attr]
+        renewed = w.exchange(get(url, good))  # the same bytes once more: the new entry, not the kept answer
+        renewed_again = w.exchange(get(url, good))
+        wrong = w.exchange(
+            get(url, "Proxy-Authorization: Basic dTpx")
+        )  # another credential on this connection
+    assert [a.body for a in (first, again)] == [BODY, BODY]
+    assert [a.body for a in (renewed, renewed_again)] == [b"second body\n"] * 2
+    assert all((a.get("cache-status") or "").startswith("fwdproxy; hit") for a in (first, again, renewed))
+    assert wrong.status == 407
+    assert origin.hits["/r"] == 2
+    assert _fast(proxy, good) == 4
+    proxy.stop()  # flushes the access log
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    ours = [
+        (r["method"], r["status"], (r["cache_status"] or "")[:13], r["bytes"])
+        for r in lines
+        if r["url"] == url
+    ]
+    assert [o[:3] for o in ours] == [
+        ("GET", 200, "fwdproxy; fwd"),
+        ("GET", 200, "fwdproxy; hit"),
+        ("GET", 200, "fwdproxy; hit"),
+        ("PURGE", 200, ""),
+        ("GET", 200, "fwdproxy; fwd"),
+        ("GET", 200, "fwdproxy; hit"),
+        ("GET", 200, "fwdproxy; hit"),
+        ("GET", 407, ""),
+    ]
+    # Each line counts what its own request got: the second body is shorter than the first.
+    assert ours[1][3] == ours[2][3]
+    assert ours[5][3] == ours[6][3]
+    assert ours[5][3] == ours[1][3] - len(BODY) + len(b"second body\n") - 1  # and Content-Length: 12, not 100

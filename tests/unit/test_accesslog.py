@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from fwdproxy.accesslog import LogFormat, LogRecord, TunnelMode, hierarchy, line, squid_tag
+from fwdproxy.accesslog import (
+    LogFormat,
+    LogRecord,
+    TunnelMode,
+    hierarchy,
+    line,
+    repeat,
+    repeat_line,
+    squid_tag,
+)
 from fwdproxy.metrics import Outcome
 
 T = 1_700_000_000.123
@@ -103,3 +116,104 @@ def test_json_format() -> None:
         "content_type": "text/html; charset=utf-8",
         "aborted": False,
     }
+
+
+def _squid_reference(rec: LogRecord) -> str:
+    """The squid line built whole from the record, field by field (what line() gives, with its remembered
+    ends)."""
+    ms = int(rec.time * 1000)
+    mime = rec.content_type.split(";", 1)[0].strip()
+    dash = lambda v: v.replace(" ", "%20") if v else "-"  # noqa: E731
+    return (
+        f"{ms // 1000}.{ms % 1000:03d} {int(rec.elapsed * 1000):6d} {dash(rec.client)} "
+        f"{squid_tag(rec)}/{rec.status:03d} {rec.bytes} {dash(rec.method)} {dash(rec.url)} - "
+        f"{hierarchy(rec)} {dash(mime)}"
+    )
+
+
+def _json_reference(rec: LogRecord) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(rec.time)) + f".{int(rec.time * 1000) % 1000:03d}Z"
+    obj = {
+        "time": stamp,
+        "client": rec.client,
+        "method": rec.method,
+        "url": rec.url,
+        "status": rec.status,
+        "bytes": rec.bytes,
+        "duration": round(rec.elapsed, 6),
+        "cache_status": rec.cache_status or None,
+        "outcome": rec.outcome.value,
+        "upstream": rec.upstream or None,
+        "server": rec.server or None,
+        "tunnel": rec.tunnel.value,
+        "content_type": rec.content_type or None,
+        "aborted": rec.aborted,
+    }
+    return json.dumps(obj, separators=(",", ":"))
+
+
+texts = st.text(max_size=12) | st.sampled_from(["", "GET", "text/html; charset=utf-8", 'caf\u00e9 "x"'])
+records = st.builds(
+    LogRecord,
+    time=st.floats(1e9, 4e9),
+    elapsed=st.floats(0, 1e4),
+    client=texts,
+    method=texts,
+    url=texts,
+    status=st.integers(0, 999),
+    bytes=st.integers(0, 10**12),
+    outcome=st.sampled_from(Outcome),
+    cache_status=st.sampled_from(
+        ["", "fwdproxy; hit; ttl=5", "fwdproxy; fwd=request", "fwdproxy; hit; detail=stale-if-error"]
+    ),
+    upstream=texts,
+    server=texts,
+    content_type=texts,
+    tunnel=st.sampled_from(TunnelMode),
+    local=st.booleans(),
+    aborted=st.booleans(),
+)
+
+
+@given(records, st.floats(1e9, 4e9), st.floats(0, 1e4), texts)
+def test_lines_with_remembered_ends_are_the_whole_record(
+    rec: LogRecord, when: float, elapsed: float, client: str
+) -> None:
+    """line() remembers the part of a line that does not change from request to request: the same answer
+    logged again at another time, after another duration, for another client gets exactly the line the
+    record makes field by field."""
+    again = dataclasses.replace(rec, time=when, elapsed=elapsed, client=client)
+    for r in (rec, again, rec):
+        assert line(r, LogFormat.SQUID) == _squid_reference(r)
+        assert line(r, LogFormat.JSON) == _json_reference(r)
+        assert json.loads(line(r, LogFormat.JSON))["client"] == r.client
+    # The fast hit layer's way: the record made once, its line written for each request.
+    for fmt, reference in ((LogFormat.SQUID, _squid_reference), (LogFormat.JSON, _json_reference)):
+        rep = repeat(rec, fmt)
+        assert repeat_line(rep, rec.time, rec.elapsed, rec.client) == reference(rec)
+        assert repeat_line(rep, when, elapsed, client) == reference(again)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"bytes": 412},
+        {"status": 304},
+        {"outcome": Outcome.HIT},
+        {"cache_status": "fwdproxy; hit; ttl=5"},
+        {"url": "http://example.com/other"},
+        {"method": "HEAD"},
+        {"content_type": "text/plain"},
+        {"server": "10.1.1.1"},
+        {"upstream": "10.0.0.1:3128"},
+        {"tunnel": TunnelMode.INTERCEPTED},
+        {"local": True},
+        {"aborted": True},
+    ],
+)
+def test_a_changed_field_is_never_written_from_a_remembered_line(change: dict[str, object]) -> None:
+    first, second = rec(), rec(**change)
+    for fmt, reference in ((LogFormat.SQUID, _squid_reference), (LogFormat.JSON, _json_reference)):
+        assert line(first, fmt) == reference(first)
+        assert line(second, fmt) == reference(second)
+        assert line(first, fmt) == reference(first)

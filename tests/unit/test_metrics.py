@@ -263,3 +263,14 @@ def test_worker_rows_and_their_exposition() -> None:
 )
 def test_an_entry_standing_in_for_a_failed_origin_counts_as_stale(value: str) -> None:
     assert classify(value) is Outcome.STALE
+
+
+def test_requests_in_one_minute_then_the_next_and_back_are_counted_in_their_own_minutes() -> None:
+    """record() keeps the last request's minute bucket at hand: a request in the next minute, or one with
+    an earlier clock (a wall clock set back), must still land in its own minute."""
+    start = int(NOW // 60) * 60.0
+    stats = Stats(started=start)
+    for when in (start, start + 59.999, start + 60.0, start + 61, start + 30, start - 0.001, start + 120):
+        stats.record(Served(Outcome.HIT, "a", 1), when)
+    minute = int(start // 60)
+    assert stats.minutes == {minute - 1: [1, 1], minute: [3, 3], minute + 1: [2, 2], minute + 2: [1, 1]}
