@@ -1,0 +1,313 @@
+"""Red team, round 2: attacks on the day's new request-path code, each checked by its effect.
+
+- Origin connections pooled through an ``https://`` upstream proxy (addons/_mitm/pool.py, origintls.py): one
+  client's bytes, a response it abandoned, or credentials must never reach another client or the wrong hop.
+- The fast hit layer's memo of a connection's last head, its kept responses and access-log records
+  (addons/fasthit.py): every repeat is checked, answered from the entry as stored now, and logged as itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import json
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.conftest import StartProxy
+from tests.e2e.fastwire import Wire, get, plain, tunnel
+from tests.support import Origin, Proxy, Recorded, Reply, pattern, slow_chunks
+from tests.support_upstream import UpstreamProxy
+
+CACHED = {"Cache-Control": "max-age=600", "Content-Type": "text/plain"}
+
+
+def _basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+@pytest.fixture
+def secured_upstream(origin_ca: trustme.CA) -> Iterator[UpstreamProxy]:
+    """An https:// upstream proxy that demands its own Basic credentials."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    up = UpstreamProxy("T", credentials=("up", "secret"), tls=ctx)
+    yield up
+    up.close()
+
+
+# -- pooled connections through an https:// upstream proxy --------------------------------------------------
+
+
+def test_response_abandoned_by_a_client_through_an_https_upstream_never_reaches_the_next_one(
+    start_proxy: StartProxy,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    """Client A (its own credentials for us) hangs up 256 KiB into a slow 4 MiB response carried TLS in TLS
+    through the upstream proxy; clients B then ask for their own small pages. Each B gets exactly its page
+    (no byte of A's body, no leftover of A's response head), the upstream proxy sees only our credentials for
+    it on every CONNECT (never the clients'), and the origin sees no Proxy-Authorization at all."""
+    big = pattern(4 * 1024 * 1024, seed=7)
+    tls_origin.route(
+        "/big",
+        Reply(
+            200,
+            {"Cache-Control": "no-store", "Content-Type": "application/octet-stream"},
+            chunks=slow_chunks(big, chunk=64 * 1024, delay=0.02),
+            length=len(big),
+        ),
+    )
+    tls_origin.route("/b", lambda r: Reply(200, {"Cache-Control": "no-store"}, f"for B {r.path}\n".encode()))
+    proxy = start_proxy(
+        "--upstream",
+        f"https://up:secret@localhost:{secured_upstream.port}",
+        "--connect-port",
+        str(tls_origin.port),
+        "--auth",
+        "alice:wonder",
+    )
+    authority = f"localhost:{tls_origin.port}"
+    alice = _basic("alice", "wonder")
+    with tunnel(proxy, authority, proxy_ca_file, auth=alice) as a:
+        a.send(get(f"https://{authority}/big", target="/big"))
+        got = b""
+        while len(got) < 256 * 1024:
+            chunk = a.sock.recv(65536)
+            assert chunk, "the proxy closed A's connection early"
+            got += chunk
+    assert big[:1000] in got  # A really was mid-body
+    bodies = []
+    for i in range(6):
+        with tunnel(proxy, authority, proxy_ca_file, auth=alice) as b:
+            answer = b.exchange(get(f"https://{authority}/b?{i}", target=f"/b?{i}"))
+            b.sock.settimeout(0.3)
+            try:
+                trailing = b.sock.recv(65536)
+            except (TimeoutError, OSError):
+                trailing = b""
+        bodies.append((answer.status, answer.body, trailing))
+    assert bodies == [(200, f"for B /b?{i}\n".encode(), b"") for i in range(6)]
+    connects = [s for s in secured_upstream.seen if s.method == "CONNECT"]
+    assert connects
+    assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
+    assert [r.headers.get("Proxy-Authorization") for r in tls_origin.requests] == [None] * 7
+    assert [r.path for r in tls_origin.requests].count("/big") == 1  # never replayed for someone else
+
+
+def test_a_pooled_tunnel_through_an_https_upstream_is_never_reused_for_another_origin_name(
+    start_proxy: StartProxy,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+) -> None:
+    """Two names of one origin (localhost and 127.0.0.1, the same port): each gets its own CONNECT and its own
+    TLS name, and each request arrives with its own Host, however the requests interleave."""
+    tls_origin.route("/who", lambda r: Reply(200, {"Cache-Control": "no-store"}, r.headers["Host"].encode()))
+    proxy = start_proxy(
+        "--upstream",
+        f"https://up:secret@localhost:{secured_upstream.port}",
+        "--connect-port",
+        str(tls_origin.port),
+    )
+    got = []
+    for i in range(8):
+        authority = f"{'localhost' if i % 2 else '127.0.0.1'}:{tls_origin.port}"
+        with tunnel(proxy, authority, proxy_ca_file) as w:
+            got.append(w.exchange(get(f"https://{authority}/who", target="/who")).body)
+    assert got == [f"{'localhost' if i % 2 else '127.0.0.1'}:{tls_origin.port}".encode() for i in range(8)]
+    lines = sorted({s.line.split()[1] for s in secured_upstream.seen if s.method == "CONNECT"})
+    assert lines == sorted({f"127.0.0.1:{tls_origin.port}", f"localhost:{tls_origin.port}"})
+    assert [r.headers["Host"] for r in tls_origin.requests] == [g.decode() for g in got]
+
+
+# -- the fast hit layer's memo ---------------------------------------------------------------------------------
+
+
+def _tenant_origin(origin: Origin, path: str = "/t") -> str:
+    """A page varying on X-Tenant whose body names the tenant the origin was asked for (and how often)."""
+
+    def reply(r: Recorded) -> Reply:
+        tenant = r.headers.get("X-Tenant", "-")
+        return Reply(200, {**CACHED, "Vary": "X-Tenant"}, f"tenant={tenant} n={origin.hits[path]}\n".encode())
+
+    return origin.route(path, reply)
+
+
+def _drain(w: Wire, timeout: float = 1.0) -> bytes:
+    w.sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := w.sock.recv(65536):
+            data += chunk
+    except (TimeoutError, OSError):
+        pass
+    return data
+
+
+def _summary(raw: bytes) -> list[tuple[str, str, str]]:
+    """(status line, Cache-Status without ttl, body) of each response in ``raw``."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = 0
+        cache = ""
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            if name.lower() == b"cache-status":
+                cache = re.sub(r"ttl=-?\d+", "ttl=*", value.strip().decode())
+        out.append((lines[0].decode(), cache, rest[:length].decode("latin-1")))
+        raw = rest[length:]
+    return out
+
+
+VARIANTS = {
+    "identical": "X-Tenant: a",
+    "value case": "X-Tenant: A",
+    "trailing space": "X-Tenant: a ",
+    "name case": "x-tenant: a",
+    "duplicate": "X-Tenant: a\r\nX-Tenant: b",
+    "added directive": "X-Tenant: a\r\nCache-Control: no-cache",
+    "added unrelated": "X-Tenant: a\r\nX-Other: 1",
+    "other tenant": "X-Tenant: b",
+    "no tenant": "X-Unrelated: a",
+    "obs-fold": "X-Tenant: a\r\n b",
+    "host case": "X-Tenant: a\r\nX-Host-Case: 1",
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_pipelined_request_one_byte_off_a_repeated_head_gets_what_the_full_path_gives(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path, variant: str
+) -> None:
+    """A connection repeats its head (the memo is set), then pipelines a near copy differing in a field the
+    cache must not ignore (or may): the fast proxy's bytes, as far as the answers go, and the origin's
+    requests match a --no-fast-hits proxy's."""
+    url = _tenant_origin(origin)
+    fast = start_proxy(cache_dir=tmp_path / "f")
+    full = start_proxy("--no-fast-hits", cache_dir=tmp_path / "n")
+    base = get(url, "X-Tenant: a")
+    host = url.split("/")[2]
+    probe = get(url, VARIANTS[variant])
+    if variant == "host case":
+        probe = get(url, "X-Tenant: a", host=host.upper())
+    results = []
+    for proxy in (fast, full):
+        with plain(proxy) as w:
+            w.exchange(base)  # stored
+        before = origin.hits["/t"]
+        with plain(proxy) as w:
+            w.exchange(base)
+            w.exchange(base)  # the same bytes alone twice: the connection's memo holds this head
+            w.send(base + probe + base)
+            raw = _drain(w)
+        results.append((_summary(raw), origin.hits["/t"] - before))
+    fast_result, full_result = results
+    # The tenant the origin answered and the count differ between the runs only by n=: compare without it.
+    strip = [[(s, c, re.sub(r" n=\d+", "", b)) for s, c, b in r[0]] for r in results]
+    assert strip[0] == strip[1], results
+    assert fast_result[1] == full_result[1]
+    assert len(fast_result[0]) == len(full_result[0])
+    assert fast_result[0][0][2].startswith("tenant=a ")
+
+
+def test_a_repeated_head_after_the_entry_is_replaced_under_another_vary_gets_the_new_one(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path
+) -> None:
+    """The memo holds a head and its response; another client makes the origin answer again (no-cache),
+    now varying on something else with another body. The next identical bytes on the first connection get
+    what a --no-fast-hits proxy gives for the same sequence (the entry as stored now)."""
+    state = {"vary": "X-Tenant", "body": b"first\n"}
+
+    def reply(r: Recorded) -> Reply:
+        return Reply(200, {**CACHED, "Vary": state["vary"]}, state["body"])
+
+    url = origin.route("/rv", reply)
+    fast = start_proxy(cache_dir=tmp_path / "f")
+    full = start_proxy("--no-fast-hits", cache_dir=tmp_path / "n")
+    outcome = []
+    for proxy in (fast, full):
+        state.update(vary="X-Tenant", body=b"first\n")
+        head = get(url, "X-Tenant: a")
+        with plain(proxy) as w, plain(proxy) as other:
+            w.exchange(head)
+            first = [w.exchange(head).body, w.exchange(head).body]
+            state.update(vary="X-Other", body=b"second\n")
+            refreshed = other.exchange(get(url, "X-Tenant: a", "Cache-Control: no-cache"))
+            after = [w.exchange(head).body, w.exchange(head).body]
+        outcome.append((first, refreshed.body, after))
+    assert outcome[0] == outcome[1]
+    assert outcome[0][2] == [b"second\n", b"second\n"]
+
+
+def _bind(proxy: Proxy, source: str) -> Wire:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(15)
+    sock.bind((source, 0))
+    sock.connect((proxy.host, proxy.port))
+    return Wire(sock)
+
+
+def test_identical_bytes_from_two_clients_are_each_checked_and_logged_as_their_own(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path
+) -> None:
+    """The kept head, response and log record are shared by every connection sending the same bytes: a
+    client outside --allow sending them right after an admitted one is still refused, and each line of the
+    access log names its own client, status and byte count, with a sane duration."""
+    url = origin.route("/shared", Reply(200, CACHED, b"shared body\n"))
+    log = tmp_path / "access.log"
+    proxy = start_proxy(
+        "--allow",
+        "127.0.0.1/32",
+        "--allow",
+        "127.0.0.3/32",
+        "--listen-host",
+        "0.0.0.0",
+        "--access-log",
+        str(log),
+        "--log-format",
+        "json",
+    )
+    head = get(url)
+    with _bind(proxy, "127.0.0.1") as w:
+        assert w.exchange(head).status == 200  # stored
+    answers = []
+    with _bind(proxy, "127.0.0.1") as a, _bind(proxy, "127.0.0.2") as b, _bind(proxy, "127.0.0.3") as c:
+        for _ in range(3):
+            answers.append(("127.0.0.1", a.exchange(head)))
+            answers.append(("127.0.0.2", b.exchange(head)))
+            answers.append(("127.0.0.3", c.exchange(head)))
+    for source, answer in answers:
+        if source == "127.0.0.2":
+            assert (answer.status, b"shared body" in answer.body) == (403, False)
+        else:
+            assert (answer.status, answer.body) == (200, b"shared body\n")
+    assert origin.hits["/shared"] == 1
+    proxy.stop()
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    ours = [x for x in lines if x["url"] == url][1:]  # after the miss
+    assert [(x["client"], x["status"]) for x in ours] == [
+        (s, 403 if s == "127.0.0.2" else 200) for s, _ in answers
+    ]
+    sizes = {x["bytes"] for x in ours if x["status"] == 200}
+    assert len(sizes) == 1
+    assert sizes.pop() > len(b"shared body\n")
+    started = time.time()
+    for x in ours:
+        assert x["duration"] >= 0
+        assert x["duration"] < 5
+        when = calendar.timegm(time.strptime(x["time"][:19], "%Y-%m-%dT%H:%M:%S"))
+        assert abs(started - when) < 120
+    # Each line's time is its own request's (the three rounds are in order, never one shared stamp).
+    assert [x["time"] for x in ours] == sorted(x["time"] for x in ours)
