@@ -311,3 +311,74 @@ def test_identical_bytes_from_two_clients_are_each_checked_and_logged_as_their_o
         assert abs(started - when) < 120
     # Each line's time is its own request's (the three rounds are in order, never one shared stamp).
     assert [x["time"] for x in ours] == sorted(x["time"] for x in ours)
+
+
+# -- a client that leaves while its origin exchange is unfinished --------------------------------------------
+
+
+def _victim_routes(origin: Origin) -> None:
+    def slow(r: Recorded) -> Reply:
+        time.sleep(1.5)
+        return Reply(200, {"Cache-Control": "no-store"}, b"for A (slow)\n")
+
+    def upload(r: Recorded) -> Reply:
+        return Reply(200, {"Cache-Control": "no-store"}, f"for A (upload of {len(r.body)})\n".encode())
+
+    origin.route("/slow", slow)
+    origin.route("/up", upload)
+    origin.route("/b", lambda r: Reply(200, {"Cache-Control": "no-store"}, f"for B {r.path}\n".encode()))
+
+
+@pytest.mark.parametrize(
+    "route", ["tls-direct", "tls-https-upstream", "plain-direct", "plain-https-upstream"]
+)
+@pytest.mark.parametrize("leave", ["before the response", "mid-upload"])
+def test_a_client_leaving_mid_exchange_never_hands_its_connection_to_the_next_client(
+    start_proxy: StartProxy,
+    origin: Origin,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    route: str,
+    leave: str,
+) -> None:
+    """Client A leaves while its exchange on a (pooled) origin connection is unfinished: before a slow origin
+    answers, or 1000 bytes into a 100000-byte upload. Clients B asking meanwhile and afterwards each get their
+    own page: never A's response, and the origin never reads B's request as part of A's body. HTTPS origins
+    (in intercepted tunnels) and plain ones, directly and through an https:// upstream proxy."""
+    tls = route.startswith("tls")
+    target = tls_origin if tls else origin
+    _victim_routes(target)
+    args = ["--connect-port", str(tls_origin.port)]
+    if route.endswith("https-upstream"):
+        args += ["--upstream", f"https://up:secret@localhost:{secured_upstream.port}"]
+    proxy = start_proxy(*args)
+    authority = f"localhost:{target.port}"
+    base = f"{'https' if tls else 'http'}://{authority}"
+
+    def connect() -> Wire:
+        return tunnel(proxy, authority, proxy_ca_file) if tls else plain(proxy)
+
+    def request(path: str, *extra: str, method: str = "GET") -> bytes:
+        return get(f"{base}{path}", *extra, method=method, target=path if tls else None)
+
+    with connect() as a:
+        if leave == "before the response":
+            a.send(request("/slow"))
+        else:
+            a.send(request("/up", "Content-Length: 100000", method="POST") + b"x" * 1000)
+        time.sleep(0.3)
+    got = []
+    for i in range(8):
+        with connect() as b:
+            answer = b.exchange(request(f"/b?{i}"))
+            got.append((answer.status, answer.body))
+        time.sleep(0.25)
+    assert got == [(200, f"for B /b?{i}\n".encode()) for i in range(8)]
+    seen = [(r.method, r.path) for r in target.requests]
+    assert seen.count(("GET", "/slow")) <= 1
+    assert [p for m, p in seen if p.startswith("/b")] == [f"/b?{i}" for i in range(8)]
+    for r in target.requests:
+        assert b"GET /b" not in r.body
+    if route.endswith("https-upstream"):
+        assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
