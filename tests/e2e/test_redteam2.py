@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import calendar
+import contextlib
 import json
 import re
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -382,3 +384,145 @@ def test_a_client_leaving_mid_exchange_never_hands_its_connection_to_the_next_cl
         assert b"GET /b" not in r.body
     if route.endswith("https-upstream"):
         assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
+
+
+# -- an origin that writes more than its response ---------------------------------------------------------------
+
+
+class JunkOrigin:
+    """A keep-alive HTTP/1.1 origin answering each request with its path and its connection's number; after
+    the response to ``/first`` it writes a whole extra response (``POISON``), at once or ``delay`` later."""
+
+    POISON = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nCache-Control: max-age=600\r\n\r\nPOISON"
+
+    def __init__(self, delay: float, tls: ssl.SSLContext | None = None) -> None:
+        self.delay, self.tls = delay, tls
+        self.paths: list[tuple[int, str]] = []
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.port = self.srv.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = self.srv.accept()
+            except OSError:
+                return
+            number += 1
+            self.conns.append(conn)
+            threading.Thread(target=self._serve, args=(conn, number), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            if self.tls is not None:
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self.conns.append(conn)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ", 2)[1].decode()
+                self.paths.append((number, path))
+                body = f"{path} conn={number}\n".encode()
+                cache = "no-store" if path == "/first" else "max-age=600"
+                response = (
+                    f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nCache-Control: {cache}\r\n\r\n".encode()
+                    + body
+                )
+                if path == "/first" and self.delay == 0:
+                    conn.sendall(response + self.POISON)
+                    continue
+                conn.sendall(response)
+                if path == "/first":
+                    time.sleep(self.delay)
+                    conn.sendall(self.POISON)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.srv.close()
+        for c in self.conns:
+            with contextlib.suppress(OSError):
+                c.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+@pytest.mark.parametrize("delay", [0.0, 0.15], ids=["at-once", "later"])
+def test_bytes_an_origin_writes_after_its_response_never_answer_another_request(
+    start_proxy: StartProxy, origin_ca: trustme.CA, proxy_ca_file: Path, tls: bool, delay: float
+) -> None:
+    """A second, unasked-for response after the first one's end (in the same write, or while the
+    connection idles in the pool) is never taken as the answer to the next request on that connection, and
+    never stored for its URL: the next clients get the page their request asked for."""
+    ctx = None
+    if tls:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        origin_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    junk = JunkOrigin(delay, ctx)
+    try:
+        proxy = start_proxy("--connect-port", str(junk.port))
+        authority = f"localhost:{junk.port}"
+        base = f"{'https' if tls else 'http'}://{authority}"
+
+        def ask(path: str) -> bytes:
+            with tunnel(proxy, authority, proxy_ca_file) if tls else plain(proxy) as w:
+                answer = w.exchange(get(f"{base}{path}", target=path if tls else None))
+                assert answer.status == 200
+                return answer.body
+
+        first = ask("/first")
+        time.sleep(0.4)
+        victims = [ask("/victim"), ask("/victim"), ask("/other")]
+    finally:
+        junk.close()
+    assert first.startswith(b"/first conn=")
+    conns = dict((path, number) for number, path in junk.paths)
+    assert conns["/victim"] != conns["/first"]  # the connection that wrote too much was not used again
+    assert conns["/other"] == conns["/victim"]  # while a clean one was (the pool was in play)
+    assert b"POISON" not in b"".join(victims)
+    assert victims[0].startswith(b"/victim conn=")
+    assert victims[1] == victims[0]  # the stored copy is the origin's answer
+    assert victims[2].startswith(b"/other conn=")
+
+
+def test_kept_fast_answers_in_every_worker_follow_a_purge_and_a_new_body_from_another(
+    start_proxy: StartProxy, origin: Origin
+) -> None:
+    """With --workers 2, twelve kept-alive connections (spread over both workers) repeat the same bytes, so
+    each worker keeps the response; one more connection purges the URL and stores a new body. The next
+    repeat on every connection gets the new body at once (the entry as stored now), in both workers;
+    and again when a reload (no-cache) replaces the entry in place."""
+    state = {"body": b"first body\n"}
+    url = origin.route("/w", lambda r: Reply(200, CACHED, state["body"]))
+    proxy = start_proxy("--workers", "2")
+    head = get(url)
+    with plain(proxy) as w:
+        assert w.exchange(head).body == b"first body\n"  # stored
+    conns = [plain(proxy) for _ in range(12)]
+    try:
+        before = [[c.exchange(head).body for _ in range(3)] for c in conns]
+        state["body"] = b"second body\n"
+        with plain(proxy) as other:
+            assert other.exchange(get(url, method="PURGE")).status == 200
+            refetched = other.exchange(head)
+        after = [c.exchange(head).body for c in conns]
+        # Replaced in place (a reload stores the origin's new answer over the entry): the same again.
+        state["body"] = b"third body\n"
+        with plain(proxy) as other:
+            assert other.exchange(get(url, "Cache-Control: no-cache")).body == b"third body\n"
+        replaced = [c.exchange(head).body for c in conns]
+    finally:
+        for c in conns:
+            c.close()
+    assert before == [[b"first body\n"] * 3] * 12
+    assert refetched.body == b"second body\n"
+    assert after == [b"second body\n"] * 12
+    assert replaced == [b"third body\n"] * 12
+    assert origin.hits["/w"] == 3
