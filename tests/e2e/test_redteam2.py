@@ -526,3 +526,58 @@ def test_kept_fast_answers_in_every_worker_follow_a_purge_and_a_new_body_from_an
     assert after == [b"second body\n"] * 12
     assert replaced == [b"third body\n"] * 12
     assert origin.hits["/w"] == 3
+
+
+GOOD = _basic("u", "p")
+CREDENTIALS = {
+    "good": f"Proxy-Authorization: {GOOD}",
+    "good twice": f"Proxy-Authorization: {GOOD}\r\nProxy-Authorization: {GOOD}",
+    "good then bad": f"Proxy-Authorization: {GOOD}\r\nProxy-Authorization: {_basic('u', 'x')}",
+    "bad then good": f"Proxy-Authorization: {_basic('u', 'x')}\r\nProxy-Authorization: {GOOD}",
+    "lower-case name": f"proxy-authorization: {GOOD}",
+    "lower-case scheme": f"Proxy-Authorization: basic {GOOD.split()[1]}",
+    "two spaces": f"Proxy-Authorization: Basic  {GOOD.split()[1]}",
+    "trailing space": f"Proxy-Authorization: {GOOD} ",
+    "padding dropped": f"Proxy-Authorization: Basic {GOOD.split()[1].rstrip('=')}",
+    "other user": f"Proxy-Authorization: {_basic('v', 'p')}",
+    "bearer": "Proxy-Authorization: Bearer dTpw",
+    "empty": "Proxy-Authorization: ",
+    "none": "X-No-Credentials: 1",
+}
+
+
+def test_odd_credentials_on_a_repeating_connection_get_what_the_full_path_gives(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path
+) -> None:
+    """With --auth, a connection whose memo holds a good head sends each odd form of Proxy-Authorization
+    (duplicates, case, spacing, other schemes), twice: the fast proxy answers each exactly as a
+    --no-fast-hits proxy does (status and body), and a refused one never gets the stored body."""
+    url = origin.route("/auth", Reply(200, CACHED, b"members only\n"))
+    fast = start_proxy("--auth", "u:p", cache_dir=tmp_path / "f")
+    full = start_proxy("--auth", "u:p", "--no-fast-hits", cache_dir=tmp_path / "n")
+    good = get(url, CREDENTIALS["good"])
+    results: list[dict[str, list[tuple[int, bytes]]]] = []
+    for proxy in (fast, full):
+        with plain(proxy) as w:
+            assert w.exchange(good).body == b"members only\n"  # stored
+        outcome: dict[str, list[tuple[int, bytes]]] = {}
+        for name, field in CREDENTIALS.items():
+            with plain(proxy) as w:
+                w.exchange(good)
+                w.exchange(good)  # the memo holds the good head
+                probe = get(url, field)
+                answers = []
+                for _ in range(2):
+                    a = w.exchange(probe)
+                    answers.append((a.status, a.body if a.status == 200 else b""))
+                    if a.get("connection") == "close":
+                        break
+                outcome[name] = answers
+        results.append(outcome)
+    assert results[0] == results[1]
+    for name, answers in results[0].items():
+        for status, body in answers:
+            assert (status == 200) == (body == b"members only\n"), name
+    assert results[0]["good"] == [(200, b"members only\n")] * 2
+    assert all(s == 407 for s, _ in results[0]["other user"])
+    assert origin.hits["/auth"] == 2
