@@ -20,11 +20,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import trustme
 
 from tests.conftest import StartProxy
 from tests.e2e.fastwire import Wire, get, plain, tunnel
+from tests.e2e.test_poisoning import h2_tunnel
 from tests.support import Origin, Proxy, Recorded, Reply, pattern, slow_chunks
 from tests.support_upstream import UpstreamProxy
 
@@ -581,3 +585,106 @@ def test_odd_credentials_on_a_repeating_connection_get_what_the_full_path_gives(
     assert results[0]["good"] == [(200, b"members only\n")] * 2
     assert all(s == 407 for s, _ in results[0]["other user"])
     assert origin.hits["/auth"] == 2
+
+
+# -- an HTTP/2 client resetting its stream on a pooled HTTP/1.1 origin connection -----------------------------
+
+
+def _h2_conn() -> h2.connection.H2Connection:
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    return conn
+
+
+def _h2_read(
+    tls: ssl.SSLSocket, conn: h2.connection.H2Connection, stream: int, *, until: int = 0
+) -> tuple[int, bytes]:
+    """(status, body) of ``stream``; with ``until`` stop once that many body bytes came (the stream goes on)."""
+    status, body = 0, b""
+    while True:
+        data = tls.recv(65536)
+        assert data, "the proxy closed the HTTP/2 connection"
+        for event in conn.receive_data(data):
+            if getattr(event, "stream_id", None) != stream:
+                if isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                continue
+            if isinstance(event, h2.events.ResponseReceived):
+                status = int(dict(event.headers)[b":status"])
+            elif isinstance(event, h2.events.DataReceived):
+                body += event.data
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                tls.sendall(conn.data_to_send())
+                return status, body
+            elif isinstance(event, h2.events.StreamReset):
+                return -1, body
+        tls.sendall(conn.data_to_send())
+        if until and len(body) >= until:
+            return status, body
+
+
+@pytest.mark.parametrize("route", ["direct", "https-upstream"])
+@pytest.mark.parametrize("reset", ["mid-response", "mid-upload"])
+def test_an_http2_stream_reset_mid_exchange_never_leaks_into_another_request(
+    start_proxy: StartProxy,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    route: str,
+    reset: str,
+) -> None:
+    """An HTTP/2 client cancels its stream (RST_STREAM) 256 KiB into a slow 4 MiB response, or 1000 bytes
+    into a 100000-byte upload, then asks for another page on a new stream of the same connection; other
+    HTTP/1.1 clients ask meanwhile. Every answer is the page its own request asked for."""
+    _victim_routes(tls_origin)
+    big = pattern(4 * 1024 * 1024, seed=9)
+    tls_origin.route(
+        "/big",
+        Reply(
+            200,
+            {"Cache-Control": "no-store"},
+            chunks=slow_chunks(big, chunk=64 * 1024, delay=0.02),
+            length=len(big),
+        ),
+    )
+    args = ["--connect-port", str(tls_origin.port)]
+    if route == "https-upstream":
+        args += ["--upstream", f"https://up:secret@localhost:{secured_upstream.port}"]
+    proxy = start_proxy(*args)
+    authority = f"localhost:{tls_origin.port}"
+    base = f"https://{authority}"
+
+    def request(
+        path: str, method: str = "GET", extra: tuple[tuple[str, str], ...] = ()
+    ) -> list[tuple[str, str]]:
+        return [(":method", method), (":scheme", "https"), (":authority", authority), (":path", path), *extra]
+
+    with h2_tunnel(proxy.port, authority, proxy_ca_file) as tls:
+        conn = _h2_conn()
+        if reset == "mid-response":
+            conn.send_headers(1, request("/big"), end_stream=True)
+            tls.sendall(conn.data_to_send())
+            status, partial = _h2_read(tls, conn, 1, until=256 * 1024)
+            assert (status, partial[:1000]) == (200, big[:1000])
+        else:
+            conn.send_headers(1, request("/up", "POST", (("content-length", "100000"),)))
+            conn.send_data(1, b"x" * 1000)
+            tls.sendall(conn.data_to_send())
+            time.sleep(0.3)
+        conn.reset_stream(1)
+        tls.sendall(conn.data_to_send())
+        got = []
+        for i, stream in enumerate((3, 5, 7)):
+            others = []
+            with tunnel(proxy, authority, proxy_ca_file) as b:
+                others.append(b.exchange(get(f"{base}/b?h1-{i}", target=f"/b?h1-{i}")).body)
+            conn.send_headers(stream, request(f"/b?h2-{i}"), end_stream=True)
+            tls.sendall(conn.data_to_send())
+            got.append((_h2_read(tls, conn, stream), others))
+            time.sleep(0.2)
+    assert got == [((200, f"for B /b?h2-{i}\n".encode()), [f"for B /b?h1-{i}\n".encode()]) for i in range(3)]
+    for r in tls_origin.requests:
+        assert b"GET /b" not in r.body
+    paths = [r.path for r in tls_origin.requests if r.path.startswith("/b?")]
+    assert sorted(paths) == sorted(f"/b?h{v}-{i}" for v in (1, 2) for i in range(3))
