@@ -688,3 +688,79 @@ def test_an_http2_stream_reset_mid_exchange_never_leaks_into_another_request(
         assert b"GET /b" not in r.body
     paths = [r.path for r in tls_origin.requests if r.path.startswith("/b?")]
     assert sorted(paths) == sorted(f"/b?h{v}-{i}" for v in (1, 2) for i in range(3))
+
+
+# -- responses without a body whose fields announce one ------------------------------------------------------------
+
+
+class ScriptedOrigin(JunkOrigin):
+    """A keep-alive origin whose answer to ``/a`` is ``first`` (whatever bytes), every other path's its path
+    and connection number."""
+
+    def __init__(self, first: bytes) -> None:
+        self.first = first
+        super().__init__(0.0)
+
+    def _serve(self, conn: socket.socket, number: int) -> None:
+        buf = b""
+        with contextlib.suppress(OSError):
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                path = head.split(b" ", 2)[1].decode()
+                self.paths.append((number, path))
+                if path == "/a":
+                    conn.sendall(self.first)
+                    continue
+                body = f"{path} conn={number}\n".encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nCache-Control: no-store\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    + body
+                )
+
+
+BODILESS = {
+    "HEAD with a length": (
+        "HEAD",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nCache-Control: no-store\r\n\r\n",
+    ),
+    "304 with a length": ("GET", b'HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\nETag: "x"\r\n\r\n'),
+    "204 with a length": ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 50\r\n\r\n"),
+    "interim then final": (
+        "GET",
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nCache-Control: no-store\r\n\r\nabc",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BODILESS))
+def test_a_bodiless_response_announcing_a_length_does_not_swallow_the_next_response(
+    start_proxy: StartProxy, case: str
+) -> None:
+    """Client A's request gets an answer that has no body by definition (HEAD, 304, 204) but a
+    Content-Length, or an interim response first. The pooled connection then carries client B's request:
+    B gets its own page, never 50 bytes of its response taken as A's body nor a hang."""
+    method, first = BODILESS[case]
+    origin = ScriptedOrigin(first)
+    try:
+        proxy = start_proxy()
+        base = f"http://127.0.0.1:{origin.port}"
+        with plain(proxy) as a:
+            extra = ('If-None-Match: "x"',) if "304" in case else ()
+            answer = a.exchange(get(f"{base}/a", *extra, method=method))
+            if answer.status == 103:
+                answer = a.read()  # the interim response is passed on, then the final one
+        with plain(proxy) as b:
+            victims = [b.exchange(get(f"{base}/v{i}")).body for i in range(3)]
+    finally:
+        origin.close()
+    final = first.rsplit(b"HTTP/1.1 ", 1)[1]
+    assert answer.status == int(final.split(b" ")[0])
+    assert answer.body == (b"abc" if "interim" in case else b"")
+    assert victims == [f"/v{i} conn={origin.paths[i + 1][0]}\n".encode() for i in range(3)]
+    assert [p for _, p in origin.paths] == ["/a", "/v0", "/v1", "/v2"]
