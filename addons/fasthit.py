@@ -117,9 +117,9 @@ class FastHits:
         self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
         self.prepared: dict[int, _Prepared] = {}
         self.wires: dict[int, _Wire] = {}
+        """The responses worked out for recent heads (by id, as fasthead returns one Head per bytes)."""
         self.logged: dict[int, tuple[_Wire, Repeat]] = {}
         """The access log's record of the response kept in ``wires`` for a head (by the head's id, as there)."""
-        """The responses worked out for recent heads (by id, as fasthead returns one Head per bytes)."""
 
     def load(self, loader):  # type: ignore[no-untyped-def]
         self.source.declare(loader, "fwd_no_fast_hits")
@@ -177,9 +177,8 @@ class FastHits:
     def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
         """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
         is; None hands the request to the full path. Logs and counts what it answers."""
-        service = (
-            self.cache.service
-        )  # Cache.store and Cache.config read through it: no property calls per hit
+        # Cache.store and Cache.config are properties over the cache service: read it once per hit.
+        service = self.cache.service
         store = service.store
         if store is None:
             return None
