@@ -27,7 +27,7 @@ import pytest
 import trustme
 
 from tests.conftest import StartProxy
-from tests.e2e.fastwire import Wire, get, plain, tunnel
+from tests.e2e.fastwire import Wire, get, plain, stats, tunnel
 from tests.e2e.test_poisoning import h2_tunnel
 from tests.support import Origin, Proxy, Recorded, Reply, pattern, slow_chunks
 from tests.support_upstream import UpstreamProxy
@@ -300,6 +300,8 @@ def test_identical_bytes_from_two_clients_are_each_checked_and_logged_as_their_o
         else:
             assert (answer.status, answer.body) == (200, b"shared body\n")
     assert origin.hits["/shared"] == 1
+    counted = stats(proxy)
+    assert counted["fast_hits"] == 6  # the six admitted repeats, not the three refused
     proxy.stop()
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     ours = [x for x in lines if x["url"] == url][1:]  # after the miss
