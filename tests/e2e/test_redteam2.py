@@ -766,3 +766,61 @@ def test_a_bodiless_response_announcing_a_length_does_not_swallow_the_next_respo
     assert answer.body == (b"abc" if "interim" in case else b"")
     assert victims == [f"/v{i} conn={origin.paths[i + 1][0]}\n".encode() for i in range(3)]
     assert [p for _, p in origin.paths] == ["/a", "/v0", "/v1", "/v2"]
+
+
+def test_upstream_credentials_reach_only_the_upstream_proxy(
+    start_proxy: StartProxy,
+    origin: Origin,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    tmp_path: Path,
+) -> None:
+    """Our credentials for the upstream proxy (in --upstream's URL) go on its CONNECTs and absolute-form
+    requests and nowhere else: not to clients (answers, the status page and its JSON and metrics), not to
+    the origins, not into the access log or the proxy's own log at -v."""
+    origin.route("/p", Reply(200, CACHED, b"plain page\n"))
+    tls_origin.route("/s", Reply(200, CACHED, b"secure page\n"))
+    log = tmp_path / "access.log"
+    proxy = start_proxy(
+        "--upstream",
+        f"https://up:secret@localhost:{secured_upstream.port}",
+        "--connect-port",
+        str(tls_origin.port),
+        "--access-log",
+        str(log),
+        "--log-format",
+        "json",
+        "-v",
+    )
+    seen_by_clients = b""
+    plain_url = origin.url("/p", host="plain.test")
+    authority = f"localhost:{tls_origin.port}"
+    for _ in range(2):
+        with plain(proxy) as w:
+            a = w.exchange(get(plain_url))
+            assert a.body == b"plain page\n"
+            seen_by_clients += repr(a.fields).encode() + a.body
+        with tunnel(proxy, authority, proxy_ca_file) as w:
+            a = w.exchange(get(f"https://{authority}/s", target="/s"))
+            assert a.body == b"secure page\n"
+            seen_by_clients += repr(a.fields).encode() + a.body
+    for page in ("/", "/stats.json", "/metrics"):
+        with plain(proxy) as w:
+            a = w.exchange(get(f"http://fwdproxy.local{page}"))
+            assert a.status == 200, page
+            seen_by_clients += a.body
+    assert f"localhost:{secured_upstream.port}".encode() in seen_by_clients  # the pages do name the member
+    secret = _basic("up", "secret")
+    assert {s.proxy_authorization for s in secured_upstream.seen} == {secret}
+    for r in [*origin.requests, *tls_origin.requests]:
+        assert "secret" not in repr(r.header_list)
+        assert secret.split()[1] not in repr(r.header_list)
+    proxy.stop()
+    for name, text in (
+        ("clients", seen_by_clients.decode("latin-1")),
+        ("access log", log.read_text()),
+        ("proxy log", proxy.log()),
+    ):
+        assert "secret" not in text, name
+        assert secret.split()[1] not in text, name
