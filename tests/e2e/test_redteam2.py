@@ -824,3 +824,48 @@ def test_upstream_credentials_reach_only_the_upstream_proxy(
     ):
         assert "secret" not in text, name
         assert secret.split()[1] not in text, name
+
+
+ANONYMIZED = {
+    "other agent": "User-Agent: curl/8",
+    "agent twice": "User-Agent: A/1\r\nUser-Agent: curl/8",
+    "forwarded for": "User-Agent: A/1\r\nX-Forwarded-For: 10.9.9.9",
+    "forwarded": "User-Agent: A/1\r\nForwarded: for=10.9.9.9",
+    "via": "User-Agent: A/1\r\nVia: 1.1 other",
+    "no agent": "X-Nothing: 1",
+}
+
+
+@pytest.mark.parametrize("level", ["off", "standard", "strict"])
+def test_anonymized_variants_on_a_repeating_connection_get_what_the_full_path_gives(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path, level: str
+) -> None:
+    """An origin varying on User-Agent, X-Forwarded-For, Forwarded and Via (the fields --anonymize rewrites
+    or drops), its body naming what it was sent: a connection repeating one head, then pipelining near
+    copies differing in those fields, gets from the fast proxy what a --no-fast-hits proxy gives, under
+    each --anonymize level; and the origin is asked as often."""
+
+    def reply(r: Recorded) -> Reply:
+        named = ",".join(
+            f"{k}={r.headers.get(k, '-')}" for k in ("User-Agent", "X-Forwarded-For", "Forwarded", "Via")
+        )
+        return Reply(200, {**CACHED, "Vary": "User-Agent, X-Forwarded-For, Forwarded, Via"}, named.encode())
+
+    url = origin.route("/anon", reply)
+    fast = start_proxy("--anonymize", level, cache_dir=tmp_path / "f")
+    full = start_proxy("--anonymize", level, "--no-fast-hits", cache_dir=tmp_path / "n")
+    base = get(url, "User-Agent: A/1")
+    results = []
+    for proxy in (fast, full):
+        answers = []
+        with plain(proxy) as w:
+            w.exchange(base)  # stored
+        before = origin.hits["/anon"]
+        for probe in ANONYMIZED.values():
+            with plain(proxy) as w:
+                w.exchange(base)
+                w.exchange(base)
+                w.send(base + get(url, probe) + base)
+                answers.append(_summary(_drain(w, 0.5)))
+        results.append((answers, origin.hits["/anon"] - before))
+    assert results[0] == results[1]
