@@ -29,7 +29,8 @@ import trustme
 from tests.conftest import StartProxy
 from tests.e2e.fastwire import Wire, get, plain, stats, tunnel
 from tests.e2e.test_poisoning import h2_tunnel
-from tests.support import Origin, Proxy, Recorded, Reply, pattern, slow_chunks
+from tests.e2e.test_redteam import _ConnectionAuth
+from tests.support import Origin, Proxy, Recorded, Reply, client, pattern, slow_chunks
 from tests.support_upstream import UpstreamProxy
 
 CACHED = {"Cache-Control": "max-age=600", "Content-Type": "text/plain"}
@@ -869,3 +870,49 @@ def test_anonymized_variants_on_a_repeating_connection_get_what_the_full_path_gi
                 answers.append(_summary(_drain(w, 0.5)))
         results.append((answers, origin.hits["/anon"] - before))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("scheme", ["NTLM", "Negotiate"])
+def test_a_connection_a_client_authenticated_through_an_https_upstream_is_never_handed_on(
+    start_proxy: StartProxy,
+    origin_ca: trustme.CA,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    scheme: str,
+) -> None:
+    """Connection-based origin authentication (NTLM, Negotiate) on an HTTPS origin connection carried TLS in
+    TLS through an https:// upstream proxy (the tunnel is one TCP connection to the origin): Alice's logged-in
+    connection never goes to the pool, so Bob, during and after her visit, is challenged instead of getting
+    her secret. (Plain http through the test upstream cannot be tried: it opens an origin connection per
+    request, so no handshake survives it.)"""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost").configure_cert(ctx)
+    origin = _ConnectionAuth(scheme, ctx)
+    try:
+        proxy = start_proxy(
+            "--connect-port",
+            str(origin.port),
+            "--upstream",
+            f"https://up:secret@localhost:{secured_upstream.port}",
+        )
+        url = origin.url("/private")
+        with client(proxy, verify=proxy_ca_file) as alice:
+            first = alice.get(url, headers={"Authorization": f"{scheme} alice-1"})
+            assert (first.status_code, first.headers["WWW-Authenticate"]) == (401, f"{scheme} challenge")
+            second = alice.get(url, headers={"Authorization": f"{scheme} alice-3"})
+            assert (second.status_code, second.content) == (200, b"alice's secret")
+            with client(proxy, verify=proxy_ca_file) as bob:
+                during = bob.get(url)
+        with client(proxy, verify=proxy_ca_file) as bob:
+            after = [bob.get(url) for _ in range(3)]
+        assert (during.status_code, during.content) == (401, b"who are you")
+        assert [(r.status_code, r.content) for r in after] == [(401, b"who are you")] * 3
+        alice_conn = origin.seen[1][0]
+        assert origin.seen[0][0] == alice_conn
+        assert [auth for n, auth in origin.seen if n == alice_conn] == [
+            f"{scheme} alice-1",
+            f"{scheme} alice-3",
+        ]
+        assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
+    finally:
+        origin.stop()
