@@ -916,3 +916,33 @@ def test_a_connection_a_client_authenticated_through_an_https_upstream_is_never_
         assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
     finally:
         origin.stop()
+
+
+def test_a_tunnel_verified_for_one_name_through_an_https_upstream_never_carries_another(
+    start_proxy: StartProxy, origin_ca: trustme.CA, secured_upstream: UpstreamProxy, proxy_ca_file: Path
+) -> None:
+    """TLS in TLS: the origin's certificate covers ``localhost`` only. A pooled tunnel verified for it (the
+    same upstream proxy, the same origin socket address) never carries a request for ``127.0.0.1``, which
+    fails verification on its own tunnel: a 502 without the origin's page, and the origin never asked."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost").configure_cert(ctx)
+    origin = Origin(tls=ctx)
+    origin.route("/a", Reply(200, {"Cache-Control": "no-store"}, b"page a\n"))
+    origin.route("/b", Reply(200, {"Cache-Control": "no-store"}, b"page b\n"))
+    try:
+        proxy = start_proxy(
+            "--connect-port",
+            str(origin.port),
+            "--upstream",
+            f"https://up:secret@localhost:{secured_upstream.port}",
+        )
+        with client(proxy, verify=proxy_ca_file) as c:
+            assert c.get(f"https://localhost:{origin.port}/a").content == b"page a\n"
+            wrong = [c.get(f"https://127.0.0.1:{origin.port}/b") for _ in range(2)]
+            again = c.get(f"https://localhost:{origin.port}/a")
+    finally:
+        origin.close()
+    assert [(r.status_code, b"page b" in r.content) for r in wrong] == [(502, False)] * 2
+    assert again.content == b"page a\n"
+    assert [r.path for r in origin.requests] == ["/a", "/a"]
+    assert secured_upstream.count("127.0.0.1", "CONNECT") >= 1  # the wrong name got its own tunnel
