@@ -975,3 +975,35 @@ def test_a_tunnel_verified_for_one_name_through_an_https_upstream_never_carries_
     assert again.content == b"page a\n"
     assert [r.path for r in origin.requests] == ["/a", "/a"]
     assert secured_upstream.count("127.0.0.1", "CONNECT") >= 1  # the wrong name got its own tunnel
+
+
+def test_a_repeated_head_after_a_304_freshened_the_entry_shows_the_new_fields(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path
+) -> None:
+    """A 304 from the origin (another client's max-age=0 revalidation) updates the stored fields in place,
+    the body unchanged: the next identical bytes on a connection whose memo holds the old answer get the
+    updated fields, exactly as a --no-fast-hits proxy answers the same sequence."""
+    version = {"n": 1}
+
+    def reply(r: Recorded) -> Reply:
+        fields = {**CACHED, "ETag": '"e1"', "X-Version": str(version["n"])}
+        if r.headers.get("If-None-Match") == '"e1"':
+            return Reply(304, fields)
+        return Reply(200, fields, b"same body\n")
+
+    url = origin.route("/fresh", reply)
+    fast = start_proxy(cache_dir=tmp_path / "f")
+    full = start_proxy("--no-fast-hits", cache_dir=tmp_path / "n")
+    outcome = []
+    for proxy in (fast, full):
+        version["n"] = 1
+        head = get(url)
+        with plain(proxy) as w, plain(proxy) as other:
+            w.exchange(head)
+            before = [w.exchange(head).get("x-version") for _ in range(2)]
+            version["n"] = 2
+            revalidated = other.exchange(get(url, "Cache-Control: max-age=0"))
+            after = [w.exchange(head) for _ in range(2)]
+        outcome.append((before, revalidated.get("x-version"), [(a.get("x-version"), a.body) for a in after]))
+    assert outcome[0] == outcome[1]
+    assert outcome[0] == (["1", "1"], "2", [("2", b"same body\n")] * 2)
