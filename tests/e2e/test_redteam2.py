@@ -1007,3 +1007,43 @@ def test_a_repeated_head_after_a_304_freshened_the_entry_shows_the_new_fields(
         outcome.append((before, revalidated.get("x-version"), [(a.get("x-version"), a.body) for a in after]))
     assert outcome[0] == outcome[1]
     assert outcome[0] == (["1", "1"], "2", [("2", b"same body\n")] * 2)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_disk_hit_repeated_after_a_same_length_replacement_is_never_a_mix(
+    start_proxy: StartProxy, origin: Origin, workers: str
+) -> None:
+    """Without a memory tier, the layer keeps a disk hit's head and reads the body file again per repeat.
+    Another connection (in any worker) replaces the entry with a body of the same length and other fields:
+    every repeat after that is the new response whole (its fields with its body), never the kept head with
+    the new body nor the old body."""
+    size = 40 * 1024  # a body file, read whole (under --memory-object-max)
+    versions = {1: pattern(size, seed=1), 2: pattern(size, seed=2)}
+    current = {"v": 1}
+
+    def reply(r: Recorded) -> Reply:
+        v = current["v"]
+        return Reply(200, {**CACHED, "ETag": f'"v{v}"', "X-Version": str(v)}, versions[v])
+
+    url = origin.route("/disk", reply)
+    proxy = start_proxy("--memory-cache-size", "0", "--memory-object-max", "65536", "--workers", workers)
+    head = get(url)
+    with plain(proxy) as w:
+        assert w.exchange(head).body == versions[1]  # stored on disk only
+    conns = [plain(proxy) for _ in range(6)]
+    try:
+        before = [
+            (a.get("x-version"), a.body == versions[1])
+            for c in conns
+            for a in (c.exchange(head), c.exchange(head))
+        ]
+        current["v"] = 2
+        with plain(proxy) as other:
+            assert other.exchange(get(url, "Cache-Control: no-cache")).get("x-version") == "2"
+        after = [c.exchange(head) for c in conns for _ in range(2)]
+    finally:
+        for c in conns:
+            c.close()
+    assert before == [("1", True)] * 12
+    mixed = [(a.get("x-version"), a.get("etag"), versions[2] == a.body) for a in after]
+    assert mixed == [("2", '"v2"', True)] * 12
