@@ -1047,3 +1047,32 @@ def test_a_disk_hit_repeated_after_a_same_length_replacement_is_never_a_mix(
     assert before == [("1", True)] * 12
     mixed = [(a.get("x-version"), a.get("etag"), versions[2] == a.body) for a in after]
     assert mixed == [("2", '"v2"', True)] * 12
+
+
+def test_a_disk_hit_repeated_after_its_body_file_was_corrupted_never_serves_the_damage(
+    start_proxy: StartProxy, origin: Origin, tmp_path: Path
+) -> None:
+    """The kept disk hit reads its body file again per repeat. Someone overwrites bytes in that file (same
+    size): the next repeat on the same connection never carries the damaged bytes, as the full path's
+    checksum would not let them out either."""
+    body = pattern(40 * 1024, seed=3)
+    url = origin.route("/rot", Reply(200, CACHED, body))
+    cache_dir = tmp_path / "rot-cache"
+    proxy = start_proxy("--memory-cache-size", "0", "--memory-object-max", "65536", cache_dir=cache_dir)
+    head = get(url)
+    with plain(proxy) as w:
+        assert w.exchange(head).body == body
+    with plain(proxy) as w:
+        before = [w.exchange(head).body for _ in range(3)]
+        files = [p for p in cache_dir.rglob("*") if p.is_file() and p.stat().st_size == len(body)]
+        assert len(files) == 1, files
+        damaged = bytearray(files[0].read_bytes())
+        damaged[100:110] = b"XXXXXXXXXX"
+        with files[0].open("r+b") as f:  # in place: same inode, same size
+            f.write(bytes(damaged))
+        after = [w.exchange(head) for _ in range(3)]
+    assert before == [body] * 3
+    for a in after:
+        assert b"XXXXXXXXXX" not in a.body
+        assert a.body == body or a.status >= 500
+    assert origin.hits["/rot"] == 2  # the damage was noticed and the page fetched again
