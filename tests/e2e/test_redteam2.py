@@ -1076,3 +1076,61 @@ def test_a_disk_hit_repeated_after_its_body_file_was_corrupted_never_serves_the_
         assert b"XXXXXXXXXX" not in a.body
         assert a.body == body or a.status >= 500
     assert origin.hits["/rot"] == 2  # the damage was noticed and the page fetched again
+
+
+def test_two_routed_https_upstreams_never_share_a_connection_or_credentials(
+    start_proxy: StartProxy, origin: Origin, origin_ca: trustme.CA, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    """[[routes]] send a.test through one https:// upstream proxy and b.test through another, each with its
+    own credentials. Interleaved plain and HTTPS requests for both hosts: each proxy sees only its host and
+    only its credentials, and every answer names the host it was asked for (no pooled connection carried a
+    request of the other route)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    ups = {
+        "a": UpstreamProxy("A", credentials=("ua", "pa"), tls=ctx),
+        "b": UpstreamProxy("B", credentials=("ub", "pb"), tls=ctx),
+    }
+    tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    origin_ca.issue_cert("a.test", "b.test").configure_cert(tls_ctx)
+    secure = Origin(tls=tls_ctx)
+
+    def named(r: Recorded) -> Reply:
+        return Reply(200, {"Cache-Control": "no-store"}, f"host={r.headers['Host']}".encode())
+
+    origin.route("/n", named)
+    secure.route("/n", named)
+    config = tmp_path / "routes.toml"
+    config.write_text(
+        f"""
+[upstreams.ga]
+members = [ {{ url = "https://ua:pa@localhost:{ups["a"].port}" }} ]
+[upstreams.gb]
+members = [ {{ url = "https://ub:pb@localhost:{ups["b"].port}" }} ]
+[[routes]]
+match = "a.test"
+upstream = "ga"
+[[routes]]
+match = "b.test"
+upstream = "gb"
+"""
+    )
+    try:
+        proxy = start_proxy("--config", str(config), "--connect-port", str(secure.port))
+        got = []
+        with client(proxy, verify=proxy_ca_file) as c:
+            for _ in range(4):
+                for name in ("a", "b"):
+                    got.append((name, "plain", c.get(f"http://{name}.test:{origin.port}/n").text))
+                    got.append((name, "tls", c.get(f"https://{name}.test:{secure.port}/n").text))
+    finally:
+        secure.close()
+        for up in ups.values():
+            up.close()
+    ports = {"plain": origin.port, "tls": secure.port}
+    assert got == [(n, kind, f"host={n}.test:{ports[kind]}") for n, kind, _ in got]
+    assert len(got) == 16
+    for name, up in ups.items():
+        assert up.seen
+        assert {s.host for s in up.seen} == {f"{name}.test"}
+        assert {s.proxy_authorization for s in up.seen} == {_basic(f"u{name}", f"p{name}")}
