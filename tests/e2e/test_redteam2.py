@@ -149,7 +149,7 @@ def _tenant_origin(origin: Origin, path: str = "/t") -> str:
     return origin.route(path, reply)
 
 
-def _drain(w: Wire, timeout: float = 1.0) -> bytes:
+def _drain(w: Wire, timeout: float = 1.5) -> bytes:
     w.sock.settimeout(timeout)
     data = b""
     try:
@@ -179,6 +179,10 @@ def _summary(raw: bytes) -> list[tuple[str, str, str]]:
     return out
 
 
+def _ttl_free(cache_status: str | None) -> str:
+    return re.sub(r"ttl=-?\d+", "ttl=*", cache_status or "")
+
+
 VARIANTS = {
     "identical": "X-Tenant: a",
     "value case": "X-Tenant: A",
@@ -190,7 +194,8 @@ VARIANTS = {
     "other tenant": "X-Tenant: b",
     "no tenant": "X-Unrelated: a",
     "obs-fold": "X-Tenant: a\r\n b",
-    "host case": "X-Tenant: a\r\nX-Host-Case: 1",
+    "host field case": "X-Tenant: a",
+    "target host case": "X-Tenant: a",
 }
 
 
@@ -201,14 +206,16 @@ def test_a_pipelined_request_one_byte_off_a_repeated_head_gets_what_the_full_pat
     """A connection repeats its head (the memo is set), then pipelines a near copy differing in a field the
     cache must not ignore (or may): the fast proxy's bytes, as far as the answers go, and the origin's
     requests match a --no-fast-hits proxy's."""
-    url = _tenant_origin(origin)
+    url = _tenant_origin(origin).replace("127.0.0.1", "localhost")  # a name, so that its case can differ
     fast = start_proxy(cache_dir=tmp_path / "f")
     full = start_proxy("--no-fast-hits", cache_dir=tmp_path / "n")
     base = get(url, "X-Tenant: a")
     host = url.split("/")[2]
     probe = get(url, VARIANTS[variant])
-    if variant == "host case":
+    if variant == "host field case":
         probe = get(url, "X-Tenant: a", host=host.upper())
+    elif variant == "target host case":
+        probe = get(url.replace("localhost", "LOCALHOST"), "X-Tenant: a", host=host)
     results = []
     for proxy in (fast, full):
         with plain(proxy) as w:
@@ -514,7 +521,7 @@ def test_bytes_an_origin_writes_after_its_response_never_answer_another_request(
                 return answer.body
 
         first = ask("/first")
-        time.sleep(0.4)
+        time.sleep(1.0)  # the delayed junk has long arrived (the attack is on the idle connection)
         victims = [ask("/victim"), ask("/victim"), ask("/other")]
     finally:
         junk.close()
@@ -896,7 +903,8 @@ def test_anonymized_variants_on_a_repeating_connection_get_what_the_full_path_gi
                 w.exchange(base)
                 w.exchange(base)
                 w.send(base + get(url, probe) + base)
-                answers.append(_summary(_drain(w, 0.5)))
+                got = [w.read() for _ in range(3)]
+                answers.append([(a.status, _ttl_free(a.get("cache-status")), a.body) for a in got])
         results.append((answers, origin.hits["/anon"] - before))
     assert results[0] == results[1]
 
