@@ -1142,3 +1142,30 @@ upstream = "gb"
         assert up.seen
         assert {s.host for s in up.seen} == {f"{name}.test"}
         assert {s.proxy_authorization for s in up.seen} == {_basic(f"u{name}", f"p{name}")}
+
+
+def test_a_clients_own_proxy_credentials_never_travel_on_a_shared_upstream_connection(
+    start_proxy: StartProxy, origin: Origin, secured_upstream: UpstreamProxy
+) -> None:
+    """Clients authenticate to us (--auth) on plain HTTP routed through an https:// upstream proxy whose
+    connections all clients share: Alice's credentials for us, or a forged second Proxy-Authorization meant
+    for the upstream, never reach it or the origin; only ours for the upstream do, on every request. A
+    client without credentials is refused by us, not let through on a connection Alice's request used."""
+    url = origin.route("/p", Reply(200, {"Cache-Control": "no-store"}, b"page\n"))
+    proxy = start_proxy(
+        "--upstream", f"https://up:secret@localhost:{secured_upstream.port}", "--auth", "alice:wonder"
+    )
+    alice = _basic("alice", "wonder")
+    forged = _basic("up", "guess")
+    answers = []
+    with plain(proxy) as a, plain(proxy) as b:
+        for _ in range(3):
+            answers.append(a.exchange(get(url, f"Proxy-Authorization: {alice}")).status)
+            answers.append(
+                a.exchange(get(url, f"Proxy-Authorization: {alice}", f"Proxy-Authorization: {forged}")).status
+            )
+            answers.append(b.exchange(get(url)).status)
+    assert answers == [200, 407, 407] * 3
+    assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
+    assert len(secured_upstream.seen) == 3
+    assert [r.headers.get("Proxy-Authorization") for r in origin.requests] == [None] * 3
