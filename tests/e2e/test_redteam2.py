@@ -1169,3 +1169,38 @@ def test_a_clients_own_proxy_credentials_never_travel_on_a_shared_upstream_conne
     assert {s.proxy_authorization for s in secured_upstream.seen} == {_basic("up", "secret")}
     assert len(secured_upstream.seen) == 3
     assert [r.headers.get("Proxy-Authorization") for r in origin.requests] == [None] * 3
+
+
+@pytest.mark.parametrize("route", ["direct", "https-upstream"])
+def test_clients_leaving_while_queued_for_the_only_connection_neither_leak_it_nor_get_it(
+    start_proxy: StartProxy,
+    tls_origin: Origin,
+    secured_upstream: UpstreamProxy,
+    proxy_ca_file: Path,
+    route: str,
+) -> None:
+    """--origin-max-connections 1: X holds the only origin connection with a slow request, three clients
+    queue behind it and hang up while waiting. When X is answered, the connection serves the next client
+    B promptly (the queue gave nothing to the departed and lost no slot), with B's own page."""
+    _victim_routes(tls_origin)
+    args = ["--connect-port", str(tls_origin.port), "--origin-max-connections", "1"]
+    if route == "https-upstream":
+        args += ["--upstream", f"https://up:secret@localhost:{secured_upstream.port}"]
+    proxy = start_proxy(*args)
+    authority = f"localhost:{tls_origin.port}"
+    base = f"https://{authority}"
+    with tunnel(proxy, authority, proxy_ca_file) as x:
+        x.send(get(f"{base}/slow", target="/slow"))
+        time.sleep(0.3)
+        for i in range(3):
+            with tunnel(proxy, authority, proxy_ca_file) as queued:
+                queued.send(get(f"{base}/b?gone-{i}", target=f"/b?gone-{i}"))
+                time.sleep(0.1)
+        assert x.read().body == b"for A (slow)\n"
+    started = time.monotonic()
+    got = []
+    for i in range(3):
+        with tunnel(proxy, authority, proxy_ca_file) as b:
+            got.append(b.exchange(get(f"{base}/b?{i}", target=f"/b?{i}")).body)
+    assert got == [f"for B /b?{i}\n".encode() for i in range(3)]
+    assert time.monotonic() - started < 5
