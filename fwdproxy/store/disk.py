@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import diskcache
 
@@ -29,6 +30,7 @@ from fwdproxy.store import backend, budget, codec
 from fwdproxy.store.generations import Generations
 from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX
+from fwdproxy.store.openfiles import OpenFiles
 from fwdproxy.store.record import (
     VARIANT_SEPARATOR,
     BodyFile,
@@ -65,6 +67,16 @@ VERIFIED_MAX = 4096
 """Body files whose checksum is remembered as confirmed (forgotten all at once when full)."""
 
 
+@dataclass(frozen=True, slots=True)
+class InlineSeen:
+    """An inline body's record as this process read and checked it (DiskStore.inline_seen)."""
+
+    prefix: bytes
+    """The record up to the inline body: format, stamp and the metadata JSON."""
+    checksum: str
+    length: int
+
+
 class DiskStore:
     """The disk tier; several instances (in several processes) may share one directory."""
 
@@ -92,7 +104,7 @@ class DiskStore:
         self._used: dict[str, float] = {}
         """Keys read since the LRU order was last written, and when (see backend.read)."""
         self._touched_at = time.time()
-        self.db.before_shed = self._touch
+        self.db.before_shed = self._before_shed
         self._decoded: dict[bytes, codec.Decoded] = {}
         """Record -> its decoding (see _decode)."""
         self._decoded_bytes = 0
@@ -100,15 +112,20 @@ class DiskStore:
         self._verified: dict[str, tuple[bytes, int, int, int, int]] = {}
         """Key -> (stamp, inode, mtime, ctime, size) of the body file whose checksum this process last confirmed
         (per process: a new process hashes every body file before its first hit)."""
+        self.open_files = OpenFiles()
+        """Descriptors of recently re-read body files (body_again), closed when their entry changes."""
 
     def check(self) -> bool:
-        """Whether the database passes SQLite's quick_check; if not, an empty one replaces it."""
+        """Whether the database passes SQLite's quick_check; if not, an empty one replaces it. Also closes
+        the kept body files that were removed meanwhile (OpenFiles.sweep): this runs periodically."""
+        self.open_files.sweep(force=True)
         return self.db.check()
 
     def close(self) -> None:
-        """Close this thread's database connection (the next call reopens it)."""
+        """Close this thread's database connection (the next call reopens it) and the kept body files."""
         if self._used and (cache := self.db.live()) is not None:
             self._touch(cache)
+        self.open_files.clear()
         self.db.close()
 
     def verify(self, key: str) -> Verification:
@@ -139,43 +156,65 @@ class DiskStore:
         recently used; None when the body is damaged or gone (then the row is dropped) or on a fault.
 
         ``recheck``: as Database.live (False only right after a call to it)."""
-        if (cache := self.db.live(recheck=recheck)) is None:
+        if self.db.live(recheck=recheck) is None:
             return None
         entry = self._entry(key, row)
         if entry is not None:
-            self._used[key] = now = time.time()
-            if now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH:
-                self._touch(cache)
+            self._read(key)
         return entry
 
     def body_again(self, key: str, path: str) -> bytes | None:
         """The body of ``key`` read again, whole, from its file at ``path`` when that is still the very file
         whose checksum this process confirmed (same stamp, inode, size, mtime and ctime: entry()'s rule for
-        skipping the hash), the key marked as used as entry() marks it; None when it is not (or on an error):
-        the caller reads the entry anew. For a caller that already holds the entry's record (the fast hit
-        layer, which remembers the response head it rendered from it)."""
+        skipping the hash), through a descriptor kept open between hits (openfiles.py), the key marked as
+        used as entry() marks it; None when it is not (or on an error): the caller reads the entry anew. For
+        a caller that already holds the entry's record (the fast hit layer, which remembers the response
+        head it rendered from it)."""
         seen = self._verified.get(key)
-        if seen is None or (cache := self.db.live(recheck=False)) is None:
+        if seen is None:
             return None
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            stat = os.fstat(fd)
-            if (seen[0], stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size) != seen:
-                return None
-            body = _read_whole(fd, stat.st_size)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        if len(body) != seen[4]:
-            return None
-        self._used[key] = now = time.time()
-        if now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH:
-            self._touch(cache)
+        body = self.open_files.read(key, path, seen)
+        if body is not None:
+            self._read(key)
         return body
+
+    def inline_seen(self, row: backend.Row) -> InlineSeen | None:
+        """What inline_again checks a row read later against: this row's record up to its inline body, and
+        the body's checksum and length; None for a body in a file or a record that does not decode."""
+        decoded = self._decode(row.record)
+        if row.filename is not None or not isinstance(decoded, codec.Decoded):
+            return None
+        size = len(row.record) - len(decoded.inline)
+        return InlineSeen(row.record[:size], decoded.checksum, decoded.meta.body_length)
+
+    def inline_again(self, key: str, seen: InlineSeen) -> bytes | None:
+        """The inline body of ``key`` read again from its database row (one indexed SELECT, no write) when
+        the row still holds the very record ``seen`` was taken of (same stamp, metadata and body length)
+        and the body matches its checksum (entry()'s check for inline bodies, made on every read), the key
+        marked as used; None when it does not, or on a fault: the caller reads the entry anew (and a damaged
+        row is dropped there)."""
+        if (cache := self.db.live(recheck=False)) is None:
+            return None
+        try:
+            row = backend.read(cache, key)
+        except ERRORS as e:
+            self.db.fault(e, f"reading {key}")
+            return None
+        if row is None or row.filename is not None or not row.record.startswith(seen.prefix):
+            return None
+        body = row.record[len(seen.prefix) :]
+        if len(body) != seen.length or codec.checksum(body) != seen.checksum:
+            return None
+        self._read(key)
+        return body
+
+    def _read(self, key: str) -> None:
+        """Mark ``key`` as just read (its LRU position is written in batches, see backend.read)."""
+        self._used[key] = now = time.time()
+        if (now - self._touched_at >= TOUCH_EVERY or len(self._used) >= TOUCH_BATCH) and (
+            cache := self.db.live(recheck=False)
+        ) is not None:
+            self._touch(cache)
 
     def _decode(self, record: bytes) -> codec.Decoded | codec.Undecodable:
         """codec.decode, remembered for small records: the same record decodes to the very same objects, so
@@ -191,6 +230,18 @@ class DiskStore:
                 oldest = next(iter(self._decoded))  # a dict keeps insertion order
                 self._decoded_bytes -= _held(oldest, self._decoded.pop(oldest))
         return decoded
+
+    def _before_shed(self, cache: diskcache.Cache) -> None:
+        # A full disk: write what was read lately (it is not what gets shed), and let the kept body files go
+        # (a descriptor would keep the blocks of a shed file).
+        self._touch(cache)
+        self.open_files.clear()
+
+    def _changed(self, key: str) -> None:
+        """After a write to ``key`` is visible: mark its generation slot for every process, and close the
+        descriptor kept for its old body file."""
+        self.open_files.forget(key)
+        self.generations.mark_key(key)
 
     def _touch(self, cache: diskcache.Cache) -> None:
         """Write the LRU positions of what was read since the last time (see backend.read)."""
@@ -367,7 +418,7 @@ class DiskStore:
                     if self._used:
                         self._touch(cache)  # what was read lately is not what eviction takes first
                     target = limit - others - want
-                    self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
+                    self.db.evictions += backend.evict(cache, target, self._changed)
                     room = limit - others - int(cache.volume())
                 if room < need:
                     return None
@@ -416,13 +467,13 @@ class DiskStore:
             self.db.fault(e, f"storing {key}")
             return Outcome.DISK_ERROR
         self.db.stored()
-        self.generations.mark_key(key)
+        self._changed(key)
         try:
             # Within the limit together with the bodies still in flight (their reservations, budget.py); our
             # own temp file is now the stored body (a hard link), not counted twice.
             with budget.locked(self.db.tmp_dir):
                 target = self.db.size_limit - budget.in_flight(self.db.tmp_dir, adopt[0] if adopt else None)
-                self.db.evictions += backend.evict(cache, target, self.generations.mark_key)
+                self.db.evictions += backend.evict(cache, target, self._changed)
         except ERRORS as e:
             self.db.fault(e, "evicting old entries")
         return Outcome.STORED
@@ -446,7 +497,7 @@ class DiskStore:
         except ERRORS as e:
             self.db.fault(e, f"updating {key}")
             return None
-        self.generations.mark_key(key)
+        self._changed(key)
         return stamp
 
     def delete(self, key: str) -> bool:
@@ -459,7 +510,7 @@ class DiskStore:
             self.db.fault(e, f"deleting {key}")
             return False
         if deleted:
-            self.generations.mark_key(key)
+            self._changed(key)
         return deleted
 
     def purge(self, primary: str) -> int:
@@ -479,7 +530,7 @@ class DiskStore:
         except ERRORS as e:
             self.db.fault(e, f"dropping {key}")
             return
-        self.generations.mark_key(key)
+        self._changed(key)
         log.warning("dropped cached %s: %s", key, why)
 
 

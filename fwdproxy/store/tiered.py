@@ -26,7 +26,7 @@ from typing import Self
 
 from fwdproxy.http_model import StoredResponse
 from fwdproxy.store.backend import Row
-from fwdproxy.store.disk import DISK_SIZE, DiskStore
+from fwdproxy.store.disk import DISK_SIZE, DiskStore, InlineSeen
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
 from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification, partial_key
@@ -50,6 +50,8 @@ class _Known:
     """Memory copies whose stamp matched the disk row under these marks."""
     rows: dict[str, Row] = field(default_factory=dict)
     """Database rows read under these marks: a disk hit then reads the body file alone, no SQLite."""
+    inline: dict[str, InlineSeen] = field(default_factory=dict)
+    """Inline bodies read and checked under these marks: their records without the body (disk_mark)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,12 +66,15 @@ class MemoryMark:
 
 @dataclass(frozen=True, slots=True)
 class DiskMark:
-    """Which disk entry of a key was read, from which body file, under which marks (TieredStore.disk_mark)."""
+    """Which disk entry of a key was read, from which body file or row, under which marks
+    (TieredStore.disk_mark)."""
 
     key: str
     slot: int
     marks: tuple[int, int]
-    path: str
+    path: str | None
+    """The body file; None: the body is inline in the database row (``inline``)."""
+    inline: InlineSeen | None = None
 
 
 class TieredWriter:
@@ -165,9 +170,11 @@ class TieredStore:
         # removed or replaced database file with one stat().
         self._followed = time.monotonic()
         self.disk.db.live()
+        self.disk.open_files.sweep()  # at most every openfiles.RECHECK seconds
         if self.disk.db.generation != self._generation:
             self.memory.clear()
             self._known.clear()
+            self.disk.open_files.clear()
             if self._generation:  # not our first database: other processes' copies are void too
                 self.disk.generations.mark(GLOBAL)
             self._generation = self.disk.db.generation
@@ -210,8 +217,17 @@ class TieredStore:
         if fresh:
             row = self.disk.row(key, recheck=False)
         entry = None if row is None else self.disk.entry(key, row, recheck=False)
-        if entry is not None and fresh and row is not None and row.filename and len(row.record) <= ROW_MAX:
-            self._known_for(primary, marks).rows[key] = row
+        if entry is not None and fresh and row is not None:
+            if row.filename and len(row.record) <= ROW_MAX:
+                self._known_for(primary, marks).rows[key] = row
+            elif (
+                row.filename is None
+                and not self.memory.fits(entry.meta.body_length)  # else memory holds it (memory_mark)
+                and (seen := self.disk.inline_seen(row))
+                and len(seen.prefix) <= ROW_MAX
+            ):
+                # Not the body: a later read of the row is checked against this (disk_mark, inline_again).
+                self._known_for(primary, marks).inline[key] = seen
         if entry is not None and isinstance(entry.body, bytes) and self.memory.fits(len(entry.body)):
             self.memory.put(key, entry.meta, entry.body, entry.stamp)
         return entry
@@ -264,26 +280,25 @@ class TieredStore:
         )
 
     def disk_mark(self, key: str) -> DiskMark | None:
-        """A mark of the disk entry ``get(key)`` has just read whole from its body file (None when its row is
-        not remembered, its body is inline, or the database was not followed lately): ``disk_body(mark)``
-        reads that body again while the entry is unchanged."""
+        """A mark of the disk entry ``get(key)`` has just read whole, from its body file or its database row
+        (None when that read is not remembered under the key's current marks, or the database was not
+        followed lately): ``disk_body(mark)`` reads that body again while the entry is unchanged."""
         primary = primary_of(key)
         known = self._known.get(primary)
         slot = slot_of(primary)
         marks = (self.disk.generations.read(slot), self.disk.generations.read(GLOBAL))
-        if (
-            known is None
-            or known.marks != marks
-            or (row := known.rows.get(key)) is None
-            or row.filename is None
-            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
-        ):
+        if known is None or known.marks != marks or time.monotonic() - self._followed >= FOLLOW_INTERVAL:
             return None
-        return DiskMark(key, slot, marks, os.path.join(self.disk.db.store_dir, row.filename))
+        if (row := known.rows.get(key)) is not None and row.filename is not None:
+            return DiskMark(key, slot, marks, os.path.join(self.disk.db.store_dir, row.filename))
+        if (seen := known.inline.get(key)) is not None:
+            return DiskMark(key, slot, marks, None, seen)
+        return None
 
     def disk_body(self, mark: DiskMark) -> bytes | None:
-        """The body of the entry ``mark`` was taken of, read again from its file (DiskStore.body_again), while
-        no process wrote to its slot or the database and the database was followed lately; None: read the
+        """The body of the entry ``mark`` was taken of, read again from its file (DiskStore.body_again,
+        through a kept descriptor) or from its row (DiskStore.inline_again, checksum checked), while no
+        process wrote to its slot or the database and the database was followed lately; None: read the
         entry anew (``get``)."""
         gens = self.disk.generations
         if (
@@ -291,7 +306,11 @@ class TieredStore:
             or gens.read(GLOBAL) != mark.marks[1]
             or time.monotonic() - self._followed >= FOLLOW_INTERVAL
         ):
+            # Changed (maybe by another process): the descriptor kept for its old body file goes now.
+            self.disk.open_files.forget(mark.key)
             return None
+        if mark.path is None:
+            return None if mark.inline is None else self.disk.inline_again(mark.key, mark.inline)
         return self.disk.body_again(mark.key, mark.path)
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:

@@ -70,8 +70,15 @@ def test_disk_body_reads_the_file_again_and_refuses_a_changed_file(tmp_path: Pat
     assert store.disk_body(mark) is None
 
 
-def test_no_disk_mark_for_an_inline_body(tmp_path: Path) -> None:
+def test_an_inline_body_is_marked_without_its_body_and_read_from_its_row(tmp_path: Path) -> None:
     store = TieredStore.open(tmp_path, memory_size=0)
     store.put("k", meta(3), b"abc")
     assert store.get("k") is not None
-    assert store.disk_mark("k") is None
+    mark = store.disk_mark("k")
+    assert mark is not None and mark.path is None and mark.inline is not None
+    assert not mark.inline.prefix.endswith(b"abc")
+    assert store.disk_body(mark) == b"abc"
+    store.put("k", meta(3, '"2"'), b"xyz")
+    assert store.disk_body(mark) is None  # a new version: its slot's mark moved
+    assert store.get("k") is not None
+    assert store.disk_body(store.disk_mark("k") or mark) == b"xyz"
