@@ -18,15 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import h11._receivebuffer
-from mitmproxy import addonmanager, exceptions, version
+from mitmproxy import addonmanager, exceptions, hooks, http, version
 from mitmproxy.addons import clientplayback, proxyserver
 from mitmproxy.proxy import mode_servers, server, tunnel
 from mitmproxy.proxy.layers import http as http_layer
 from mitmproxy.proxy.layers import tls
 from mitmproxy.proxy.layers.http import _hooks, _http1, _http2, _upstream_proxy
+from mitmproxy.utils import typecheck
 
 from fwdproxy.store import backend
-from fwdproxy_addons._mitm import failures, http1, pool, readstamp, via, wideread
+from fwdproxy_addons._mitm import failures, fieldwalk, http1, pool, readstamp, via, wideread
 from fwdproxy_addons._mitm.mark import is_ours
 
 SUPPORTED = ((12, 3), (12, 4))
@@ -233,6 +234,21 @@ PATCHES: tuple[Patch, ...] = (
             ),
         ),
         wideread.apply,
+    ),
+    Patch(
+        "message type checks and hook arguments compiled once per class (addons/_mitm/fieldwalk.py)",
+        "§25",
+        (
+            # mitmproxy defines MessageData.__post_init__ only when __debug__ (not under python -O).
+            *(
+                (Target(http.MessageData, "__post_init__", "function", ("self",), ("fields",)),)
+                if __debug__
+                else ()
+            ),
+            Target(hooks.Hook, "args", "function", ("self",), ("fields",)),
+            Target(typecheck, "check_option_type", "function", ("name", "value", "typeinfo"), replaced=False),
+        ),
+        fieldwalk.apply,
     ),
     Patch(
         "hooks looked up once per chain (addons/_mitm/dispatch.py, fwdproxy run only)",

@@ -80,6 +80,10 @@ EFFECTS: dict[str, tuple[str, ...]] = {
         "tests/addons/test_engine.py::test_hook_table_dispatches_like_mitmproxy",
     ),
     "§21": ("tests/e2e/test_workers.py::test_two_workers_share_the_port_the_load_and_the_cache",),
+    "§25": (
+        "tests/addons/test_fieldwalk.py::test_installed_walks_skip_the_per_value_typing_work",
+        "tests/addons/test_fieldwalk.py::test_a_real_request_and_response_pass_and_a_wrong_field_is_refused_as_mitmproxy_does",
+    ),
     "§22": (
         "tests/e2e/test_stale.py::test_stale_while_revalidate_answers_at_once_and_refreshes",
         "tests/addons/test_mitm_patches.py::test_a_silent_origin_gets_504",
