@@ -129,3 +129,53 @@ def test_npm_installs_through_the_proxy_with_the_env_exports(
         bench.stop_registry(reg)
     gets = sorted(str(r.get("url")) for r in records if r.get("method") == "GET")
     assert gets == [f"{reg.base('npm')}/npm/env-npm", f"{reg.base('npm')}/npm/env-npm/-/env-npm-1.0.0.tgz"]
+
+
+@pytest.mark.skipif(not shutil.which("npm"), reason="npm is not installed")
+@pytest.mark.parametrize("npmrc_cafile", [False, True], ids=["npmrc without cafile", "npmrc with cafile"])
+def test_direct_npm_trusts_what_its_own_npmrc_makes_it_parse(
+    npmrc_cafile: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct npm run pays for the trust set-up the user's npm has towards the real registry: with an npmrc
+    `cafile` (the system bundle, parsed per connection) it gets that bundle plus the simulator's CA, as
+    `fwdproxy env` gives it the bundle plus the fwdproxy CA; without one, the simulator's CA alone. Either
+    way the install works direct."""
+    bench = load_bench()
+    npmrc, global_npmrc = tmp_path / "npmrc", tmp_path / "global-npmrc"
+    global_npmrc.write_text("")
+    npmrc.write_text(
+        "update-notifier=false\n" + ("cafile=/etc/ssl/certs/ca-certificates.crt\n" if npmrc_cafile else "")
+    )
+    npm_conf = {"npm_config_globalconfig": str(global_npmrc), "npm_config_userconfig": str(npmrc)}
+    for name, value in npm_conf.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv(
+        "npm_config_cafile", "/nonexistent/ignored.pem"
+    )  # a caller's own setting is not npm's config
+    reg = bench.Registry([], ["direct-npm"], bench.SIMS["internet"])
+    bench.start_registry(reg, tmp_path)
+    try:
+        assert reg.ca_pem is not None
+        assert reg.npm_ca is not None
+        sim_ca = reg.ca_pem.read_text().strip()
+        given = reg.npm_ca.read_text()
+        assert sim_ca in given
+        if npmrc_cafile:
+            assert reg.npm_ca != reg.ca_pem
+            assert given.count("-----BEGIN CERTIFICATE-----") > 10  # the system bundle came with it
+        else:
+            assert reg.npm_ca == reg.ca_pem
+        env = bench.client_env(reg, None, **npm_conf)
+        assert env["npm_config_cafile"] == str(reg.npm_ca)
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "package.json").write_text(
+            '{"name": "p", "version": "1.0.0", "dependencies": {"direct-npm": "1.0.0"}}'
+        )
+        argv = ["npm", "install", "--no-audit", "--no-fund", "--no-package-lock", "--fetch-retries=0",
+                f"--registry={reg.base('npm')}/npm/", f"--cache={tmp_path / 'npm-cache'}"]  # fmt: skip
+        out = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert (project / "node_modules" / "direct-npm" / "index.js").is_file()
+    finally:
+        bench.stop_registry(reg)
