@@ -37,7 +37,11 @@ def classes_for(typeinfo: Any) -> tuple[type, ...] | None:
     )
     found: list[type] = []
     for member in members:
-        if not isinstance(member, type) or typing.get_origin(member) is not None or member is typing.Any:
+        if (
+            not isinstance(member, type)
+            or typing.get_origin(member) is not None
+            or member in (typing.Any, typing.TextIO, typing.BinaryIO)  # check_option_type: duck-typed IO
+        ):
             return None
         found.append(member)
         if member is float:

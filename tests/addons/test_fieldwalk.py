@@ -7,6 +7,7 @@ refused with the same TypeError text, and a hook gets the same arguments in the 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import pytest
@@ -81,6 +82,9 @@ def test_a_type_the_compiler_does_not_know_is_left_to_mitmproxys_check() -> None
     Odd = dataclasses.make_dataclass("Odd", [("pairs", tuple[int, str]), ("anything", Any)])  # real types
     assert fieldwalk.classes_for(tuple[int, str]) is None
     assert fieldwalk.classes_for(Any) is None
+    assert fieldwalk.classes_for(typing.TextIO) is None  # mitmproxy checks IO by a read attribute
+    assert fieldwalk.classes_for(typing.BinaryIO | None) is None
+    assert fieldwalk.classes_for(list[int]) is None
     assert fieldwalk.classes_for(float | None) == (float, int, type(None))
     assert outcome(fieldwalk.check_fields, Odd((1, "a"), object())) is None
     odd = Odd((1, 2), None)  # type: ignore[arg-type]
