@@ -4,10 +4,12 @@ An addon never looks a neighbour up by name (``ctx.master.addons.get("cache")``)
 ``getattr``; run alone under ``mitmdump -s``, it gets None and does without.
 """
 
+import asyncio
 from typing import Protocol
 
 from mitmproxy import ctx
 from mitmproxy.addons.proxyserver import Proxyserver
+from mitmproxy.connection import Client
 
 from fwdproxy.balance import MemberStats
 from fwdproxy.store import TieredStore
@@ -61,3 +63,16 @@ class Server:
             found = ctx.master.addons.get("proxyserver")
             self._found = found if isinstance(found, Proxyserver) else None
         return self._found
+
+    def client_transport(self, client: Client) -> asyncio.WriteTransport | None:
+        """The asyncio transport under mitmproxy's writer for ``client`` (its ConnectionHandler's
+        ``transports[client].writer``, docs/mitmproxy-notes.md §26); None when there is none (no
+        Proxyserver, the connection gone, a writer that is not an asyncio StreamWriter)."""
+        proxyserver = self.get()
+        handler = proxyserver.connections.get(client.id) if proxyserver is not None else None
+        io = handler.transports.get(client) if handler is not None else None
+        writer = io.writer if io is not None else None
+        if not isinstance(writer, asyncio.StreamWriter):
+            return None
+        transport: asyncio.WriteTransport = writer.transport  # uvloop's is not a subclass; the same methods
+        return transport

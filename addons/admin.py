@@ -178,11 +178,15 @@ class Admin:
         hit = result in metrics.FROM_CACHE and flow.request.method in ("GET", "HEAD")
         self.record(served, cache.primary_key("GET", _flowinfo.asked_url(flow)) if hit else "")
 
-    def record(self, served: metrics.Served, hit_key: str, *, fast: bool = False) -> None:
+    def record(
+        self, served: metrics.Served, hit_key: str, *, fast: bool = False, sendfile: bool = False
+    ) -> None:
         """Count one answered client request; ``hit_key``: the primary key of the entry it was served from.
-        (The fast hit layer, addons/fasthit.py, calls this with ``fast`` for the hits it answers.)"""
+        (The fast hit layer, addons/fasthit.py, calls this with ``fast`` for the hits it answers, and
+        ``sendfile`` for those whose body it wrote from its file with sendfile.)"""
         self.stats.record(served, time.time())
         self.stats.fast_hits += fast
+        self.stats.fast_sendfile_hits += sendfile
         if hit_key:
             self.hit_deltas[hit_key] += 1
 

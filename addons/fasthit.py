@@ -24,7 +24,7 @@ HttpLayer's response before it is still streaming would reorder responses on the
 
 # No `from __future__ import annotations` here: mitmdump -s executes this file outside sys.modules.
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,9 +37,11 @@ from fwdproxy.accesslog import LogRecord, Repeat, TunnelMode
 from fwdproxy.fasthead import Head, Leave, Tunnel, read_head
 from fwdproxy.http_model import Headers, Request
 from fwdproxy.metrics import FROM_CACHE, Served, classify
+from fwdproxy.store.openfiles import Sent
 from fwdproxy.store.tiered import DiskMark, MemoryMark, TieredStore
 from fwdproxy_addons._fasthit import FastAnswer, decide
 from fwdproxy_addons._mitm import http1 as _http1
+from fwdproxy_addons._neighbours import Server
 from fwdproxy_addons._settings import SettingsSource
 
 Commands = Generator[commands.Command, Any, None]
@@ -108,10 +110,13 @@ class FastHits:
         anonymize: Any = None,
         admin: Any = None,
         accesslog: Any = None,
+        server: Server | None = None,
     ) -> None:
         """The neighbours are the addons whose hooks a hit passes through on the full path, handed over by
-        ``chain()``; loaded alone (without a cache) the layer is never installed."""
+        ``chain()``; loaded alone (without a cache) the layer is never installed. ``server``: mitmproxy's
+        Proxyserver, whose client transports a disk hit's body is written to directly (§26)."""
         self.source = source or SettingsSource()
+        self.server = server or Server()
         self.enabled = not self.source.given.no_fast_hits
         self.cache, self.access, self.guard = cache, access, guard
         self.anonymize, self.admin, self.accesslog = anonymize, admin, accesslog
@@ -174,9 +179,19 @@ class FastHits:
         self.prepared[id(head)] = prepared
         return prepared
 
-    def answer(self, client: connection.Client, head: Head, started: float) -> bytes | None:
+    def answer(
+        self,
+        client: connection.Client,
+        head: Head,
+        started: float,
+        direct: "Callable[[], int | None] | None" = None,
+    ) -> bytes | Sent | None:
         """The bytes of the whole response to ``head`` when it is a memory hit the full path would serve as
-        is; None hands the request to the full path. Logs and counts what it answers."""
+        is; None hands the request to the full path. Logs and counts what it answers.
+
+        ``direct``: when called, the client socket's descriptor if bytes may be written to it directly now
+        (FastLayer._writable). A disk hit answered again from its body file is then written there with
+        sendfile (TieredStore.disk_send) and the answer is what the socket did not take (``Sent``)."""
         # Cache.store and Cache.config are properties over the cache service: read it once per hit.
         service = self.cache.service
         store = service.store
@@ -187,6 +202,8 @@ class FastHits:
         known = self.wires.get(id(head))
         wire: _Wire | None = None
         data: bytes | None = None
+        out: int | None = None
+        """The socket a disk body goes to by sendfile, once every check below has passed."""
         if (
             known is not None
             and known.head is head
@@ -201,9 +218,12 @@ class FastHits:
                 if store.unchanged(known.mark):
                     data = known.data
             elif known.disk is not None:
-                body = store.disk_body(known.disk)
-                if body is not None and len(body) == known.served.body_bytes:
-                    data = known.data + body
+                if direct is not None and known.disk.path is not None and (out := direct()) is not None:
+                    data = known.data  # the head; the body follows it from the file (checked there)
+                else:
+                    body = store.disk_body(known.disk)
+                    if body is not None and len(body) == known.served.body_bytes:
+                        data = known.data + body
         if data is not None and known is not None:
             wire = known
             credentials = known.credentials
@@ -221,8 +241,17 @@ class FastHits:
             if worked is None:
                 return None
             wire, data = worked
+            out = None
         if wire.revalidate and not self._revalidating(wire.primary):
             return None  # RFC 5861 §3: the full path starts the background revalidation (once per key)
+        if out is not None and wire.disk is not None:
+            sent = store.disk_send(wire.disk, data, out)
+            if sent is None:
+                # Not the file this head was worked out from any more; nothing was written: as above when
+                # the body file changed, the response is worked out anew (through memory).
+                return self.answer(client, head, started)
+            self._account(client, head, wire, len(data) + wire.served.body_bytes, started, sendfile=True)
+            return sent
         self._account(client, head, wire, len(data), started)
         return data
 
@@ -295,11 +324,18 @@ class FastHits:
         return wire, _field(out, b"cache-status"), _field(out, b"content-type")
 
     def _account(
-        self, client: connection.Client, head: Head, wire: "_Wire", sent: int, started: float
+        self,
+        client: connection.Client,
+        head: Head,
+        wire: "_Wire",
+        sent: int,
+        started: float,
+        *,
+        sendfile: bool = False,
     ) -> None:
         """The metrics and the access log line the full path's response hooks give a hit."""
         if self.admin is not None:
-            self.admin.record(wire.served, wire.hit_key, fast=True)
+            self.admin.record(wire.served, wire.hit_key, fast=True, sendfile=sendfile)
         log = self.accesslog
         if log is not None and log.wanted():
             ended = time.time()
@@ -342,6 +378,9 @@ class FastHits:
             )
 
 
+_UNKNOWN: Any = object()
+
+
 def _field(fields: tuple[tuple[bytes, bytes], ...], lower: bytes) -> str:
     values = [v for k, v in fields if k.lower() == lower]
     return _str(b", ".join(values)) if values else ""
@@ -368,6 +407,11 @@ class FastLayer(layer.Layer):
         self.wakeup: commands.RequestWakeup | None = None
         self.since = time.monotonic()
         """When the connection last became idle (the header timeout closes it after that long)."""
+        self.transport: Any = _UNKNOWN
+        """The client's transport under mitmproxy's writer, looked up on the first disk hit (None: no direct
+        writes on this connection)."""
+        self.cut = False
+        """A body file ended early after part of its response was written: close once the rest is sent."""
 
     def __repr__(self) -> str:
         return f"FastLayer({'handed over' if self.handed else 'answering'}: {self.inner!r})"
@@ -377,9 +421,15 @@ class FastLayer(layer.Layer):
             if event.connection is self.context.client:
                 # Requests: the one event on a fast hit's path (_receive is a plain call, not a generator).
                 answered = self._receive(event.data)
-                if answered:
-                    yield commands.SendData(self.context.client, answered)
+                if answered is not None:
+                    if answered:
+                        yield commands.SendData(self.context.client, answered)
                     self.since = time.monotonic()
+                    if self.cut:
+                        # A response that cannot be finished: the client sees it end short, never a wrong byte.
+                        self.closed = True
+                        yield commands.CloseConnection(self.context.client)
+                        return
                 if self.buf:
                     # A request for the full path, or part of a head: mitmproxy's layer reads it (with its
                     # header timeout and its strict-head checks) and everything after it.
@@ -432,12 +482,14 @@ class FastLayer(layer.Layer):
             self.closed = True
             yield commands.CloseConnection(self.context.client)
 
-    def _receive(self, data: bytes) -> bytes:
+    def _receive(self, data: bytes) -> bytes | None:
         """The responses to the requests at the start of the buffer (with ``data``) that the fast layer
-        answers, in order; what is left in ``self.buf`` is for the full path, or part of a head."""
+        answers, in order, less what went to the socket directly; None: none answered. What is left in
+        ``self.buf`` is for the full path, or part of a head."""
         buf = self.buf + data if self.buf else data
         started = time.time()
         out: list[bytes] = []
+        answered = False
         while buf:
             head = self.head
             if head is None or buf != self.raw:
@@ -448,13 +500,37 @@ class FastLayer(layer.Layer):
                 if head.size == len(buf):
                     # A client repeating itself sends this head alone again: the same bytes, read the same way.
                     self.raw, self.head = buf, head
-            wire = self.hits.answer(self.context.client, head, started)
+            # Direct writes only while nothing of this batch waits for the writer (the order on the wire).
+            wire = self.hits.answer(self.context.client, head, started, None if out else self._writable)
             if wire is None:
                 break
-            out.append(wire)
+            answered = True
             buf = buf[head.size :]
+            if type(wire) is Sent:
+                if wire.rest:
+                    out.append(wire.rest)
+                if not wire.whole:
+                    self.cut, buf = True, b""
+                    break
+            else:
+                out.append(wire)  # type: ignore[arg-type]
         self.buf = buf
-        return b"".join(out)
+        return b"".join(out) if answered else None
+
+    def _writable(self) -> int | None:
+        """The client socket's descriptor when a response may be written to it directly now, beside
+        mitmproxy's writer (docs/mitmproxy-notes.md §26): a plain TCP client (no TLS layer turns our bytes
+        into records), its transport open with nothing buffered, so every byte sent before is already in
+        the socket and ours follow them; else None."""
+        transport = self.transport
+        if transport is _UNKNOWN:
+            client = self.context.client
+            transport = None if client.tls else self.hits.server.client_transport(client)
+            self.transport = transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        sock = transport.get_extra_info("socket")
+        return None if sock is None else int(sock.fileno())
 
     def _hand_over(self, event: events.Event | None) -> Commands:
         self.handed = True

@@ -112,6 +112,7 @@ def chain(settings: Settings | None = None, server: Server | None = None) -> lis
             anonymize=anonymize,
             admin=admin,
             accesslog=accesslog,
+            server=server,
         ),
         anonymize.last,
     ]

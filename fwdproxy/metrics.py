@@ -126,6 +126,8 @@ class Stats:
         """Entries removed by PURGE requests."""
         self.fast_hits = 0
         """Requests the fast hit layer answered (issue 21), also counted in ``requests``."""
+        self.fast_sendfile_hits = 0
+        """Of ``fast_hits``, disk hits whose body went from its file to the client socket by sendfile."""
         self.minutes: dict[int, list[int]] = {}
         """Minute (epoch // 60) → [requests, served from cache], the last TIMELINE_MINUTES only."""
         self.hosts: dict[str, list[int]] = {}
@@ -182,6 +184,7 @@ class Stats:
             "open_connections": self.open_connections,
             "purges": self.purges,
             "fast_hits": self.fast_hits,
+            "fast_sendfile_hits": self.fast_sendfile_hits,
             "minutes": {str(m): list(v) for m, v in self.minutes.items()},
             "hosts": {h: list(v) for h, v in self.hosts.items()},
         }
@@ -208,6 +211,7 @@ class Stats:
                 for k in ("bytes_from_cache", "bytes_from_origin", "open_connections", "purges")
             ]
             fast_hits = _count(state.get("fast_hits", 0))  # absent in a state written before issue 21
+            fast_sendfile_hits = _count(state.get("fast_sendfile_hits", 0))  # absent in older states
             started, latency_sum = float(state["started"]), float(state["latency_sum"])
         except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise ValueError(f"not a stats state: {e!r}") from None
@@ -231,6 +235,7 @@ class Stats:
             self.open_connections += scalars[2]
         self.purges += scalars[3]
         self.fast_hits += fast_hits
+        self.fast_sendfile_hits += fast_sendfile_hits
         self.started = min(self.started, started)
 
     def _forget_hosts(self) -> None:
@@ -280,6 +285,7 @@ class Stats:
             "open_connections": self.open_connections,
             "purges": self.purges,
             "fast_hits": self.fast_hits,
+            "fast_sendfile_hits": self.fast_sendfile_hits,
             "top_hosts": [{"host": h, "bytes_saved": v[0], "requests": v[1]} for h, v in hosts],
             "timeline": timeline,
             "cache": None if store is None else store_dict(store),

@@ -30,7 +30,7 @@ from fwdproxy.store import backend, budget, codec
 from fwdproxy.store.generations import Generations
 from fwdproxy.store.handle import ERRORS, Database
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX
-from fwdproxy.store.openfiles import OpenFiles
+from fwdproxy.store.openfiles import OpenFiles, Sent
 from fwdproxy.store.record import (
     VARIANT_SEPARATOR,
     BodyFile,
@@ -177,6 +177,18 @@ class DiskStore:
         if body is not None:
             self._read(key)
         return body
+
+    def send_again(self, key: str, path: str, head: bytes, out: int) -> Sent | None:
+        """body_again's twin that writes instead of reading: ``head``, then the body straight from its file
+        to the non-blocking socket ``out`` (OpenFiles.send), on the same condition and with the key marked
+        as used; None (nothing written) when it is not that file: the caller reads the entry anew."""
+        seen = self._verified.get(key)
+        if seen is None:
+            return None
+        sent = self.open_files.send(key, path, seen, head, out)
+        if sent is not None:
+            self._read(key)
+        return sent
 
     def inline_seen(self, row: backend.Row) -> InlineSeen | None:
         """What inline_again checks a row read later against: this row's record up to its inline body, and

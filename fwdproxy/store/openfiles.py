@@ -43,6 +43,19 @@ Seen = tuple[bytes, int, int, int, int]
 """(stamp, inode, mtime_ns, ctime_ns, size) of a body file whose checksum was confirmed (DiskStore)."""
 
 
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """What OpenFiles.send did."""
+
+    rest: bytes
+    """The bytes the socket did not take, in order (the end of the head and the body), for the caller's writer."""
+    written: int
+    """Bytes written to the socket directly (head and body)."""
+    whole: bool
+    """False: the file ended before its confirmed size, so ``rest`` is short; the response cannot be finished
+    and the caller must close the connection after ``rest``."""
+
+
 @dataclass(slots=True)
 class _Held:
     fd: int
@@ -91,41 +104,91 @@ class OpenFiles:
         """The whole body of ``key`` from its file at ``path`` while that is the very file ``seen`` describes,
         through a kept descriptor (opened now if none is kept); None when it is not, or on an error (the
         descriptor is closed then: the caller reads the entry anew, checksum and all)."""
-        now = time.monotonic()
         with self._lock:
-            held = self._held.get(key)
-            if held is not None and (held.path != path or held.seen != seen):
-                self._forget(key)
-                held = None
-            if held is None:
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError:
-                    return None
-                held = _Held(fd, path, seen, now)
-                self._held[key] = held  # may close the least recently used one
+            found = self._confirmed(key, path, seen)
+            if found is None:
+                return None
+            held, size = found
             try:
-                st = os.fstat(held.fd)
-                if (
-                    st.st_nlink == 0
-                    or (seen[0], st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) != seen
-                ):
-                    self._forget(key)
-                    return None
-                if now - held.checked >= self.recheck:
-                    at = os.stat(path)
-                    if (at.st_dev, at.st_ino) != (st.st_dev, st.st_ino):
-                        self._forget(key)
-                        return None
-                    held.checked = now
-                body = _pread_whole(held.fd, st.st_size)
+                body = _pread_whole(held.fd, size)
             except OSError:
                 self._forget(key)
                 return None
-            if len(body) != st.st_size:
+            if len(body) != size:
                 self._forget(key)
                 return None
             return body
+
+    def send(self, key: str, path: str, seen: Seen, head: bytes, out: int) -> Sent | None:
+        """Write ``head`` and then the whole body of ``key`` to the non-blocking socket ``out``, the body
+        straight from its file by ``sendfile`` (no copy of it in this process), while the file at ``path``
+        is the very file ``seen`` describes; what the socket did not take at once is read from the file and
+        handed back (``Sent.rest``) for the caller's own writer. None: it is not that file (or the file
+        fails before a byte is written) and nothing was written: the caller reads the entry anew.
+
+        Everything happens under the lock, so the kept descriptor cannot be closed (and its number reused)
+        by another thread in the middle. A socket error stops the direct writes: the rest goes to the
+        caller's writer, which meets the error its own way."""
+        with self._lock:
+            found = self._confirmed(key, path, seen)
+            if found is None:
+                return None
+            held, size = found
+            wrote = sent = 0
+            try:
+                wrote = os.write(out, head)
+                while wrote == len(head) and sent < size:
+                    n = os.sendfile(out, held.fd, sent, size - sent)
+                    if n == 0:
+                        break  # the file ended early: the read below finds it short
+                    sent += n
+            except OSError:
+                # The socket's buffer is full (BlockingIOError): the writer sends the rest as it drains. Any
+                # other socket error: the writer meets it again and handles it its own way. A file error:
+                # the read below fails too.
+                pass
+            try:
+                body = _pread_whole(held.fd, size - sent, sent) if sent < size else b""
+            except OSError:
+                body = b""
+            whole = len(body) == size - sent
+            if not whole:
+                self._forget(key)
+                if wrote == 0:
+                    return None
+            rest = body if wrote == len(head) else head[wrote:] + body
+            return Sent(rest, wrote + sent, whole)
+
+    def _confirmed(self, key: str, path: str, seen: Seen) -> tuple[_Held, int] | None:
+        """The kept (or newly opened) descriptor of ``key`` and the body's size, while it is the very file
+        ``seen`` describes (module doc); None (the descriptor closed) when it is not. Under the lock."""
+        now = time.monotonic()
+        held = self._held.get(key)
+        if held is not None and (held.path != path or held.seen != seen):
+            self._forget(key)
+            held = None
+        if held is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            held = _Held(fd, path, seen, now)
+            self._held[key] = held  # may close the least recently used one
+        try:
+            st = os.fstat(held.fd)
+            if st.st_nlink == 0 or (seen[0], st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size) != seen:
+                self._forget(key)
+                return None
+            if now - held.checked >= self.recheck:
+                at = os.stat(path)
+                if (at.st_dev, at.st_ino) != (st.st_dev, st.st_ino):
+                    self._forget(key)
+                    return None
+                held.checked = now
+        except OSError:
+            self._forget(key)
+            return None
+        return held, st.st_size
 
     def forget(self, key: str) -> None:
         """Close the descriptor kept for ``key``, if any (its entry was written, deleted or evicted)."""
@@ -164,15 +227,15 @@ class OpenFiles:
             return len(removed)
 
 
-def _pread_whole(fd: int, size: int) -> bytes:
-    """Up to ``size`` bytes from the start of ``fd`` (fewer only if the file is shorter); the descriptor's
+def _pread_whole(fd: int, size: int, offset: int = 0) -> bytes:
+    """Up to ``size`` bytes of ``fd`` from ``offset`` (fewer only if the file is shorter); the descriptor's
     offset is left alone."""
-    body = os.pread(fd, size, 0)
+    body = os.pread(fd, size, offset)
     if len(body) == size or not body:
         return body
     parts = [body]
     got = len(body)
-    while got < size and (more := os.pread(fd, size - got, got)):
+    while got < size and (more := os.pread(fd, size - got, offset + got)):
         parts.append(more)
         got += len(more)
     return b"".join(parts)

@@ -29,6 +29,7 @@ from fwdproxy.store.backend import Row
 from fwdproxy.store.disk import DISK_SIZE, DiskStore, InlineSeen
 from fwdproxy.store.generations import GLOBAL, primary_of, slot_of
 from fwdproxy.store.memory import MEMORY_OBJECT_MAX, MEMORY_SIZE, Cached, MemoryStore
+from fwdproxy.store.openfiles import Sent
 from fwdproxy.store.record import BodyFile, Entry, Outcome, StoreStats, Verification, partial_key
 from fwdproxy.store.writer import DiskWriter
 
@@ -312,6 +313,22 @@ class TieredStore:
         if mark.path is None:
             return None if mark.inline is None else self.disk.inline_again(mark.key, mark.inline)
         return self.disk.body_again(mark.key, mark.path)
+
+    def disk_send(self, mark: DiskMark, head: bytes, out: int) -> Sent | None:
+        """disk_body's twin for a body file: ``head`` and the body written to the non-blocking socket ``out``
+        straight from the file (DiskStore.send_again), on the same conditions; None (nothing written) when
+        they do not hold or the body is inline in its row: the caller reads the entry anew."""
+        gens = self.disk.generations
+        if (
+            gens.read(mark.slot) != mark.marks[0]
+            or gens.read(GLOBAL) != mark.marks[1]
+            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
+        ):
+            self.disk.open_files.forget(mark.key)
+            return None
+        if mark.path is None:
+            return None
+        return self.disk.send_again(mark.key, mark.path, head, out)
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""
