@@ -9,7 +9,10 @@ when the cache exchange serves it from a body in memory or one the disk tier rea
 SendData, logs and counts it as the full path would. A stale-while-revalidate hit is answered only while the
 cache addon's background revalidation of that key is in flight; the first one goes the full way and starts
 it. The response worked out for a head is kept (``_Wire``) and sent again as is while the store says its
-memory copy is unchanged and Age and Cache-Status would read the same.
+memory copy is unchanged and Age and Cache-Status would read the same. For a disk hit the kept response is
+the head alone; the body is read again from its kept file, or, on a plain TCP client connection whose send
+buffer is empty, written from the file to the socket with sendfile (``FastLayer._writable``,
+docs/mitmproxy-notes.md §26).
 
 Any other request, and everything after it on that connection, goes to mitmproxy's HttpLayer with the bytes
 already read: from then on the connection behaves exactly as without this layer. It does not come back to
@@ -513,7 +516,7 @@ class FastLayer(layer.Layer):
                     self.cut, buf = True, b""
                     break
             else:
-                out.append(wire)  # type: ignore[arg-type]
+                out.append(wire)
         self.buf = buf
         return b"".join(out) if answered else None
 

@@ -305,6 +305,26 @@ PATCHES: tuple[Patch, ...] = (
         ),
         None,
     ),
+    Patch(
+        "disk hits written to a plain client's socket beside mitmproxy's writer (addons/fasthit.py)",
+        "§26",
+        (
+            Target(
+                proxyserver.Proxyserver, "__init__", "function", ("self",), ("connections",), replaced=False
+            ),
+            Target(_CH, "__init__", "function", ("self", "context"), ("transports",), replaced=False),
+            Target(
+                _CH,
+                "server_event",
+                "coroutine",
+                _GEN_EVENT,
+                ("transports", "writer", "write"),
+                replaced=False,
+            ),
+            Target(server, "ConnectionIO", "class", ("self", "handler", "reader", "writer"), replaced=False),
+        ),
+        None,
+    ),
 )
 """Every adaptation, in the order :func:`install` applies them."""
 

@@ -84,6 +84,11 @@ EFFECTS: dict[str, tuple[str, ...]] = {
         "tests/addons/test_fieldwalk.py::test_installed_walks_skip_the_per_value_typing_work",
         "tests/addons/test_fieldwalk.py::test_a_real_request_and_response_pass_and_a_wrong_field_is_refused_as_mitmproxy_does",
     ),
+    "§26": (
+        "tests/e2e/test_fasthit_disk.py::test_repeated_disk_hits_go_from_the_file_to_a_plain_client_by_sendfile",
+        "tests/e2e/test_fasthit_disk.py::test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path",
+        "tests/unit/test_store_openfiles.py::test_what_the_socket_does_not_take_comes_back_in_order",
+    ),
     "§22": (
         "tests/e2e/test_stale.py::test_stale_while_revalidate_answers_at_once_and_refreshes",
         "tests/addons/test_mitm_patches.py::test_a_silent_origin_gets_504",

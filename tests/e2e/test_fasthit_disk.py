@@ -71,6 +71,46 @@ def test_a_body_file_changed_in_place_is_never_served(start_proxy, origin: Origi
     assert str(body_file.resolve()) not in _held(proxy, cache_dir)
 
 
+def _sendfile(proxy: Proxy) -> int:
+    return int(stats(proxy)["fast_sendfile_hits"])  # type: ignore[call-overload]
+
+
+def test_repeated_disk_hits_go_from_the_file_to_a_plain_client_by_sendfile(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    url = origin.route("/sf", Reply(200, CACHED, BIG))
+    proxy = start_proxy(*DISK_ONLY, cache_dir=tmp_path / "c")
+    assert _hits(proxy, url, 1) == [BIG]  # stored
+    assert _hits(proxy, url, 4) == [BIG] * 4
+    # The first fast hit reads the entry whole (checksum); the next ones write the kept file with sendfile.
+    assert _fast(proxy) == 4
+    assert _sendfile(proxy) == 3
+    with plain(proxy) as w:  # several in one write: the first goes direct, the rest follow through the writer
+        w.send(get(url) * 3)
+        assert [w.read().body for _ in range(3)] == [BIG] * 3
+    assert _fast(proxy) == 7
+    assert _sendfile(proxy) >= 4
+    assert _sendfile(proxy) <= 6
+    assert origin.hits["/sf"] == 1
+
+
+def test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path(
+    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
+) -> None:
+    tls_origin.route("/tb", Reply(200, CACHED, BIG))
+    proxy = start_proxy(*DISK_ONLY, "--connect-port", str(tls_origin.port), cache_dir=tmp_path / "c")
+    authority = f"localhost:{tls_origin.port}"
+    url = f"https://{authority}/tb"
+    with tunnel(proxy, authority, proxy_ca_file) as w:
+        assert w.exchange(get(url, target="/tb")).body == BIG  # stored
+    with tunnel(proxy, authority, proxy_ca_file) as w:
+        assert [w.exchange(get(url, target="/tb")).body for _ in range(3)] == [BIG] * 3
+    assert _fast(proxy) == 3
+    assert (
+        _sendfile(proxy) == 0
+    )  # TLS records are made by mitmproxy's TLS layer: never raw bytes on the socket
+
+
 def test_a_truncated_body_file_is_never_served(start_proxy, origin: Origin, tmp_path: Path) -> None:
     url = origin.route("/short", Reply(200, CACHED, BIG))
     cache_dir = tmp_path / "c"

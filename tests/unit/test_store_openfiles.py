@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import os
 import resource
+import socket
 import sqlite3
+import struct
 import time
 from pathlib import Path
 
 import pytest
 
 from fwdproxy.http_model import Headers, StoredResponse
-from fwdproxy.store import TieredStore
+from fwdproxy.store import TieredStore, openfiles
 from fwdproxy.store.openfiles import OPEN_MAX, OpenFiles, default_max
 
 KIB = 1024
@@ -241,3 +243,141 @@ def test_the_stores_own_reads_sweep_removed_files(tmp_path: Path) -> None:
     store.disk.open_files.recheck = 0.0
     assert store.get("j") is not None  # a read that follows the database sweeps too
     assert not holds(path)
+
+
+# -- sendfile: a body written from its kept file straight to a socket (the fast hit layer's disk hits) -------------
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n"
+
+
+def socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected TCP pair on loopback: (the proxy's non-blocking side, the client's side)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname())
+        ours, _ = server.accept()
+    ours.setblocking(False)
+    return ours, client
+
+
+def received(client: socket.socket, n: int, timeout: float = 5.0) -> bytes:
+    client.settimeout(timeout)
+    out = bytearray()
+    while len(out) < n:
+        chunk = client.recv(n - len(out))
+        if not chunk:
+            break
+        out += chunk
+    return bytes(out)
+
+
+def nothing_waiting(client: socket.socket) -> bool:
+    client.setblocking(False)
+    try:
+        client.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        client.setblocking(True)
+    return False
+
+
+def test_send_writes_head_and_body_from_the_file(tmp_path: Path) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    data = os.urandom(100 * KIB)
+    stored(store, "k", data)
+    mark = store.disk_mark("k")
+    assert mark is not None
+    ours, client = socket_pair()
+    with ours, client:
+        head = HEAD % len(data)
+        for _ in range(3):  # again and again through the one kept descriptor
+            sent = store.disk_send(mark, head, ours.fileno())
+            assert sent is not None
+            assert (sent.rest, sent.written, sent.whole) == (b"", len(head) + len(data), True)
+            assert received(client, len(head) + len(data)) == head + data
+        assert nothing_waiting(client)
+
+
+def test_what_the_socket_does_not_take_comes_back_in_order(tmp_path: Path) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=4096 * KIB)
+    data = os.urandom(3 * 1024 * KIB)
+    stored(store, "k", data)
+    mark = store.disk_mark("k")
+    assert mark is not None
+    ours, client = socket_pair()
+    with ours, client:
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KIB)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * KIB)
+        head = HEAD % len(data)
+        sent = store.disk_send(mark, head, ours.fileno())  # the client reads nothing meanwhile
+        assert sent is not None and sent.whole
+        assert sent.written > 0
+        assert sent.rest  # the buffers hold far less than 3 MiB
+        assert sent.written + len(sent.rest) == len(head) + len(data)
+        direct = received(client, sent.written)
+        assert direct + sent.rest == head + data
+
+
+def test_a_changed_entry_or_file_writes_nothing(tmp_path: Path) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    data = os.urandom(100 * KIB)
+    path = stored(store, "k", data)
+    mark = store.disk_mark("k")
+    assert mark is not None
+    ours, client = socket_pair()
+    with ours, client:
+        time.sleep(0.02)  # past the file system's timestamp granularity
+        with open(path, "r+b") as f:  # a byte flipped in place: same inode and size
+            f.seek(10)
+            f.write(bytes([data[10] ^ 0xFF]))
+        assert store.disk_send(mark, b"head", ours.fileno()) is None
+        assert nothing_waiting(client)
+        stored(store, "j", data)
+        other = store.disk_mark("j")
+        assert other is not None
+        store.put("j", meta(4, '"2"', "http://a/j"), b"new!")  # rewritten since the mark: its slot moved
+        assert store.disk_send(other, b"head", ours.fileno()) is None
+        assert nothing_waiting(client)
+
+
+def test_a_file_cut_short_after_its_check_ends_the_response_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    data = os.urandom(100 * KIB)
+    path = stored(store, "k", data)
+    mark = store.disk_mark("k")
+    assert mark is not None
+    real = os.sendfile
+
+    def truncating(out: int, fd: int, offset: int, count: int) -> int:
+        os.truncate(path, 40 * KIB)  # behind the store's back, between the fstat and the copy
+        return real(out, fd, offset, count)
+
+    monkeypatch.setattr(openfiles.os, "sendfile", truncating)
+    ours, client = socket_pair()
+    with ours, client:
+        head = HEAD % len(data)
+        sent = store.disk_send(mark, head, ours.fileno())
+        assert sent is not None and not sent.whole
+        assert sent.written == len(head) + 40 * KIB
+        assert received(client, sent.written) + sent.rest == head + data[: 40 * KIB]  # a prefix, never more
+    assert not holds(path)  # the descriptor of the damaged file is closed
+
+
+def test_a_peer_that_has_gone_gets_nothing_direct_and_the_whole_answer_back(tmp_path: Path) -> None:
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
+    data = os.urandom(100 * KIB)
+    stored(store, "k", data)
+    mark = store.disk_mark("k")
+    assert mark is not None
+    ours, client = socket_pair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()  # a reset
+    time.sleep(0.05)
+    with ours:
+        head = HEAD % len(data)
+        sent = store.disk_send(mark, head, ours.fileno())
+        assert sent is not None and sent.whole
+        assert sent.written == 0
+        assert sent.rest == head + data  # for the writer, which meets the reset its own way
