@@ -509,7 +509,7 @@ class FastLayer(layer.Layer):
                 break
             answered = True
             buf = buf[head.size :]
-            if type(wire) is Sent:
+            if isinstance(wire, Sent):
                 if wire.rest:
                     out.append(wire.rest)
                 if not wire.whole:

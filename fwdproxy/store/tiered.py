@@ -301,14 +301,7 @@ class TieredStore:
         through a kept descriptor) or from its row (DiskStore.inline_again, checksum checked), while no
         process wrote to its slot or the database and the database was followed lately; None: read the
         entry anew (``get``)."""
-        gens = self.disk.generations
-        if (
-            gens.read(mark.slot) != mark.marks[0]
-            or gens.read(GLOBAL) != mark.marks[1]
-            or time.monotonic() - self._followed >= FOLLOW_INTERVAL
-        ):
-            # Changed (maybe by another process): the descriptor kept for its old body file goes now.
-            self.disk.open_files.forget(mark.key)
+        if not self._still(mark):
             return None
         if mark.path is None:
             return None if mark.inline is None else self.disk.inline_again(mark.key, mark.inline)
@@ -318,6 +311,13 @@ class TieredStore:
         """disk_body's twin for a body file: ``head`` and the body written to the non-blocking socket ``out``
         straight from the file (DiskStore.send_again), on the same conditions; None (nothing written) when
         they do not hold or the body is inline in its row: the caller reads the entry anew."""
+        if not self._still(mark) or mark.path is None:
+            return None
+        return self.disk.send_again(mark.key, mark.path, head, out)
+
+    def _still(self, mark: DiskMark) -> bool:
+        """Whether no process wrote to the slot of ``mark`` or the database since, and the database was
+        followed lately; when not, the descriptor kept for its old body file is closed now."""
         gens = self.disk.generations
         if (
             gens.read(mark.slot) != mark.marks[0]
@@ -325,10 +325,8 @@ class TieredStore:
             or time.monotonic() - self._followed >= FOLLOW_INTERVAL
         ):
             self.disk.open_files.forget(mark.key)
-            return None
-        if mark.path is None:
-            return None
-        return self.disk.send_again(mark.key, mark.path, head, out)
+            return False
+        return True
 
     def confirm(self, key: str, body: BodyFile, matches: bool | None) -> None:
         """See DiskStore.confirm (big bodies live on disk only)."""

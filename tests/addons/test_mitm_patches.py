@@ -86,7 +86,7 @@ EFFECTS: dict[str, tuple[str, ...]] = {
     ),
     "§26": (
         "tests/e2e/test_fasthit_disk.py::test_repeated_disk_hits_go_from_the_file_to_a_plain_client_by_sendfile",
-        "tests/e2e/test_fasthit_disk.py::test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path",
+        "tests/e2e/test_fasthit_disk.py::test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path_and_a_damaged_file_is_never_served",
         "tests/unit/test_store_openfiles.py::test_what_the_socket_does_not_take_comes_back_in_order",
     ),
     "§22": (

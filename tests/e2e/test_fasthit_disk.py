@@ -94,23 +94,6 @@ def test_repeated_disk_hits_go_from_the_file_to_a_plain_client_by_sendfile(
     assert origin.hits["/sf"] == 1
 
 
-def test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path(
-    start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
-) -> None:
-    tls_origin.route("/tb", Reply(200, CACHED, BIG))
-    proxy = start_proxy(*DISK_ONLY, "--connect-port", str(tls_origin.port), cache_dir=tmp_path / "c")
-    authority = f"localhost:{tls_origin.port}"
-    url = f"https://{authority}/tb"
-    with tunnel(proxy, authority, proxy_ca_file) as w:
-        assert w.exchange(get(url, target="/tb")).body == BIG  # stored
-    with tunnel(proxy, authority, proxy_ca_file) as w:
-        assert [w.exchange(get(url, target="/tb")).body for _ in range(3)] == [BIG] * 3
-    assert _fast(proxy) == 3
-    assert (
-        _sendfile(proxy) == 0
-    )  # TLS records are made by mitmproxy's TLS layer: never raw bytes on the socket
-
-
 def test_a_truncated_body_file_is_never_served(start_proxy, origin: Origin, tmp_path: Path) -> None:
     url = origin.route("/short", Reply(200, CACHED, BIG))
     cache_dir = tmp_path / "c"
@@ -187,7 +170,7 @@ def test_a_replaced_or_purged_entry_closes_its_kept_body_file(
     assert origin.hits["/v"] == 3
 
 
-def test_inside_an_intercepted_tunnel_a_damaged_body_file_is_never_served(
+def test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path_and_a_damaged_file_is_never_served(
     start_proxy, tls_origin: Origin, proxy_ca_file: Path, tmp_path: Path
 ) -> None:
     tls_origin.route("/t", Reply(200, CACHED, BIG))
@@ -200,6 +183,9 @@ def test_inside_an_intercepted_tunnel_a_damaged_body_file_is_never_served(
     with tunnel(proxy, authority, proxy_ca_file) as w:
         assert [w.exchange(get(url, target="/t")).body for _ in range(3)] == [BIG] * 3
     assert _fast(proxy) == 3
+    assert (
+        _sendfile(proxy) == 0
+    )  # TLS records are made by mitmproxy's TLS layer: never raw bytes on the socket
     (body_file,) = _body_files(cache_dir)
     time.sleep(0.05)
     with open(body_file, "r+b") as f:

@@ -17,6 +17,7 @@ import pytest
 from fwdproxy.http_model import Headers, StoredResponse
 from fwdproxy.store import TieredStore, openfiles
 from fwdproxy.store.openfiles import OPEN_MAX, OpenFiles, default_max
+from fwdproxy.store.tiered import DiskMark
 
 KIB = 1024
 
@@ -281,12 +282,18 @@ def nothing_waiting(client: socket.socket) -> bool:
     return False
 
 
-def test_send_writes_head_and_body_from_the_file(tmp_path: Path) -> None:
-    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
-    data = os.urandom(100 * KIB)
-    stored(store, "k", data)
+def kept(tmp_path: Path, size: int = 100 * KIB) -> tuple[TieredStore, bytes, str, DiskMark]:
+    """A store whose entry "k" (``size`` random bytes) was read once, with its body file and mark."""
+    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=max(256 * KIB, 2 * size))
+    data = os.urandom(size)
+    path = stored(store, "k", data)
     mark = store.disk_mark("k")
     assert mark is not None
+    return store, data, path, mark
+
+
+def test_send_writes_head_and_body_from_the_file(tmp_path: Path) -> None:
+    store, data, _, mark = kept(tmp_path)
     ours, client = socket_pair()
     with ours, client:
         head = HEAD % len(data)
@@ -299,11 +306,7 @@ def test_send_writes_head_and_body_from_the_file(tmp_path: Path) -> None:
 
 
 def test_what_the_socket_does_not_take_comes_back_in_order(tmp_path: Path) -> None:
-    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=4096 * KIB)
-    data = os.urandom(3 * 1024 * KIB)
-    stored(store, "k", data)
-    mark = store.disk_mark("k")
-    assert mark is not None
+    store, data, _, mark = kept(tmp_path, 3 * 1024 * KIB)
     ours, client = socket_pair()
     with ours, client:
         ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * KIB)
@@ -319,11 +322,7 @@ def test_what_the_socket_does_not_take_comes_back_in_order(tmp_path: Path) -> No
 
 
 def test_a_changed_entry_or_file_writes_nothing(tmp_path: Path) -> None:
-    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
-    data = os.urandom(100 * KIB)
-    path = stored(store, "k", data)
-    mark = store.disk_mark("k")
-    assert mark is not None
+    store, data, path, mark = kept(tmp_path)
     ours, client = socket_pair()
     with ours, client:
         time.sleep(0.02)  # past the file system's timestamp granularity
@@ -343,11 +342,7 @@ def test_a_changed_entry_or_file_writes_nothing(tmp_path: Path) -> None:
 def test_a_file_cut_short_after_its_check_ends_the_response_short(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
-    data = os.urandom(100 * KIB)
-    path = stored(store, "k", data)
-    mark = store.disk_mark("k")
-    assert mark is not None
+    store, data, path, mark = kept(tmp_path)
     real = os.sendfile
 
     def truncating(out: int, fd: int, offset: int, count: int) -> int:
@@ -366,11 +361,7 @@ def test_a_file_cut_short_after_its_check_ends_the_response_short(
 
 
 def test_a_peer_that_has_gone_gets_nothing_direct_and_the_whole_answer_back(tmp_path: Path) -> None:
-    store = TieredStore.open(tmp_path, memory_size=0, memory_object_max=256 * KIB)
-    data = os.urandom(100 * KIB)
-    stored(store, "k", data)
-    mark = store.disk_mark("k")
-    assert mark is not None
+    store, data, _, mark = kept(tmp_path)
     ours, client = socket_pair()
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     client.close()  # a reset
