@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.fastwire import get, stats
+from tests.e2e.fastwire import Answer, get, plain, stats
 from tests.support import Origin, Proxy, Reply, pattern
 
 KIB = 1024
@@ -609,3 +609,69 @@ def test_a_body_file_cut_while_being_sent_ends_short_never_wrong(
                 outcomes["short"] += 1
     assert outcomes["whole"] + outcomes["short"] == 8
     no_crash(proxy)
+
+
+# -- the direct path answers as the full path does ----------------------------------------------------------------
+
+VALIDATED = {**CACHED, "ETag": '"v1"', "Last-Modified": "Mon, 01 Jan 2024 00:00:00 GMT"}
+SIZE = len(BODY)
+DIRECT_CORPUS: list[tuple[str, tuple[str, ...], str]] = [
+    ("get", (), "GET"),
+    ("lower-case names", ("accept: */*", "user-agent: t/1"), "GET"),
+    ("keep-alive field", ("Connection: keep-alive",), "GET"),
+    ("whole range", ("Range: bytes=0-",), "GET"),  # a 206 whose body is the stored body itself
+    ("suffix past the start", (f"Range: bytes=-{SIZE * 2}",), "GET"),
+    ("open range", ("Range: bytes=100-",), "GET"),
+    ("range past end", (f"Range: bytes={SIZE - 10}-{SIZE * 2}",), "GET"),
+    ("if-range match", ("Range: bytes=0-", 'If-Range: "v1"'), "GET"),
+    ("if-range other", ("Range: bytes=5-9", 'If-Range: "v9"'), "GET"),
+    ("inm other", ('If-None-Match: "v2"',), "GET"),
+    ("inm match", ('If-None-Match: "v1"',), "GET"),
+    ("ims earlier", ("If-Modified-Since: Sun, 31 Dec 2023 00:00:00 GMT",), "GET"),
+    ("head", (), "HEAD"),
+    ("accept-encoding", ("Accept-Encoding: gzip, br",), "GET"),
+]
+
+
+def test_direct_disk_hits_answer_exactly_as_the_full_path(
+    start_proxy, origin: Origin, tmp_path: Path, loop: tuple[str, str]
+) -> None:
+    """Each request three times on one connection to a proxy with the fast layer and to one without
+    (--no-fast-hits), body files only (--memory-cache-size 0): the same status, fields (Date, Age and the
+    ttl aside), bodies and access log lines, with the repeats going out by sendfile."""
+    url = origin.route("/v", Reply(200, VALIDATED, BODY))
+    fast = start_proxy(*DISK_ONLY, *loop, "--access-log", str(tmp_path / "f.log"), cache_dir=tmp_path / "c1")
+    full = start_proxy(
+        *DISK_ONLY,
+        *loop,
+        "--no-fast-hits",
+        "--access-log",
+        str(tmp_path / "n.log"),
+        cache_dir=tmp_path / "c2",
+    )
+    for proxy in (fast, full):
+        store(proxy, url, BODY, warm=0)
+    _, sf0 = counters(fast)
+    for name, extra, method in DIRECT_CORPUS:
+        request = get(url, *extra, method=method)
+        got: list[list[Answer]] = []
+        for proxy in (fast, full):
+            with plain(proxy) as w:
+                got.append([w.exchange(request) for _ in range(3)])
+        for i, (a, b) in enumerate(zip(got[0], got[1], strict=True)):
+            x, y = a.comparable(), b.comparable()
+            assert x[:4] == y[:4], (name, i)
+            if x[4] is not None or y[4] is not None:
+                assert x[4] is not None and y[4] is not None, (name, i)
+                assert abs(x[4] - y[4]) <= 1, (name, i)
+    _, sf1 = counters(fast)
+    assert sf1 - sf0 >= 4  # the repeated whole bodies (200s and whole 206s) went out by sendfile
+    assert counters(full)[1] == 0
+    assert origin.hits["/v"] == 2
+    fast.stop(), full.stop()
+
+    def lines(path: Path) -> list[str]:
+        out = [line.split(None, 2)[2] for line in path.read_text().splitlines()]
+        return [line for line in out if "fwdproxy.local" not in line]
+
+    assert lines(tmp_path / "f.log") == lines(tmp_path / "n.log")
