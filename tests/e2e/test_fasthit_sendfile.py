@@ -6,6 +6,7 @@ TLS tunnel (which must keep the bytes path), and body files damaged, replaced or
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -675,3 +676,39 @@ def test_direct_disk_hits_answer_exactly_as_the_full_path(
         return [line for line in out if "fwdproxy.local" not in line]
 
     assert lines(tmp_path / "f.log") == lines(tmp_path / "n.log")
+
+
+def test_workers_send_disk_hits_directly_and_the_counts_add_up(
+    start_proxy, origin: Origin, tmp_path: Path
+) -> None:
+    """--workers 2 over one cache directory: each worker's fast layer writes the shared body file to its own
+    clients, and the status page adds up every worker's fast_sendfile_hits."""
+    url = origin.route("/w", Reply(200, CACHED, BODY))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        admin = int(s.getsockname()[1])
+    proxy = start_proxy(*DISK_ONLY, "--workers", "2", "--admin-port", str(admin), cache_dir=tmp_path / "c")
+    with connect(proxy) as c:
+        c.send(get(url))
+        assert c.response().body == BODY  # stored
+    for _ in range(20):  # new connections: the kernel spreads them over both workers
+        with connect(proxy) as c:
+            for _ in range(3):
+                c.send(get(url))
+                hit(c.response(), BODY)
+            assert c.quiet(0.05)
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.create_connection(("127.0.0.1", admin), timeout=10) as s:
+            w = Client(s)
+            w.send(b"GET /stats.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            page = json.loads(w.response().body)
+        if page["requests"]["total"] == 61 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert page["requests"]["total"] == 61
+    assert page["fast_hits"] == 60
+    assert page["fast_sendfile_hits"] >= 20  # the repeats on each connection went out by sendfile
+    assert page["fast_sendfile_hits"] <= 58  # each worker read the entry whole once at least
+    assert origin.hits["/w"] == 1
+    no_crash(proxy)
