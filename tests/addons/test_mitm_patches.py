@@ -88,6 +88,8 @@ EFFECTS: dict[str, tuple[str, ...]] = {
         "tests/e2e/test_fasthit_disk.py::test_repeated_disk_hits_go_from_the_file_to_a_plain_client_by_sendfile",
         "tests/e2e/test_fasthit_disk.py::test_inside_an_intercepted_tunnel_disk_hits_keep_the_bytes_path_and_a_damaged_file_is_never_served",
         "tests/unit/test_store_openfiles.py::test_what_the_socket_does_not_take_comes_back_in_order",
+        "tests/e2e/test_fasthit_sendfile.py::test_a_request_arriving_while_the_writer_still_sends_the_last_body_waits_its_turn",
+        "tests/e2e/test_fasthit_sendfile.py::test_plain_http_inside_a_connect_tunnel_goes_direct_and_is_exact",
     ),
     "§22": (
         "tests/e2e/test_stale.py::test_stale_while_revalidate_answers_at_once_and_refreshes",
