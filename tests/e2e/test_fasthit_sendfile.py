@@ -712,3 +712,50 @@ def test_workers_send_disk_hits_directly_and_the_counts_add_up(
     assert page["fast_sendfile_hits"] <= 58  # each worker read the entry whole once at least
     assert origin.hits["/w"] == 1
     no_crash(proxy)
+
+
+def test_many_clients_at_once_fast_and_slow_each_get_their_own_bytes(
+    start_proxy, origin: Origin, tmp_path: Path, loop: tuple[str, str]
+) -> None:
+    """Clients in parallel on the direct path, some reading slowly through a tiny window (their rest waits
+    in the writer) beside fast ones; a memory tier too small for the bodies (64 KiB) leaves them on disk."""
+    urls = {
+        origin.route("/c1", Reply(200, CACHED, BODY)): BODY,
+        origin.route("/c2", Reply(200, CACHED, OTHER)): OTHER,
+        origin.route("/c3", Reply(200, CACHED, HUGE)): HUGE,
+    }
+    proxy = start_proxy("--memory-cache-size", "64KiB", *BIG_WHOLE, *loop, cache_dir=tmp_path / "c")
+    for url, body in urls.items():
+        store(proxy, url, body)
+    _, sf0 = counters(proxy)
+    errors: list[BaseException] = []
+    order = list(urls.items())
+
+    def client(n: int) -> None:
+        try:
+            with connect(proxy, rcvbuf=4 * KIB if n % 3 == 0 else 0) as c:
+                for i in range(6):
+                    url, body = order[(n + i) % len(order)]
+                    if i % 2:
+                        c.send(get(url) + get(order[0][0]))  # and a pipelined one behind it
+                    else:
+                        c.send(get(url))
+                    if n % 3 == 0:
+                        c.slow(32 * KIB)
+                    hit(c.response(), body)
+                    if i % 2:
+                        hit(c.response(), order[0][1])
+                assert c.quiet(0.05)
+        except BaseException as e:  # noqa: BLE001 (reported below, with the others)
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    _, sf1 = counters(proxy)
+    assert sf1 - sf0 >= 9
+    assert all(origin.hits[p] == 1 for p in ("/c1", "/c2", "/c3"))
+    no_crash(proxy)
