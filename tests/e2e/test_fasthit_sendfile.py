@@ -759,3 +759,32 @@ def test_many_clients_at_once_fast_and_slow_each_get_their_own_bytes(
     assert sf1 - sf0 >= 9
     assert all(origin.hits[p] == 1 for p in ("/c1", "/c2", "/c3"))
     no_crash(proxy)
+
+
+def test_a_client_slower_than_the_header_timeout_still_gets_the_whole_body(
+    start_proxy, origin: Origin, tmp_path: Path, loop: tuple[str, str]
+) -> None:
+    """The idle clock starts when the answer is handed over (as on the full path), so it may close the
+    connection while the body is still on its way: what was written directly and what the writer holds
+    must both reach the client before the close."""
+    url = origin.route("/huge", Reply(200, CACHED, HUGE))
+    proxy = start_proxy(*DISK_ONLY, *BIG_WHOLE, *loop, "--header-timeout", "1s", cache_dir=tmp_path / "c")
+    direct = 0
+    for _ in range(3):  # until one went direct (a kept head is good for the second it was made in)
+        store(proxy, url, HUGE)
+        _, sf0 = counters(proxy)
+        with connect(proxy, rcvbuf=4 * KIB) as c:
+            c.send(get(url))
+            started = time.monotonic()
+            c.slow(len(HUGE) // 3, pause=0.003)
+            assert time.monotonic() - started > 1.2  # past the header timeout
+            answer, whole = c.short()
+            assert whole
+            hit(answer, HUGE)
+            assert c.ended()  # then closed as idle
+        _, sf1 = counters(proxy)
+        direct += sf1 - sf0
+        if direct:
+            break
+    assert direct == 1
+    no_crash(proxy)
