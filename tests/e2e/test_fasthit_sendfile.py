@@ -788,3 +788,31 @@ def test_a_client_slower_than_the_header_timeout_still_gets_the_whole_body(
             break
     assert direct == 1
     no_crash(proxy)
+
+
+def test_direct_hits_stop_when_the_entry_goes_stale(
+    start_proxy, origin: Origin, tmp_path: Path, loop: tuple[str, str]
+) -> None:
+    """A kept head is sent again only while Age and ttl read the same and the entry is fresh: across the
+    entry's expiry every answer still carries an Age within its max-age, and the origin is asked again."""
+    short = {**CACHED, "Cache-Control": "max-age=2", "ETag": '"e1"'}
+    url = origin.route("/exp", Reply(200, short, BODY))
+    proxy = start_proxy(*DISK_ONLY, *loop, cache_dir=tmp_path / "c")
+    store(proxy, url, BODY)
+    _, sf0 = counters(proxy)
+    ages = []
+    deadline = time.monotonic() + 3.5
+    while time.monotonic() < deadline:
+        with connect(proxy) as c:
+            for _ in range(3):
+                c.send(get(url))
+                answer = c.response()
+                assert answer.status == 200
+                assert answer.body == BODY
+                ages.append(0 if answer.absent("age") else int(answer.one("age")))
+        time.sleep(0.05)
+    _, sf1 = counters(proxy)
+    assert sf1 - sf0 >= 3
+    assert max(ages) <= 2  # never served past its freshness (RFC 9111 §4.2)
+    assert origin.hits["/exp"] >= 2  # asked again once it went stale
+    no_crash(proxy)
