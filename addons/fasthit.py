@@ -253,7 +253,12 @@ class FastHits:
                 # Not the file this head was worked out from any more; nothing was written: as above when
                 # the body file changed, the response is worked out anew (through memory).
                 return self.answer(client, head, started)
-            self._account(client, head, wire, len(data) + wire.served.body_bytes, started, sendfile=True)
+            # Counted as a sendfile hit only if some of the body went that way: a socket that took nothing
+            # (or part of the head) leaves the whole body to mitmproxy's writer, read like any other.
+            by_sendfile = sent.written > len(data)
+            self._account(
+                client, head, wire, len(data) + wire.served.body_bytes, started, sendfile=by_sendfile
+            )
             return sent
         self._account(client, head, wire, len(data), started)
         return data
