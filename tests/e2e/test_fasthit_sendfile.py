@@ -408,7 +408,9 @@ def test_clients_hanging_up_mid_body_leak_nothing_and_others_get_exact_bytes(
             hit(c.response(), BODY)
         assert c.quiet()
     _, sf1 = counters(proxy)
-    assert sf1 - sf0 >= 5  # most went direct (a kept head is good for the second it was made in)
+    # Most went direct: a kept head is good for the second it was made in, so a second's turn during these
+    # six hits works each of the two heads out anew once (through memory).
+    assert sf1 - sf0 >= 4
     deadline = time.monotonic() + 15
     while fds(proxy) > before and time.monotonic() < deadline:
         time.sleep(0.1)
